@@ -1,0 +1,8 @@
+"""preddiff: Prediction Difference Analysis, a fast and faithful reference implementation.
+
+Zintgraf, Cohen, Adel & Welling, "Visualizing Deep Neural Network Decisions: Prediction
+Difference Analysis" (ICLR 2017; arXiv 2016 "A New Method to Visualize Deep Neural Networks").
+"""
+__version__ = "0.1.0"
+
+from .errors import PredDiffError, InvalidArgument  # noqa: E402,F401

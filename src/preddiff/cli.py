@@ -1,0 +1,64 @@
+"""The ``preddiff`` command line.
+
+Each sub-command lives in a module of :mod:`preddiff.commands` that defines
+``register(subparsers)``; the module adds its parser and sets ``func`` (a callable taking the
+parsed arguments and returning an exit code). This module only dispatches and turns user
+errors into one line on stderr with a non-zero exit; ``--debug`` shows the traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+from . import __version__, commands
+from .errors import PredDiffError
+
+EXIT_USER_ERROR = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every sub-command of :mod:`preddiff.commands`."""
+    parser = argparse.ArgumentParser(
+        prog="preddiff",
+        description="Prediction Difference Analysis (Zintgraf et al. 2016/2017) for Caffe-zoo "
+        "networks converted to ONNX.",
+    )
+    parser.add_argument("--version", action="version", version=f"preddiff {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    modules = [
+        importlib.import_module(f"{commands.__name__}.{info.name}")
+        for info in pkgutil.iter_modules(commands.__path__)
+        if not info.name.startswith("_")
+    ]
+    for module in sorted(modules, key=lambda m: getattr(m, "ORDER", 100)):
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return EXIT_USER_ERROR
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("preddiff: interrupted", file=sys.stderr)
+        return 130
+    except (PredDiffError, OSError) as exc:
+        if args.debug:
+            raise
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"preddiff: error: {message}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
