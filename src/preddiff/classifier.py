@@ -1,0 +1,344 @@
+"""A classifier callable around onnxruntime: ``classifier(batch) -> {blob name: array}``.
+
+PDA (Zintgraf et al. 2017, Algorithm 1) only needs to evaluate the network on many inputs and
+read a few blobs: the class probabilities for the weight of evidence, eq. (4)–(5), or a hidden
+or penultimate blob for the activation difference, eq. (9). :class:`OnnxClassifier` does that
+for any ONNX model with one image input (N, C, H, W): a converted Caffe-zoo net
+(:meth:`OnnxClassifier.for_model`) or a user's own model, with the user's own preprocessing.
+
+Intermediate blobs are exposed by adding them as graph outputs on a copy of the model, and
+only those asked for: exposing every blob of GoogLeNet made onnxruntime 2.3× slower. Graph
+outputs that were not asked for are dropped, so onnxruntime also skips the layers that only
+they need.
+
+The CUDA execution provider is used when a CUDA device and onnxruntime's CUDA libraries are
+present (``device="auto"`` or ``"cuda"``); otherwise the CPU, with a logged message saying
+why. :attr:`OnnxClassifier.provider` says which one runs.
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InvalidArgument, PredDiffError
+
+log = logging.getLogger(__name__)
+
+DEVICES = ("auto", "cpu", "cuda")
+_CUDA = "CUDAExecutionProvider"
+_CPU = "CPUExecutionProvider"
+
+
+def _cuda_device_count() -> int:
+    """Number of CUDA devices the driver reports (0 without a driver), without onnxruntime,
+    so that a machine without a GPU never triggers onnxruntime's provider-loading errors."""
+    names = {"win32": ["nvcuda.dll"], "linux": ["libcuda.so.1", "libcuda.so"]}
+    for name in names.get(sys.platform, []):
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError:
+            continue
+        count = ctypes.c_int(0)
+        if lib.cuInit(0) != 0 or lib.cuDeviceGetCount(ctypes.byref(count)) != 0:
+            return 0
+        return count.value
+    return 0
+
+
+def _load_model(model):
+    import onnx
+
+    if isinstance(model, onnx.ModelProto):
+        return model, "<ModelProto>"
+    path = Path(model)
+    if not path.is_file():
+        raise InvalidArgument(f"ONNX model file {str(path)!r} does not exist")
+    try:
+        return onnx.load(str(path)), str(path)
+    except Exception as exc:
+        raise PredDiffError(f"cannot read {str(path)!r} as an ONNX model: {exc}") from exc
+
+
+class OnnxClassifier:
+    """Evaluate an ONNX image classifier in batches and return the requested blobs.
+
+    Parameters
+    ----------
+    model : str, Path or onnx.ModelProto
+        The network; its (first) graph input that is not an initializer takes the images,
+        shape (N, C, H, W).
+    outputs : sequence of str, optional
+        Blob names (values of the graph) to return. Default: the model's graph outputs.
+        Blobs that are not graph outputs are made graph outputs on a copy of the model.
+    batch_size : int
+        Largest number of inputs per onnxruntime call. A model with a fixed batch dimension
+        is evaluated in chunks of that size, the last one padded.
+    device : {"auto", "cpu", "cuda"}
+        ``"auto"`` and ``"cuda"`` use the CUDA execution provider when it works (a warning
+        when it was asked for and does not); ``"cpu"`` never tries it.
+    threads : int, optional
+        onnxruntime's intra-op threads (default: its own choice, one per core).
+
+    Attributes
+    ----------
+    provider : str
+        The execution provider in use, ``"CUDAExecutionProvider"`` or ``"CPUExecutionProvider"``.
+    outputs : tuple of str
+        Blobs returned by :meth:`__call__`, in this order.
+    blob_names : tuple of str
+        Every value of the graph that can be requested (the input and every node output).
+    input_name : str
+    input_shape : tuple, (C, H, W)
+        From the model's input; None for a dimension the model leaves free.
+
+    Examples
+    --------
+    >>> clf = OnnxClassifier.for_model("lenet", outputs=["ip2", "prob"])  # doctest: +SKIP
+    >>> out = clf(images)          # images: float32 (N, 1, 28, 28)      # doctest: +SKIP
+    >>> out["prob"].shape                                                 # doctest: +SKIP
+    (N, 10)
+    """
+
+    def __init__(self, model, *, outputs=None, batch_size: int = 64, device: str = "auto",
+                 threads: int | None = None):
+        if device not in DEVICES:
+            raise InvalidArgument(f"unknown device {device!r}; expected one of {', '.join(DEVICES)}")
+        if int(batch_size) < 1:
+            raise InvalidArgument(f"batch_size must be a positive integer, got {batch_size}")
+        if threads is not None and int(threads) < 1:
+            raise InvalidArgument(f"threads must be a positive integer, got {threads}")
+        self._model, self.source = _load_model(model)
+        self.batch_size = int(batch_size)
+        self.device = device
+        self.threads = threads
+        graph = self._model.graph
+        initializers = {t.name for t in graph.initializer}
+        inputs = [v for v in graph.input if v.name not in initializers]
+        if len(inputs) != 1:
+            raise InvalidArgument(
+                f"{self.source} has {len(inputs)} graph inputs "
+                f"({', '.join(v.name for v in inputs)}); expected one image input"
+            )
+        self.input_name = inputs[0].name
+        dims = [d.dim_value if d.HasField("dim_value") else None
+                for d in inputs[0].type.tensor_type.shape.dim]
+        if len(dims) != 4:
+            raise InvalidArgument(f"{self.source} input {self.input_name!r} has {len(dims)} "
+                                  "dimensions; expected (N, C, H, W)")
+        self.input_shape = tuple(dims[1:])
+        self._fixed_batch = dims[0] if dims[0] else None
+        names = [self.input_name]
+        for node in graph.node:
+            names.extend(o for o in node.output if o)
+        self.blob_names = tuple(dict.fromkeys(names))
+        default = [o.name for o in graph.output]
+        self.outputs = tuple(default if outputs is None else self._check_outputs(outputs))
+        self._session = None
+        self.provider = None
+        self._open_session()
+        self._out_tail = None
+        if self.source != "<ModelProto>":
+            self._model = None  # onnxruntime holds its own copy; with_outputs reloads the file
+
+    def _check_outputs(self, outputs) -> list[str]:
+        if isinstance(outputs, str):
+            outputs = [outputs]
+        outputs = list(dict.fromkeys(outputs))
+        if not outputs:
+            raise InvalidArgument("outputs is empty; name at least one blob")
+        known = set(self.blob_names)
+        unknown = [o for o in outputs if o not in known]
+        if unknown:
+            raise InvalidArgument(
+                f"unknown blob(s) {', '.join(map(repr, unknown))} in {self.source}; "
+                f"available: {', '.join(self.blob_names)}"
+            )
+        return outputs
+
+    def _session_model(self):
+        """The model with exactly the requested graph outputs (a copy when that changes it)."""
+        import onnx
+
+        wanted = [o for o in self.outputs if o != self.input_name]
+        current = [o.name for o in self._model.graph.output]
+        if wanted == current:
+            return self._model
+        model = onnx.ModelProto()
+        model.CopyFrom(self._model)
+        by_name = {o.name: o for o in self._model.graph.output}
+        by_name.update({v.name: v for v in self._model.graph.value_info if v.name not in by_name})
+        del model.graph.output[:]
+        for name in wanted:
+            # onnxruntime accepts an output without a type; keep the known one when there is
+            model.graph.output.append(by_name.get(name, onnx.ValueInfoProto(name=name)))
+        return model
+
+    def _make_session(self, data: bytes, providers):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # no warnings about unused initializers etc.
+        if self.threads is not None:
+            options.intra_op_num_threads = int(self.threads)
+        return ort.InferenceSession(data, options, providers=providers)
+
+    def _open_session(self) -> None:
+        import onnxruntime as ort
+
+        model = self._session_model()
+        data = model.SerializeToString()
+        session = None
+        if self.device != "cpu":
+            session = self._try_cuda(data, ort)
+        if session is None:
+            try:
+                session = self._make_session(data, [_CPU])
+            except Exception as exc:
+                session = self._retry_ir_version(model, exc, [_CPU])
+        self._session = session
+        self.provider = session.get_providers()[0]
+        log.info("onnxruntime runs %s on %s", self.source, self.provider)
+
+    def _retry_ir_version(self, model, exc, providers):
+        """Retry with the IR version lowered to what this onnxruntime supports: newer onnx
+        packages stamp a newer IR version than older onnxruntime builds read."""
+        import onnx
+
+        match = re.search(r"max supported IR version: (\d+)", str(exc))
+        if not match or model.ir_version <= int(match.group(1)):
+            raise PredDiffError(f"onnxruntime cannot load {self.source}: {exc}") from exc
+        lowered = onnx.ModelProto()
+        lowered.CopyFrom(model)
+        lowered.ir_version = int(match.group(1))
+        try:
+            return self._make_session(lowered.SerializeToString(), providers)
+        except Exception as again:
+            raise PredDiffError(f"onnxruntime cannot load {self.source}: {again}") from again
+
+    def _try_cuda(self, data: bytes, ort):
+        """A CUDA session, or None (with a log message saying why)."""
+        level = logging.WARNING if self.device == "cuda" else logging.INFO
+        if _CUDA not in ort.get_available_providers():
+            log.log(level, "CUDA requested but this onnxruntime has no CUDA provider; using the CPU")
+            return None
+        if _cuda_device_count() == 0:
+            log.log(level, "no CUDA device found; using the CPU")
+            return None
+        ort.set_default_logger_severity(4)  # its own errors would duplicate our one warning
+        try:
+            try:
+                session = self._make_session(data, [_CUDA, _CPU])
+            except Exception as exc:
+                import onnx
+
+                session = self._retry_ir_version(onnx.load_from_string(data), exc, [_CUDA, _CPU])
+        except Exception as exc:
+            log.warning("could not create a CUDA session (%s); using the CPU", exc)
+            return None
+        finally:
+            ort.set_default_logger_severity(2)
+        if session.get_providers()[0] != _CUDA:
+            log.warning("onnxruntime could not load its CUDA libraries (see the onnxruntime-gpu "
+                        "requirements: CUDA and cuDNN versions); using the CPU")
+            return None
+        return session
+
+    @classmethod
+    def for_model(cls, name: str, outputs=None, **kwargs) -> "OnnxClassifier":
+        """The classifier of zoo network ``name`` (converted to ONNX on first use).
+
+        Parameters
+        ----------
+        name : str
+            Zoo name (:data:`preddiff.zoo.MODEL_NAMES`).
+        outputs : sequence of str, optional
+            Blobs to return; default: the manifest's output blob (``prob``).
+        **kwargs
+            ``batch_size``, ``device``, ``threads``.
+        """
+        from . import zoo
+
+        m = zoo.manifest(name)
+        classifier = cls(zoo.ensure_onnx(name), outputs=outputs or [m.output], **kwargs)
+        classifier.manifest = m
+        return classifier
+
+    def with_outputs(self, outputs) -> "OnnxClassifier":
+        """A new classifier on the same model returning ``outputs`` instead."""
+        model = self._model if self._model is not None else self.source
+        clone = OnnxClassifier(model, outputs=outputs, batch_size=self.batch_size,
+                               device=self.device, threads=self.threads)
+        clone.source = self.source
+        if hasattr(self, "manifest"):
+            clone.manifest = self.manifest
+        return clone
+
+    def _check_batch(self, batch) -> np.ndarray:
+        batch = np.asarray(batch)
+        if batch.ndim != 4 or any(
+            want is not None and got != want for got, want in zip(batch.shape[1:], self.input_shape)
+        ):
+            shape = tuple("?" if d is None else d for d in self.input_shape)
+            raise InvalidArgument(
+                f"input batch has shape {batch.shape}; expected (N, {', '.join(map(str, shape))})"
+            )
+        return np.ascontiguousarray(batch, dtype=np.float32)
+
+    def _run(self, chunk: np.ndarray) -> list[np.ndarray]:
+        wanted = [o for o in self.outputs if o != self.input_name]
+        n = len(chunk)
+        if self._fixed_batch and n != self._fixed_batch:
+            padded = np.zeros((self._fixed_batch,) + chunk.shape[1:], np.float32)
+            padded[:n] = chunk
+            chunk = padded
+        results = dict(zip(wanted, self._session.run(wanted, {self.input_name: chunk}))) if wanted else {}
+        results[self.input_name] = chunk
+        return [results[o][:n] for o in self.outputs]
+
+    def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Evaluate the network.
+
+        Parameters
+        ----------
+        batch : ndarray, shape (N, C, H, W)
+            Any N ≥ 0; cast to float32. Evaluated in chunks of ``batch_size``.
+
+        Returns
+        -------
+        dict of str to ndarray, each of shape (N, ...)
+            The blobs of :attr:`outputs`, in that order.
+        """
+        batch = self._check_batch(batch)
+        n = len(batch)
+        step = self._fixed_batch or self.batch_size
+        if n == 0:
+            return {name: np.empty((0,) + tail, dtype) for name, (tail, dtype) in
+                    zip(self.outputs, self._output_tails(batch))}
+        out = None
+        for start in range(0, n, step):
+            results = self._run(batch[start : start + step])
+            if out is None:
+                out = [np.empty((n,) + r.shape[1:], r.dtype) for r in results]
+            for full, part in zip(out, results):
+                full[start : start + len(part)] = part
+        return dict(zip(self.outputs, out))
+
+    def _output_tails(self, batch: np.ndarray):
+        """Per-input shape and dtype of each output, from one evaluation on zeros (cached)."""
+        if self._out_tail is None:
+            shape = tuple(1 if d is None else d for d in self.input_shape)
+            if None in self.input_shape and batch.ndim == 4:
+                shape = batch.shape[1:]
+            results = self._run(np.zeros((1,) + tuple(shape), np.float32))
+            self._out_tail = [(r.shape[1:], r.dtype) for r in results]
+        return self._out_tail
+
+    def __repr__(self) -> str:
+        return (f"OnnxClassifier({self.source!r}, outputs={list(self.outputs)}, "
+                f"batch_size={self.batch_size}, provider={self.provider!r})")
+
