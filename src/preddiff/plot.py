@@ -1,0 +1,437 @@
+"""Plots of relevance maps: signed heatmaps, the released code's overlay, top-p % masks, grids.
+
+Conventions of the paper (Zintgraf et al. 2016/2017, §4, Fig. 1): red = evidence *for* the
+class (positive weight of evidence, eq. (4)–(5), or activation difference, eq. (9)), blue =
+evidence *against*, white = no relevance; each signed map is scaled symmetrically by its own
+largest absolute value, so the colour intensity is the relative importance within the map.
+
+Everything here draws into objects the caller passes or receives: figures are created as
+:class:`matplotlib.figure.Figure` (rendered by the Agg/PDF canvases on save), never through
+``pyplot``, so no global state (current figure, backend) is touched and nothing leaks when
+many figures are made. :func:`save_figure` writes each file atomically.
+
+Deviation from the released code (``utils_visualise.py``): it used Matplotlib's ``seismic``
+colour map, whose 256-entry table has no exact white at 0 (0 maps to ``(1, .99, .99)``);
+:func:`signed_cmap` has the same colours with 257 entries, so 0 is exactly white.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from matplotlib.colors import LinearSegmentedColormap, Normalize
+from matplotlib.figure import Figure
+
+from .errors import InvalidArgument
+
+__all__ = ["signed_cmap", "show_signed", "show_unsigned", "overlay", "top_mask", "Panel",
+           "panel_title", "grid", "explanation_figure", "save_figure"]
+
+# Matplotlib's "seismic": dark blue, blue, white, red, dark red at equal spacing.
+_SEISMIC = ((0.0, 0.0, 0.3), (0.0, 0.0, 1.0), (1.0, 1.0, 1.0), (1.0, 0.0, 0.0), (0.5, 0.0, 0.0))
+
+
+def signed_cmap() -> LinearSegmentedColormap:
+    """Diverging colour map for signed relevance: blue < 0, white = 0, red > 0.
+
+    Returns
+    -------
+    matplotlib.colors.LinearSegmentedColormap
+        The colours of Matplotlib's ``seismic`` (used by the released code) on an odd number
+        of entries (257), so that 0.5 — relevance 0 under a symmetric norm — is exactly white.
+        A new object on each call (no shared mutable state).
+    """
+    return LinearSegmentedColormap.from_list("preddiff_signed", _SEISMIC, N=257)
+
+
+def _symmetric_limit(relevance: np.ndarray, vmax) -> float:
+    """``vmax`` or the largest |relevance|; 1 for an all-zero (or empty) map."""
+    if vmax is None:
+        finite = np.abs(relevance[np.isfinite(relevance)])
+        vmax = float(finite.max()) if finite.size else 0.0
+    vmax = float(vmax)
+    if not np.isfinite(vmax) or vmax < 0:
+        raise InvalidArgument(f"vmax must be a finite non-negative number, got {vmax}")
+    return vmax if vmax > 0 else 1.0
+
+
+def _as_map(relevance, name="relevance") -> np.ndarray:
+    relevance = np.asarray(relevance, dtype=np.float64)
+    if relevance.ndim != 2:
+        raise InvalidArgument(f"{name} must be a 2-D map (H, W), got shape {relevance.shape}")
+    return relevance
+
+
+def _no_ticks(ax) -> None:
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def show_signed(ax, relevance, vmax=None, colorbar=False, *, title=None):
+    """Draw a signed map, scaled symmetrically about 0.
+
+    Parameters
+    ----------
+    ax : matplotlib.axes.Axes
+    relevance : array_like, shape (H, W)
+        Signed relevance (weight of evidence, eq. (4)–(5), or activation difference, eq. (9)).
+    vmax : float, optional
+        Colour limit: the map is drawn on ``[-vmax, vmax]``; default its largest |value|.
+    colorbar : bool, default False
+        Add a colour bar next to ``ax``.
+    title : str, optional
+
+    Returns
+    -------
+    matplotlib.image.AxesImage
+    """
+    relevance = _as_map(relevance)
+    limit = _symmetric_limit(relevance, vmax)
+    image = ax.imshow(relevance, cmap=signed_cmap(), vmin=-limit, vmax=limit,
+                      interpolation="nearest")
+    _no_ticks(ax)
+    if title:
+        ax.set_title(title, fontsize=8)
+    if colorbar:
+        bar = ax.figure.colorbar(image, ax=ax, shrink=0.8)
+        bar.ax.tick_params(labelsize=7)
+    return image
+
+
+def show_unsigned(ax, values, vmax=None, colorbar=False, *, title=None):
+    """Draw a non-negative map (e.g. a sensitivity map, eq. (1)) from white (0) to black.
+
+    Parameters
+    ----------
+    ax : matplotlib.axes.Axes
+    values : array_like, shape (H, W)
+    vmax : float, optional
+        Upper colour limit; default the map's maximum.
+    colorbar : bool, default False
+    title : str, optional
+
+    Returns
+    -------
+    matplotlib.image.AxesImage
+    """
+    values = _as_map(values, "values")
+    limit = _symmetric_limit(values, vmax)
+    image = ax.imshow(values, cmap="gray_r", vmin=0.0, vmax=limit, interpolation="nearest")
+    _no_ticks(ax)
+    if title:
+        ax.set_title(title, fontsize=8)
+    if colorbar:
+        bar = ax.figure.colorbar(image, ax=ax, shrink=0.8)
+        bar.ax.tick_params(labelsize=7)
+    return image
+
+
+def _grey_background(image: np.ndarray) -> np.ndarray:
+    """The released code's background: grey, lightened halfway to white; ``(H, W)``.
+
+    A 2-D (single-channel, e.g. MNIST) image is first mapped to ``1 − 0.3·x``, as the
+    released code did (dark strokes on a light background)."""
+    from skimage.color import rgb2gray
+
+    if image.ndim == 2:
+        grey = 1.0 - 0.3 * image
+    elif image.ndim == 3 and image.shape[2] == 3:
+        grey = rgb2gray(image)
+    else:
+        raise InvalidArgument(
+            f"image must be (H, W, 3) RGB or (H, W) grey, got shape {image.shape}")
+    return 1.0 - (1.0 - grey) * 0.5
+
+
+def overlay(image, relevance, vmax=None, *, alpha=0.8) -> np.ndarray:
+    """The released code's overlay of a relevance map on its image.
+
+    The image is turned grey and lightened (``g ← 1 − (1 − g)/2``); in HSV space its value
+    channel is kept, while hue and saturation (times ``alpha``) are taken from the signed
+    heatmap's RGB colours (:func:`signed_cmap`, symmetric about 0).
+
+    Parameters
+    ----------
+    image : array_like, shape (H, W, 3) or (H, W)
+        RGB image with values in [0, 1] (a 2-D grey image is handled as the released code
+        handled MNIST: ``1 − 0.3·x`` first).
+    relevance : array_like, shape (H, W)
+        Signed relevance.
+    vmax : float, optional
+        Colour limit (default: the map's largest |value|).
+    alpha : float, default 0.8
+        Saturation factor of the released code.
+
+    Returns
+    -------
+    ndarray, shape (H, W, 3)
+        RGB in [0, 1]. With zero relevance it is the lightened grey image.
+    """
+    from skimage.color import hsv2rgb, rgb2hsv
+
+    image = np.asarray(image, dtype=np.float64)
+    relevance = _as_map(relevance)
+    if image.shape[:2] != relevance.shape:
+        raise InvalidArgument(f"relevance shape {relevance.shape} does not match the image's "
+                              f"{image.shape[:2]}")
+    if image.size and (image.min() < 0 or image.max() > 1):
+        raise InvalidArgument(
+            f"image values must lie in [0, 1], got [{image.min()}, {image.max()}]")
+    grey = _grey_background(image)
+    limit = _symmetric_limit(relevance, vmax)
+    colours = signed_cmap()(Normalize(-limit, limit, clip=True)(relevance))[..., :3]
+    hsv = rgb2hsv(np.dstack([grey, grey, grey]))
+    heat = rgb2hsv(colours)
+    hsv[..., 0] = heat[..., 0]
+    hsv[..., 1] = heat[..., 1] * alpha
+    return hsv2rgb(hsv)
+
+
+def top_mask(relevance, percent=5, absolute=True) -> np.ndarray:
+    """Boolean mask of the top ``percent`` % of pixels (paper Fig. 4).
+
+    Parameters
+    ----------
+    relevance : array_like, shape (H, W)
+    percent : float, default 5
+        Share of pixels to select, in [0, 100]; ``round(percent/100 · H·W)`` pixels are
+        selected exactly (ties broken by position, row-major).
+    absolute : bool, default True
+        Rank by |relevance| (the paper's choice); False ranks by the signed value.
+
+    Returns
+    -------
+    ndarray of bool, shape (H, W)
+    """
+    relevance = _as_map(relevance)
+    if not 0 <= float(percent) <= 100:
+        raise InvalidArgument(f"percent must lie in [0, 100], got {percent}")
+    score = np.abs(relevance) if absolute else relevance
+    score = np.where(np.isnan(score), -np.inf, score)
+    count = int(round(float(percent) / 100.0 * score.size))
+    order = np.argsort(-score.ravel(), kind="stable")
+    mask = np.zeros(score.size, dtype=bool)
+    mask[order[:count]] = True
+    return mask.reshape(score.shape)
+
+
+@dataclass
+class Panel:
+    """One cell of :func:`grid`.
+
+    Attributes
+    ----------
+    data : ndarray
+        ``(H, W, 3)`` RGB image in [0, 1], ``(H, W)`` map, or ``(H, W)`` bool mask.
+    kind : {"auto", "image", "signed", "unsigned", "mask"}
+        How to draw it; ``auto``: RGB → image, bool → mask, otherwise signed.
+    title : str, optional
+    vmax : float, optional
+        Colour limit of a signed/unsigned map (default: its own largest |value|).
+    colorbar : bool, optional
+        Overrides the grid's ``colorbar`` for this panel.
+    """
+
+    data: np.ndarray
+    kind: str = "auto"
+    title: str | None = None
+    vmax: float | None = None
+    colorbar: bool | None = None
+
+
+_KINDS = ("auto", "image", "signed", "unsigned", "mask")
+
+
+def _resolve_kind(panel: Panel) -> str:
+    if panel.kind not in _KINDS:
+        raise InvalidArgument(f"panel kind {panel.kind!r} is not one of {_KINDS}")
+    if panel.kind != "auto":
+        return panel.kind
+    data = np.asarray(panel.data)
+    if data.ndim == 3 and data.shape[2] in (3, 4):
+        return "image"
+    if data.dtype == bool:
+        return "mask"
+    return "signed"
+
+
+def panel_title(name: str, value: float | None = None, label: str = "") -> str:
+    """A title with a class name and a unit value, e.g. ``"tabby cat\\np = 0.62"``.
+
+    Parameters
+    ----------
+    name : str
+        Class (or unit) name.
+    value : float, optional
+        The unit's value (probability or score); omitted when None.
+    label : str, default ""
+        Prefix of the value, e.g. ``"p"`` or ``"fc8"``.
+    """
+    if value is None:
+        return name
+    text = f"{value:.3g}"
+    return f"{name}\n{label} = {text}" if label else f"{name}\n{text}"
+
+
+def _draw(ax, panel: Panel, colorbar: bool) -> None:
+    kind = _resolve_kind(panel)
+    data = np.asarray(panel.data)
+    if kind == "image":
+        if data.ndim == 2:
+            ax.imshow(data, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        else:
+            ax.imshow(np.clip(data.astype(np.float64), 0, 1), interpolation="nearest")
+    elif kind == "mask":
+        ax.imshow(_as_map(data, "mask") > 0.5, cmap="gray", vmin=0, vmax=1,
+                  interpolation="nearest")
+    elif kind == "signed":
+        show_signed(ax, data, panel.vmax, colorbar)
+    else:
+        show_unsigned(ax, data, panel.vmax, colorbar)
+    _no_ticks(ax)
+    if panel.title:
+        ax.set_title(panel.title, fontsize=8)
+
+
+def grid(panels: Sequence, titles: Sequence[str] | None = None, ncols: int | None = None, *,
+         colorbar: bool = False, panel_size: float = 2.2, suptitle: str | None = None,
+         dpi: float = 100) -> Figure:
+    """A grid of images, signed maps and masks.
+
+    Parameters
+    ----------
+    panels : sequence of (ndarray or Panel or None)
+        Row-major cells; arrays are drawn by their kind (see :class:`Panel`); None leaves a
+        cell empty.
+    titles : sequence of str, optional
+        One title per panel (e.g. from :func:`panel_title`: class name and unit value);
+        overrides a Panel's own title when not None.
+    ncols : int, optional
+        Columns (default ``min(len(panels), 4)``).
+    colorbar : bool, default False
+        Colour bar beside every signed/unsigned map.
+    panel_size : float, default 2.2
+        Size of one cell in inches.
+    suptitle : str, optional
+    dpi : float, default 100
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Not registered with ``pyplot``; save it with :func:`save_figure`.
+    """
+    panels = list(panels)
+    if not panels:
+        raise InvalidArgument("panels is empty: give at least one image or map")
+    if titles is not None and len(titles) != len(panels):
+        raise InvalidArgument(f"{len(titles)} titles for {len(panels)} panels")
+    ncols = min(len(panels), 4) if ncols is None else int(ncols)
+    if ncols < 1:
+        raise InvalidArgument(f"ncols must be at least 1, got {ncols}")
+    nrows = -(-len(panels) // ncols)
+    fig = Figure(figsize=(ncols * panel_size * (1.25 if colorbar else 1.0),
+                          nrows * panel_size + (0.4 if suptitle else 0.0)),
+                 dpi=dpi, layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        item = panels[i] if i < len(panels) else None
+        if item is None:
+            ax.set_axis_off()
+            continue
+        panel = item if isinstance(item, Panel) else Panel(np.asarray(item))
+        if titles is not None and titles[i] is not None:
+            panel = Panel(panel.data, panel.kind, titles[i], panel.vmax, panel.colorbar)
+        _draw(ax, panel, colorbar if panel.colorbar is None else panel.colorbar)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    return fig
+
+
+def explanation_figure(image, relevance_by_class: Mapping[str, np.ndarray],
+                       values: Mapping[str, float] | None = None, *, value_label: str = "p",
+                       suptitle: str | None = None, colorbar: bool = True,
+                       panel_size: float = 2.4) -> Figure:
+    """The explanation of one image: the input, a signed map per class, and its overlay.
+
+    Layout: first row the input and one signed heatmap per class (titled with the class name
+    and its value); second row the overlay (:func:`overlay`) under each heatmap.
+
+    Parameters
+    ----------
+    image : array_like, shape (H, W, 3) or (H, W)
+        The image in [0, 1] (as shown to the user, RGB).
+    relevance_by_class : mapping of str to array_like, shape (H, W)
+        Class name → signed relevance (e.g. weight of evidence, eq. (4)–(5)).
+    values : mapping of str to float, optional
+        Class name → value of the unit (e.g. its probability) shown in the title.
+    value_label : str, default "p"
+    suptitle : str, optional
+    colorbar : bool, default True
+        Colour bars beside the heatmaps.
+    panel_size : float, default 2.4
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    image = np.asarray(image, dtype=np.float64)
+    if not relevance_by_class:
+        raise InvalidArgument("relevance_by_class is empty: give at least one class's map")
+    panels: list = [Panel(image, "image", "input")]
+    overlays: list = [None]
+    for name, relevance in relevance_by_class.items():
+        relevance = _as_map(relevance, f"relevance of {name!r}")
+        value = None if values is None else values.get(name)
+        panels.append(Panel(relevance, "signed", panel_title(name, value, value_label)))
+        overlays.append(Panel(overlay(image, relevance), "image", "overlay"))
+    return grid(panels + overlays, ncols=len(panels), colorbar=colorbar, panel_size=panel_size,
+                suptitle=suptitle)
+
+
+def save_figure(fig, path_without_suffix, formats=("png", "pdf"), *, dpi=150) -> list[Path]:
+    """Write ``fig`` once per format, each file atomically (temporary file + ``os.replace``).
+
+    Parameters
+    ----------
+    fig : matplotlib.figure.Figure
+    path_without_suffix : str or os.PathLike
+        The suffix ``.<format>`` is appended (so dots in the name are kept); parent folders
+        are created.
+    formats : sequence of str, default ("png", "pdf")
+    dpi : float, default 150
+
+    Returns
+    -------
+    list of pathlib.Path
+        The files written, in the order of ``formats``.
+    """
+    if isinstance(formats, str):
+        formats = (formats,)
+    supported = fig.canvas.get_supported_filetypes()
+    for fmt in formats:
+        if fmt not in supported:
+            raise InvalidArgument(f"figure format {fmt!r} is not supported; allowed: "
+                                  f"{', '.join(sorted(supported))}")
+    stem = Path(path_without_suffix)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    written = []
+    for fmt in formats:
+        target = stem.parent / f"{stem.name}.{fmt}"
+        handle, tmp = tempfile.mkstemp(dir=stem.parent, prefix=f".{stem.name}.", suffix=f".{fmt}")
+        os.close(handle)
+        try:
+            # No creation date in PDFs, so the same figure gives the same bytes.
+            metadata = {"CreationDate": None} if fmt == "pdf" else None
+            fig.savefig(tmp, format=fmt, dpi=dpi, metadata=metadata)
+            os.chmod(tmp, 0o644)  # mkstemp creates 0600
+            os.replace(tmp, target)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        written.append(target)
+    return written
