@@ -6,3 +6,6 @@ Difference Analysis" (ICLR 2017; arXiv 2016 "A New Method to Visualize Deep Neur
 __version__ = "0.1.0"
 
 from .errors import PredDiffError, InvalidArgument  # noqa: E402,F401
+from .analysis import prediction_difference, Explanation  # noqa: E402,F401
+from . import samplers  # noqa: E402,F401
+from .sensitivity import sensitivity_map  # noqa: E402,F401

@@ -1,0 +1,667 @@
+"""A Caffe deploy net as plain Python objects: layers, inputs, blob and parameter shapes.
+
+Scope
+-----
+:func:`load_net` reads a ``.prototxt`` in either of Caffe's text styles — the current
+``layer { type: "Convolution" }`` and the old ``layers { type: CONVOLUTION }``
+(``V1LayerParameter``) — into a :class:`NetSpec`. Layer types are normalised to the current
+CamelCase names (the table is Caffe's own ``UpgradeV1LayerType``, ``upgrade_proto.cpp``), and
+layers excluded from the TEST phase by ``include``/``exclude`` rules are dropped, as Caffe's
+``Net::FilterNet`` does for a deploy net.
+
+:func:`blob_shapes` and :func:`param_shapes` follow each supported layer's ``Reshape`` in
+BVLC/caffe to give the shape of every blob and of every learned parameter blob; the
+caffemodel reader checks the weights against them and the ONNX converter uses them.
+Supported layer types: :data:`SUPPORTED_TYPES`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from pathlib import Path
+
+from ..errors import CaffeFormatError, UnsupportedLayer
+from .prototxt import parse, plain
+
+__all__ = [
+    "LayerSpec", "NetSpec", "load_net", "V1_LAYER_TYPES", "SUPPORTED_TYPES", "ConvGeometry",
+    "PoolGeometry", "conv_geometry", "pool_geometry", "pooled_size", "blob_shapes",
+    "layer_output_shapes", "param_shapes",
+]
+
+# V1LayerParameter.LayerType: enum name, number, current type string (UpgradeV1LayerType).
+_V1_TABLE = [
+    ("NONE", 0, ""), ("ABSVAL", 35, "AbsVal"), ("ACCURACY", 1, "Accuracy"),
+    ("ARGMAX", 30, "ArgMax"), ("BNLL", 2, "BNLL"), ("CONCAT", 3, "Concat"),
+    ("CONTRASTIVE_LOSS", 37, "ContrastiveLoss"), ("CONVOLUTION", 4, "Convolution"),
+    ("DECONVOLUTION", 39, "Deconvolution"), ("DATA", 5, "Data"), ("DROPOUT", 6, "Dropout"),
+    ("DUMMY_DATA", 32, "DummyData"), ("EUCLIDEAN_LOSS", 7, "EuclideanLoss"),
+    ("ELTWISE", 25, "Eltwise"), ("EXP", 38, "Exp"), ("FLATTEN", 8, "Flatten"),
+    ("HDF5_DATA", 9, "HDF5Data"), ("HDF5_OUTPUT", 10, "HDF5Output"),
+    ("HINGE_LOSS", 28, "HingeLoss"), ("IM2COL", 11, "Im2col"), ("IMAGE_DATA", 12, "ImageData"),
+    ("INFOGAIN_LOSS", 13, "InfogainLoss"), ("INNER_PRODUCT", 14, "InnerProduct"),
+    ("LRN", 15, "LRN"), ("MEMORY_DATA", 29, "MemoryData"),
+    ("MULTINOMIAL_LOGISTIC_LOSS", 16, "MultinomialLogisticLoss"), ("MVN", 34, "MVN"),
+    ("POOLING", 17, "Pooling"), ("POWER", 26, "Power"), ("RELU", 18, "ReLU"),
+    ("SIGMOID", 19, "Sigmoid"), ("SIGMOID_CROSS_ENTROPY_LOSS", 27, "SigmoidCrossEntropyLoss"),
+    ("SILENCE", 36, "Silence"), ("SOFTMAX", 20, "Softmax"),
+    ("SOFTMAX_LOSS", 21, "SoftmaxWithLoss"),
+    ("SPLIT", 22, "Split"), ("SLICE", 33, "Slice"), ("TANH", 23, "TanH"),
+    ("WINDOW_DATA", 24, "WindowData"), ("THRESHOLD", 31, "Threshold"),
+]
+V1_LAYER_TYPES = {enum: camel for enum, _, camel in _V1_TABLE}
+"""Old enum layer type (``CONVOLUTION``) → current type string (``"Convolution"``)."""
+V1_TYPE_NUMBERS = {camel: number for _, number, camel in _V1_TABLE if camel}
+"""Current type string → ``V1LayerParameter.LayerType`` number (for the binary writer)."""
+V1_TYPES_BY_NUMBER = {number: camel for _, number, camel in _V1_TABLE}
+
+# The type-specific parameter sub-message of each layer type (LayerParameter field names).
+_PARAM_FIELD = {
+    "Convolution": "convolution_param", "Deconvolution": "convolution_param",
+    "Pooling": "pooling_param", "LRN": "lrn_param", "InnerProduct": "inner_product_param",
+    "ReLU": "relu_param", "Dropout": "dropout_param", "Softmax": "softmax_param",
+    "SoftmaxWithLoss": "softmax_param", "Concat": "concat_param", "Input": "input_param",
+    "Data": "data_param", "Accuracy": "accuracy_param", "Eltwise": "eltwise_param",
+    "Flatten": "flatten_param", "Slice": "slice_param", "Power": "power_param",
+    "Threshold": "threshold_param", "MVN": "mvn_param", "ImageData": "image_data_param",
+    "MemoryData": "memory_data_param", "WindowData": "window_data_param",
+    "HDF5Data": "hdf5_data_param", "DummyData": "dummy_data_param", "ArgMax": "argmax_param",
+    "BatchNorm": "batch_norm_param", "Scale": "scale_param", "Bias": "bias_param",
+    "Reshape": "reshape_param", "ELU": "elu_param", "PReLU": "prelu_param",
+    "Sigmoid": "sigmoid_param", "TanH": "tanh_param", "Exp": "exp_param", "Log": "log_param",
+}
+
+SUPPORTED_TYPES = ("Input", "Convolution", "Pooling", "LRN", "InnerProduct", "ReLU", "Dropout",
+                   "Softmax", "Concat")
+"""Layer types whose shapes (and ONNX conversion) preddiff implements."""
+
+
+@dataclasses.dataclass
+class LayerSpec:
+    """One layer of a deploy net.
+
+    Attributes
+    ----------
+    name : str
+        Layer name (weights in the caffemodel are matched by it).
+    type : str
+        Current Caffe type string (``"Convolution"``), also for the old enum style.
+    bottoms, tops : list of str
+        Input and output blob names (equal for an in-place layer such as ReLU).
+    params : dict
+        The layer's type-specific parameter message (``convolution_param`` for a
+        Convolution, ``pooling_param`` for a Pooling, …) as returned by
+        :func:`preddiff.caffe.prototxt.plain`: a field given once maps to its value, a
+        repeated field to a list. Empty when the layer has none.
+    message : dict
+        The whole parsed layer message (field name → list of values).
+    """
+
+    name: str
+    type: str
+    bottoms: list
+    tops: list
+    params: dict
+    message: dict = dataclasses.field(repr=False, default_factory=dict)
+
+
+@dataclasses.dataclass
+class NetSpec:
+    """A Caffe deploy net.
+
+    Attributes
+    ----------
+    name : str
+        The net's ``name`` (may be empty).
+    inputs : dict of str to tuple of int
+        Input blob name → shape as the prototxt declares it (batch first), whether given by
+        ``input``/``input_dim``, ``input_shape`` or an ``Input`` layer.
+    layers : list of LayerSpec
+        The layers of the TEST phase, in order (``Input`` layers included).
+    """
+
+    name: str
+    inputs: dict
+    layers: list
+
+    def layer(self, name: str) -> LayerSpec:
+        """The layer called ``name`` (KeyError if there is none)."""
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise KeyError(name)
+
+    @property
+    def blob_names(self) -> list:
+        """Names of the blobs the layers produce (tops, inputs excluded), in order of first
+        appearance."""
+        names = []
+        for layer in self.layers:
+            if layer.type == "Input":
+                continue
+            for top in layer.tops:
+                if top not in names and top not in self.inputs:
+                    names.append(top)
+        return names
+
+
+def load_net(prototxt) -> NetSpec:
+    """Read a Caffe net definition.
+
+    Parameters
+    ----------
+    prototxt : str or os.PathLike
+        A path to a ``.prototxt`` file, or the text itself (a ``str`` containing a newline
+        or a ``{`` is taken as text).
+
+    Returns
+    -------
+    NetSpec
+
+    Raises
+    ------
+    CaffeFormatError
+        The file is missing or unreadable, has a syntax error (the message names the line),
+        or does not describe a valid net (no layers, both ``layer`` and ``layers``, bad
+        inputs).
+
+    Examples
+    --------
+    >>> net = load_net('input: "data" input_dim: 1 input_dim: 3 input_dim: 8 input_dim: 8\\n'
+    ...                'layers { name: "r" type: RELU bottom: "data" top: "data" }')
+    >>> net.inputs, net.layers[0].type
+    ({'data': (1, 3, 8, 8)}, 'ReLU')
+    """
+    text, source = _read_text(prototxt)
+    message = parse(text, source)
+    if message.get("layer") and message.get("layers"):
+        raise CaffeFormatError(f"{source}: the net uses both 'layer' and 'layers'; Caffe "
+                               "accepts one style per file")
+    raw_layers = message.get("layer") or message.get("layers") or []
+    layers = [_layer_spec(m, source) for m in raw_layers if _in_test_phase(m)]
+    if not layers:
+        raise CaffeFormatError(f"{source}: no layers found (expected 'layer {{...}}' or "
+                               "'layers {...}' blocks)")
+    inputs = _net_inputs(message, layers, source)
+    name = message.get("name", [""])[0]
+    return NetSpec(name=str(name), inputs=inputs, layers=layers)
+
+
+def _read_text(prototxt) -> tuple[str, str]:
+    if isinstance(prototxt, str) and ("\n" in prototxt or "{" in prototxt):
+        return prototxt, "<prototxt>"
+    path = Path(os.fspath(prototxt))
+    try:
+        return path.read_text(encoding="utf-8"), str(path)
+    except FileNotFoundError:
+        raise CaffeFormatError(f"prototxt not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CaffeFormatError(f"cannot read prototxt {path}: {exc}") from None
+
+
+def _normalise_type(value, name: str, source: str) -> str:
+    if isinstance(value, int):  # a V1 enum given by number
+        if value not in V1_TYPES_BY_NUMBER:
+            raise CaffeFormatError(f"{source}: layer {name!r} has unknown type number {value}")
+        return V1_TYPES_BY_NUMBER[value]
+    text = str(value)
+    return V1_LAYER_TYPES.get(text, text)
+
+
+def _layer_spec(message: dict, source: str) -> LayerSpec:
+    name = str(message.get("name", [""])[0])
+    if "type" not in message:
+        raise CaffeFormatError(f"{source}: layer {name!r} has no type")
+    layer_type = _normalise_type(message["type"][0], name, source)
+    field = _PARAM_FIELD.get(layer_type)
+    params = plain(message[field][0]) if field and message.get(field) else {}
+    return LayerSpec(
+        name=name,
+        type=layer_type,
+        bottoms=[str(b) for b in message.get("bottom", [])],
+        tops=[str(t) for t in message.get("top", [])],
+        params=params,
+        message=message,
+    )
+
+
+def _rule_matches_test(rule: dict) -> bool:
+    """Caffe's ``Net::StateMeetsRule`` for the deploy state: phase TEST, level 0, no stages."""
+    phase = rule.get("phase", [None])[0]
+    if phase is not None and str(phase) not in ("TEST", "1"):
+        return False
+    if rule.get("min_level") and 0 < rule["min_level"][0]:
+        return False
+    if rule.get("max_level") and 0 > rule["max_level"][0]:
+        return False
+    return not rule.get("stage")  # a required stage is never set in a deploy state
+
+
+def _in_test_phase(layer: dict) -> bool:
+    """Caffe's ``Net::FilterNet``: include rules (any must match) else exclude rules (none)."""
+    if layer.get("include"):
+        return any(_rule_matches_test(rule) for rule in layer["include"])
+    return not any(_rule_matches_test(rule) for rule in layer.get("exclude", []))
+
+
+def _shape_of(message: dict, what: str, source: str) -> tuple:
+    dims = message.get("dim", [])
+    if not all(isinstance(d, int) and d >= 0 for d in dims) or not dims:
+        raise CaffeFormatError(f"{source}: {what} has bad dims {dims!r}")
+    return tuple(dims)
+
+
+def _net_inputs(message: dict, layers: list, source: str) -> dict:
+    names = [str(n) for n in message.get("input", [])]
+    inputs = {}
+    if names:
+        shapes = message.get("input_shape", [])
+        dims = message.get("input_dim", [])
+        if shapes:
+            if len(shapes) != len(names):
+                raise CaffeFormatError(f"{source}: {len(names)} inputs but {len(shapes)} "
+                                       "input_shape entries")
+            inputs = {n: _shape_of(s, f"input_shape of {n!r}", source)
+                      for n, s in zip(names, shapes)}
+        elif len(dims) == 4 * len(names):
+            inputs = {n: tuple(dims[4 * i:4 * i + 4]) for i, n in enumerate(names)}
+        else:
+            raise CaffeFormatError(f"{source}: {len(names)} inputs need {4 * len(names)} "
+                                   f"input_dim values (or input_shape), found {len(dims)}")
+    for layer in layers:
+        if layer.type != "Input":
+            continue
+        shapes = layer.message.get("input_param", [{}])[0].get("shape", [])
+        if len(shapes) not in (1, len(layer.tops)):
+            raise CaffeFormatError(f"{source}: Input layer {layer.name!r} has {len(layer.tops)} "
+                                   f"tops but {len(shapes)} shapes")
+        for i, top in enumerate(layer.tops):
+            inputs[top] = _shape_of(shapes[min(i, len(shapes) - 1)],
+                                    f"Input layer {layer.name!r}", source)
+    if not inputs:
+        raise CaffeFormatError(f"{source}: the net declares no input (expected input/"
+                               "input_dim, input_shape or an Input layer)")
+    return inputs
+
+
+# --------------------------------------------------------------------------------------------
+# Layer geometry (Caffe's defaults and the _h/_w, repeated-field spellings)
+# --------------------------------------------------------------------------------------------
+def _as_list(value) -> list:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list) else [value]
+
+
+def _spatial(params: dict, name: str, default: int | None, layer: LayerSpec) -> tuple:
+    """(h, w) of a kernel/pad/stride/dilation given as ``name`` (one or two values) or as
+    ``name_h`` + ``name_w``."""
+    h, w = params.get(f"{name}_h"), params.get(f"{name}_w")
+    values = _as_list(params.get(name))
+    if h is not None or w is not None:
+        if values or h is None or w is None:
+            raise CaffeFormatError(f"layer {layer.name!r}: give either {name} or both "
+                                   f"{name}_h and {name}_w")
+        values = [h, w]
+    if not values:
+        if default is None:
+            raise CaffeFormatError(f"layer {layer.name!r} ({layer.type}) needs {name}")
+        values = [default]
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2 or not all(isinstance(v, int) and v >= 0 for v in values):
+        raise CaffeFormatError(f"layer {layer.name!r}: {name} must be one or two non-negative "
+                               f"integers for a 2-D layer, found {values!r}")
+    return tuple(values)
+
+
+def _kernel(params: dict, layer: LayerSpec) -> tuple:
+    """(h, w) of ``kernel_size`` (one or two values) or ``kernel_h`` + ``kernel_w``."""
+    if "kernel_h" in params or "kernel_w" in params:
+        if "kernel_size" in params:
+            raise CaffeFormatError(f"layer {layer.name!r}: give either kernel_size or "
+                                   "kernel_h and kernel_w, not both")
+        return _spatial(params, "kernel", None, layer)
+    return _spatial({"kernel": params.get("kernel_size")}, "kernel", None, layer)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvGeometry:
+    """Parameters of a Convolution layer (all spatial tuples are (h, w))."""
+
+    num_output: int
+    kernel: tuple
+    pad: tuple
+    stride: tuple
+    dilation: tuple
+    group: int
+    bias_term: bool
+
+
+def conv_geometry(layer: LayerSpec) -> ConvGeometry:
+    """Read ``convolution_param`` with Caffe's defaults (pad 0, stride 1, dilation 1, group 1,
+    bias_term true)."""
+    p = layer.params
+    if p.get("axis", 1) != 1:
+        raise UnsupportedLayer(f"layer {layer.name!r} (Convolution) has axis "
+                               f"{p['axis']}; only axis 1 (channels) is supported")
+    num_output = p.get("num_output")
+    if not isinstance(num_output, int) or num_output < 1:
+        raise CaffeFormatError(f"layer {layer.name!r} (Convolution) needs a positive "
+                               f"num_output, found {num_output!r}")
+    geometry = ConvGeometry(
+        num_output=num_output,
+        kernel=_kernel(p, layer),
+        pad=_spatial(p, "pad", 0, layer),
+        stride=_spatial(p, "stride", 1, layer),
+        dilation=_spatial(p, "dilation", 1, layer),
+        group=int(p.get("group", 1)),
+        bias_term=_flag(p.get("bias_term", True)),
+    )
+    if min(geometry.kernel) < 1 or min(geometry.stride) < 1 or min(geometry.dilation) < 1:
+        raise CaffeFormatError(f"layer {layer.name!r}: kernel, stride and dilation must be "
+                               f"positive, found {geometry}")
+    return geometry
+
+
+def _flag(value) -> bool:
+    return str(value).lower() in ("true", "1") if not isinstance(value, bool) else value
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolGeometry:
+    """Parameters of a Pooling layer; ``kernel`` is None for global pooling."""
+
+    method: str  # "MAX" or "AVE"
+    kernel: tuple | None
+    pad: tuple
+    stride: tuple
+    ceil: bool
+
+
+def pool_geometry(layer: LayerSpec) -> PoolGeometry:
+    """Read ``pooling_param`` with Caffe's defaults (MAX, pad 0, stride 1, round_mode CEIL)."""
+    p = layer.params
+    method = str(p.get("pool", "MAX"))
+    method = {"0": "MAX", "1": "AVE"}.get(method, method)
+    if method not in ("MAX", "AVE"):
+        raise UnsupportedLayer(f"layer {layer.name!r} (Pooling) uses pool: {method}; only MAX "
+                               "and AVE are supported")
+    pad = _spatial(p, "pad", 0, layer)
+    stride = _spatial(p, "stride", 1, layer)
+    if _flag(p.get("global_pooling", False)):
+        if pad != (0, 0) or stride != (1, 1):
+            raise CaffeFormatError(f"layer {layer.name!r}: global pooling needs pad 0 and "
+                                   f"stride 1 (Caffe), found pad {pad}, stride {stride}")
+        return PoolGeometry(method, None, pad, stride, True)
+    kernel = _kernel(p, layer)
+    if min(kernel) < 1 or min(stride) < 1:
+        raise CaffeFormatError(f"layer {layer.name!r}: kernel and stride must be positive")
+    if pad[0] >= kernel[0] or pad[1] >= kernel[1]:
+        raise CaffeFormatError(f"layer {layer.name!r}: pad {pad} must be smaller than the "
+                               f"kernel {kernel} (Caffe)")
+    ceil = str(p.get("round_mode", "CEIL")) in ("CEIL", "0")
+    return PoolGeometry(method, kernel, pad, stride, ceil)
+
+
+def pooled_size(size: int, kernel: int, pad: int, stride: int, *, ceil: bool = True,
+                clip: bool) -> int:
+    """Output length of one axis of a Caffe Pooling layer (``pooling_layer.cpp``, Reshape).
+
+    ``ceil((size + 2·pad − kernel) / stride) + 1`` (or ``floor`` with round_mode FLOOR), minus
+    one when ``clip`` (Caffe: when the layer has any non-zero pad) and the last window would
+    start at or beyond ``size + pad``, i.e. entirely in the padding.
+
+    Examples
+    --------
+    >>> pooled_size(112, 3, 0, 2, clip=False)   # GoogLeNet pool1: 112 -> 56
+    56
+    >>> pooled_size(5, 2, 1, 2, clip=True)      # ceil gives 4, but window 4 starts at 6 >= 5 + 1
+    3
+    """
+    span = size + 2 * pad - kernel
+    if span < 0:
+        raise CaffeFormatError(f"pooling kernel {kernel} is larger than the padded input "
+                               f"{size} + 2·{pad}")
+    out = (-(-span // stride) if ceil else span // stride) + 1
+    if clip and (out - 1) * stride >= size + pad:
+        out -= 1
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Shape inference: one small function per layer type
+# --------------------------------------------------------------------------------------------
+def _check_bottoms(layer, shapes, count):
+    if len(shapes) != count:
+        raise CaffeFormatError(f"layer {layer.name!r} ({layer.type}) needs {count} bottom "
+                               f"blob(s), found {len(shapes)}")
+
+
+def _conv_shape(layer, shapes):
+    _check_bottoms(layer, shapes, 1)
+    (shape,) = shapes
+    if len(shape) != 4:
+        raise UnsupportedLayer(f"layer {layer.name!r} (Convolution) gets a {len(shape)}-D "
+                               "input; only 2-D convolution on (N, C, H, W) is supported")
+    g = conv_geometry(layer)
+    n, c, h, w = shape
+    if c % g.group or g.num_output % g.group:
+        raise CaffeFormatError(f"layer {layer.name!r}: group {g.group} must divide the input "
+                               f"channels {c} and num_output {g.num_output}")
+    out = [(x + 2 * p - (d * (k - 1) + 1)) // s + 1
+           for x, k, p, s, d in zip((h, w), g.kernel, g.pad, g.stride, g.dilation)]
+    if min(out) < 1:
+        raise CaffeFormatError(f"layer {layer.name!r}: kernel {g.kernel} does not fit the "
+                               f"input {h}x{w} with pad {g.pad}")
+    return [(n, g.num_output, *out)]
+
+
+def _pool_shape(layer, shapes):
+    _check_bottoms(layer, shapes, 1)
+    (shape,) = shapes
+    if len(shape) != 4:
+        raise UnsupportedLayer(f"layer {layer.name!r} (Pooling) gets a {len(shape)}-D input; "
+                               "only (N, C, H, W) is supported")
+    g = pool_geometry(layer)
+    n, c, h, w = shape
+    if g.kernel is None:
+        return [(n, c, 1, 1)]
+    clip = g.pad != (0, 0)  # Caffe: `if (pad_h_ || pad_w_)` clips both axes
+    out = [pooled_size(x, k, p, s, ceil=g.ceil, clip=clip)
+           for x, k, p, s in zip((h, w), g.kernel, g.pad, g.stride)]
+    for x, k, p, s, o in zip((h, w), g.kernel, g.pad, g.stride, out):
+        if (o - 1) * s - p >= x:  # only possible without padding and stride > kernel
+            raise UnsupportedLayer(f"layer {layer.name!r} (Pooling): its last window starts "
+                                   "beyond the input, where Caffe's output is undefined")
+    return [(n, c, *out)]
+
+
+def _same_shape(layer, shapes):
+    _check_bottoms(layer, shapes, 1)
+    return [shapes[0]]
+
+
+def _lrn_shape(layer, shapes):
+    region = str(layer.params.get("norm_region", "ACROSS_CHANNELS"))
+    if region not in ("ACROSS_CHANNELS", "0"):
+        raise UnsupportedLayer(f"layer {layer.name!r} (LRN) uses norm_region {region}; only "
+                               "ACROSS_CHANNELS is supported")
+    size = layer.params.get("local_size", 5)
+    if not isinstance(size, int) or size < 1 or size % 2 == 0:
+        raise CaffeFormatError(f"layer {layer.name!r} (LRN): local_size must be a positive odd "
+                               f"integer (Caffe), found {size!r}")
+    if len(shapes) == 1 and len(shapes[0]) != 4:
+        raise UnsupportedLayer(f"layer {layer.name!r} (LRN) needs an (N, C, H, W) input")
+    return _same_shape(layer, shapes)
+
+
+def _dropout_shape(layer, shapes):
+    if not _flag(layer.params.get("scale_train", True)):
+        # Caffe then scales by (1 - ratio) at test time, which needs an op outside our set.
+        raise UnsupportedLayer(f"layer {layer.name!r} (Dropout) has scale_train: false, which "
+                               "scales at test time; not supported")
+    return _same_shape(layer, shapes)
+
+
+def _axis(layer, shapes, value) -> int:
+    rank = len(shapes[0])
+    axis = int(value)
+    if not -rank <= axis < rank:
+        raise CaffeFormatError(f"layer {layer.name!r}: axis {axis} out of range for a "
+                               f"{rank}-D blob")
+    return axis % rank
+
+
+def _softmax_shape(layer, shapes):
+    _check_bottoms(layer, shapes, 1)
+    if _axis(layer, shapes, layer.params.get("axis", 1)) == 0:
+        raise UnsupportedLayer(f"layer {layer.name!r} (Softmax) normalises over the batch "
+                               "axis; not supported")
+    return [shapes[0]]
+
+
+def _inner_product_shape(layer, shapes):
+    _check_bottoms(layer, shapes, 1)
+    num_output = layer.params.get("num_output")
+    if not isinstance(num_output, int) or num_output < 1:
+        raise CaffeFormatError(f"layer {layer.name!r} (InnerProduct) needs a positive "
+                               f"num_output, found {num_output!r}")
+    if _axis(layer, shapes, layer.params.get("axis", 1)) != 1:
+        raise UnsupportedLayer(f"layer {layer.name!r} (InnerProduct) has axis "
+                               f"{layer.params['axis']}; only axis 1 is supported")
+    return [(shapes[0][0], num_output)]
+
+
+def _concat_shape(layer, shapes):
+    if not shapes:
+        raise CaffeFormatError(f"layer {layer.name!r} (Concat) has no bottom blobs")
+    p = layer.params
+    axis = _axis(layer, shapes, p.get("axis", p.get("concat_dim", 1)))
+    if axis == 0:
+        raise UnsupportedLayer(f"layer {layer.name!r} (Concat) concatenates along the batch "
+                               "axis; not supported")
+    first = shapes[0]
+    for shape in shapes[1:]:
+        if len(shape) != len(first) or any(a != b for i, (a, b) in enumerate(zip(shape, first))
+                                           if i != axis):
+            raise CaffeFormatError(f"layer {layer.name!r} (Concat): bottom shapes {shapes} "
+                                   f"differ outside axis {axis}")
+    out = list(first)
+    out[axis] = sum(s[axis] for s in shapes)
+    return [tuple(out)]
+
+
+_SHAPE_FUNCS = {
+    "Convolution": _conv_shape,
+    "Pooling": _pool_shape,
+    "LRN": _lrn_shape,
+    "InnerProduct": _inner_product_shape,
+    "ReLU": _same_shape,
+    "Dropout": _dropout_shape,
+    "Softmax": _softmax_shape,
+    "Concat": _concat_shape,
+}
+
+
+def unsupported(layer: LayerSpec) -> UnsupportedLayer:
+    """The error for a layer whose type preddiff does not handle."""
+    return UnsupportedLayer(
+        f"layer {layer.name!r} has type {layer.type!r}, which preddiff cannot convert; "
+        f"supported types: {', '.join(SUPPORTED_TYPES)}"
+    )
+
+
+def layer_output_shapes(net: NetSpec, batch: int | None = None) -> list:
+    """Shape of each top of each layer, in layer order.
+
+    Parameters
+    ----------
+    net : NetSpec
+    batch : int, optional
+        Batch size to use instead of the one the prototxt declares.
+
+    Returns
+    -------
+    list of list of tuple of int
+        ``result[i][j]`` is the shape of ``net.layers[i].tops[j]`` as written by that layer.
+
+    Raises
+    ------
+    UnsupportedLayer
+        A layer type outside :data:`SUPPORTED_TYPES`, or an unsupported option.
+    CaffeFormatError
+        A bottom blob that no earlier layer produces, or inconsistent shapes.
+    """
+    current = {name: tuple(shape) if batch is None else (batch, *shape[1:])
+               for name, shape in net.inputs.items()}
+    result = []
+    for layer in net.layers:
+        if layer.type == "Input":
+            result.append([current[top] for top in layer.tops])
+            continue
+        func = _SHAPE_FUNCS.get(layer.type)
+        if func is None:
+            raise unsupported(layer)
+        missing = [b for b in layer.bottoms if b not in current]
+        if missing:
+            raise CaffeFormatError(f"layer {layer.name!r} reads blob {missing[0]!r}, which no "
+                                   "earlier layer produces and which is not an input")
+        tops = func(layer, [current[b] for b in layer.bottoms])
+        if len(layer.tops) != len(tops):
+            raise CaffeFormatError(f"layer {layer.name!r} ({layer.type}) must have "
+                                   f"{len(tops)} top blob(s), found {len(layer.tops)}")
+        for name, shape in zip(layer.tops, tops):
+            current[name] = shape
+        result.append(tops)
+    return result
+
+
+def blob_shapes(net: NetSpec, batch: int | None = None) -> dict:
+    """Shape of every blob after the forward pass (inputs included), name → tuple."""
+    shapes = {name: tuple(shape) if batch is None else (batch, *shape[1:])
+              for name, shape in net.inputs.items()}
+    for layer, tops in zip(net.layers, layer_output_shapes(net, batch)):
+        shapes.update(zip(layer.tops, tops))
+    return shapes
+
+
+def param_shapes(net: NetSpec) -> dict:
+    """Shapes of the learned parameter blobs of each layer that has any.
+
+    Returns
+    -------
+    dict of str to list of tuple
+        Layer name → ``[weight shape, bias shape]`` (bias only with ``bias_term``):
+        Convolution ``(num_output, C / group, kh, kw)``, ``(num_output,)``;
+        InnerProduct ``(num_output, K)`` (``(K, num_output)`` with ``transpose``),
+        ``(num_output,)``, where K is the product of the bottom's non-batch dims.
+    """
+    shapes = blob_shapes_before(net)
+    result = {}
+    for layer, bottoms in shapes:
+        if layer.type == "Convolution":
+            g = conv_geometry(layer)
+            c = bottoms[0][1]
+            result[layer.name] = [(g.num_output, c // g.group, *g.kernel)]
+            if g.bias_term:
+                result[layer.name].append((g.num_output,))
+        elif layer.type == "InnerProduct":
+            n = layer.params["num_output"]
+            k = math.prod(bottoms[0][1:])
+            transpose = _flag(layer.params.get("transpose", False))
+            result[layer.name] = [(k, n) if transpose else (n, k)]
+            if _flag(layer.params.get("bias_term", True)):
+                result[layer.name].append((n,))
+    return result
+
+
+def blob_shapes_before(net: NetSpec) -> list:
+    """``(layer, [shape of each bottom])`` for every layer, in order (batch as declared)."""
+    current = {name: tuple(shape) for name, shape in net.inputs.items()}
+    pairs = []
+    for layer, tops in zip(net.layers, layer_output_shapes(net)):
+        pairs.append((layer, [current[b] for b in layer.bottoms if b in current]))
+        current.update(zip(layer.tops, tops))
+    return pairs

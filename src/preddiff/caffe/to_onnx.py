@@ -1,0 +1,390 @@
+"""Convert a Caffe deploy net and its weights to an ONNX model that computes what Caffe does.
+
+Scope
+-----
+Layer types (one small emitter each, in :data:`_EMITTERS`): Input, Convolution (group, pad,
+stride, kernel incl. ``_h``/``_w``, dilation, bias_term), Pooling (MAX, AVE, global;
+Caffe's ceil rounding and padding clip rule), LRN (ACROSS_CHANNELS), InnerProduct (incl.
+``transpose``), ReLU (``negative_slope``), Dropout (identity at test time), Softmax, Concat.
+Any other type raises :class:`~preddiff.errors.UnsupportedLayer` naming the layer and type.
+
+Emitted ONNX operators (:data:`ONNX_OPS`), opset ≥ 13, every weight an initializer:
+Conv, MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool, LRN, Flatten, Gemm, Relu,
+LeakyRelu, Concat, Softmax, Identity, Pad (constant zeros). Keeping to this small set lets
+:mod:`preddiff.graph` interpret and differentiate the graphs in NumPy.
+
+The graph
+---------
+* Inputs: the net's input blobs (``data``), float32 ``(N, C, H, W)`` with a dynamic batch
+  dimension ``"N"``.
+* Every Caffe top blob keeps its Caffe name as the ONNX value that holds what Caffe holds in
+  that blob after the forward pass. An in-place layer (``top == bottom``, e.g. ReLU) overwrites
+  its blob, so the *final* write gets the Caffe name and an earlier value gets a derived name,
+  ``"<blob>/before_<layer>"`` (``conv1/before_relu1`` is conv1's output before relu1). An
+  in-place Dropout is the identity at test time and emits nothing.
+* Outputs: only those asked for (exposing many blobs slows onnxruntime down).
+
+Pooling: Caffe versus ONNX
+--------------------------
+Caffe (``pooling_layer.cpp``) makes ``ceil((H + 2p − k)/s) + 1`` windows, one fewer when the
+layer has any padding and the last window would start at or beyond ``H + p``; an AVE window
+is divided by its size clipped to ``[−p, H + p)`` (padding counts, the ceil overhang beyond
+it does not). Rather than rely on ``ceil_mode`` — whose treatment of that last window and of
+the AVE divisor has changed between onnxruntime releases and differs between runtimes — the
+converter always emits ``ceil_mode=0`` with explicit asymmetric pads chosen so that the floor
+rule gives exactly Caffe's windows:
+
+* MaxPool: ``pads = (p, p + e)`` with ``e`` the overhang of Caffe's last window (padding never
+  wins a max, in Caffe or ONNX).
+* AveragePool whose windows all lie in ``[−p, H + p)``: ``pads = (p, e ≤ p)``,
+  ``count_include_pad=1`` (divisor k·k, as Caffe's).
+* AveragePool with an overhang beyond ``H + p``: an explicit zero ``Pad`` by ``p``, then
+  ``count_include_pad=0`` with end pads for the overhang, so the divisor is the window clipped
+  to the zero-padded input, i.e. to ``[−p, H + p)`` — Caffe's.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from .. import __version__
+from ..errors import CaffeFormatError, InvalidArgument, UnsupportedLayer
+from .caffemodel import read_caffemodel
+from .net import NetSpec, conv_geometry, layer_output_shapes, load_net, pool_geometry, \
+    pooled_size, unsupported
+
+__all__ = ["caffe_to_onnx", "net_to_onnx", "save_onnx", "ONNX_OPS", "MIN_OPSET"]
+
+ONNX_OPS = frozenset({
+    "Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LRN", "Flatten",
+    "Gemm", "Relu", "LeakyRelu", "Concat", "Softmax", "Identity", "Pad",
+})
+"""Every ONNX operator the converter may emit."""
+
+MIN_OPSET = 13  # Softmax over one axis (not a flattened tail) and Pad's pads as an input
+
+
+def caffe_to_onnx(prototxt, caffemodel, *, outputs=None, opset: int = MIN_OPSET
+                  ) -> onnx.ModelProto:
+    """Convert a Caffe deploy net with its trained weights to ONNX.
+
+    Parameters
+    ----------
+    prototxt : str, os.PathLike or NetSpec
+        The deploy net (a path, its text, or an already loaded :class:`NetSpec`).
+    caffemodel : str or os.PathLike
+        The weights, in any format :func:`preddiff.caffe.read_caffemodel` reads.
+    outputs : None, "all", str or list of str
+        Graph outputs: None → the last blob only; ``"all"`` → every top blob; otherwise blob
+        names (a list, or one comma-separated string).
+    opset : int
+        ONNX opset to declare, at least 13.
+
+    Returns
+    -------
+    onnx.ModelProto
+        Input ``data`` of shape ``(N, C, H, W)``; see the module docstring.
+
+    Raises
+    ------
+    UnsupportedLayer
+        A layer type or option the converter does not handle (the message names the layer).
+    CaffeFormatError
+        The files cannot be read or do not match each other.
+    InvalidArgument
+        An unknown output blob (the message lists the available ones) or a bad ``opset``.
+    """
+    net = prototxt if isinstance(prototxt, NetSpec) else load_net(prototxt)
+    layer_output_shapes(net)  # report an unsupported layer before reading a large file
+    weights = read_caffemodel(caffemodel, net)
+    return net_to_onnx(net, weights, outputs=outputs, opset=opset)
+
+
+def save_onnx(model: onnx.ModelProto, path) -> Path:
+    """Write ``model`` to ``path`` atomically (a temporary file in the same folder, renamed);
+    missing parent folders are created. Returns the path."""
+    path = Path(os.fspath(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(model.SerializeToString())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+class _GraphBuilder:
+    """Nodes, initializers and unique value names of the graph under construction."""
+
+    def __init__(self):
+        self.nodes, self.initializers, self.used = [], [], set()
+
+    def reserve(self, name: str) -> None:
+        self.used.add(name)
+
+    def fresh(self, base: str) -> str:
+        name, i = base, 1
+        while name in self.used:
+            i += 1
+            name = f"{base}_{i}"
+        self.used.add(name)
+        return name
+
+    def node(self, op: str, inputs, outputs, name: str, **attrs) -> None:
+        if op not in ONNX_OPS:  # the operator set is a promise to preddiff.graph
+            raise RuntimeError(f"converter bug: {op} is outside the declared operator set")
+        self.nodes.append(helper.make_node(op, list(inputs), list(outputs), name=name, **attrs))
+
+    def weight(self, layer, base: str, array: np.ndarray, shape: tuple) -> str:
+        """Add a Caffe parameter blob as a float32 initializer after checking its shape."""
+        if tuple(array.shape) != tuple(shape):
+            raise CaffeFormatError(f"layer {layer.name!r}: {base} has shape {array.shape}, "
+                                   f"expected {tuple(shape)}")
+        name = self.fresh(f"{layer.name}/{base}")
+        self.initializers.append(
+            numpy_helper.from_array(np.ascontiguousarray(array, dtype=np.float32), name))
+        return name
+
+    def ints(self, base: str, values) -> str:
+        name = self.fresh(base)
+        self.initializers.append(numpy_helper.from_array(np.asarray(values, np.int64), name))
+        return name
+
+
+# --------------------------------------------------------------------------------------------
+# One emitter per Caffe layer type: (graph, layer, input names, output names, input shapes,
+# parameter blobs) -> None
+# --------------------------------------------------------------------------------------------
+def _params(layer, blobs, count: int) -> list:
+    if blobs is None or len(blobs) != count:
+        found = "none" if blobs is None else len(blobs)
+        raise CaffeFormatError(f"layer {layer.name!r} ({layer.type}) needs {count} parameter "
+                               f"blob(s), the weights have {found}")
+    return blobs
+
+
+def _convolution(g, layer, ins, outs, shapes, blobs):
+    geo = conv_geometry(layer)
+    c = shapes[0][1]
+    blobs = _params(layer, blobs, 2 if geo.bias_term else 1)
+    inputs = [ins[0], g.weight(layer, "weight", blobs[0],
+                               (geo.num_output, c // geo.group, *geo.kernel))]
+    if geo.bias_term:
+        inputs.append(g.weight(layer, "bias", blobs[1], (geo.num_output,)))
+    g.node("Conv", inputs, outs, layer.name, kernel_shape=list(geo.kernel),
+           pads=[*geo.pad, *geo.pad], strides=list(geo.stride), dilations=list(geo.dilation),
+           group=geo.group)
+
+
+def _pooling(g, layer, ins, outs, shapes, blobs):
+    _params(layer, blobs or [], 0)
+    geo = pool_geometry(layer)
+    if geo.kernel is None:
+        op = "GlobalMaxPool" if geo.method == "MAX" else "GlobalAveragePool"
+        g.node(op, ins, outs, layer.name)
+        return
+    size = shapes[0][2:]
+    clip = geo.pad != (0, 0)
+    out = [pooled_size(x, k, p, s, ceil=geo.ceil, clip=clip)
+           for x, k, p, s in zip(size, geo.kernel, geo.pad, geo.stride)]
+    # How far Caffe's last window reaches beyond the padded input [-p, H + p).
+    over = [(o - 1) * s + k - (x + p)
+            for o, s, k, x, p in zip(out, geo.stride, geo.kernel, size, geo.pad)]
+    attrs = dict(kernel_shape=list(geo.kernel), strides=list(geo.stride), ceil_mode=0)
+    x, begins = ins[0], list(geo.pad)
+    if geo.method == "MAX" or all(e <= p for e, p in zip(over, geo.pad)):
+        ends = [max(0, e) for e in over]
+        if geo.method == "MAX":  # padding never wins a max, in Caffe or ONNX
+            g.node("MaxPool", ins, outs, layer.name, pads=[*begins, *ends], **attrs)
+        else:  # every window inside [-p, H + p): Caffe divides by k_h * k_w
+            g.node("AveragePool", ins, outs, layer.name, pads=[*begins, *ends],
+                   count_include_pad=1, **attrs)
+    else:
+        if clip:  # real zeros, which count in the divisor as Caffe's padding does
+            x = g.fresh(f"{layer.name}/padded")
+            pads = g.ints(f"{layer.name}/pads", [0, 0, *geo.pad, 0, 0, *geo.pad])
+            g.node("Pad", [ins[0], pads], [x], f"{layer.name}/pad", mode="constant")
+            size = [n + 2 * p for n, p in zip(size, geo.pad)]
+        begins = [0, 0]
+        # The overhang lies outside the (padded) input: count_include_pad=0 leaves it out
+        # of the divisor.
+        ends = [max(0, e - p) for e, p in zip(over, geo.pad)]
+        g.node("AveragePool", [x], outs, layer.name, pads=[*begins, *ends],
+               count_include_pad=0, **attrs)
+    got = [(n + b + e - k) // s + 1
+           for n, b, e, k, s in zip(size, begins, ends, geo.kernel, geo.stride)]
+    if got != out:  # ONNX's floor rule with these pads must give Caffe's window count
+        raise RuntimeError(f"converter bug: pooling {layer.name!r} gives {got}, Caffe {out}")
+
+
+def _lrn(g, layer, ins, outs, shapes, blobs):
+    _params(layer, blobs or [], 0)
+    p = layer.params
+    # Caffe: x / (k + alpha/n * sum_window x^2)^beta; ONNX LRN has the same alpha/size form.
+    g.node("LRN", ins, outs, layer.name, size=int(p.get("local_size", 5)),
+           alpha=float(p.get("alpha", 1.0)), beta=float(p.get("beta", 0.75)),
+           bias=float(p.get("k", 1.0)))
+
+
+def _inner_product(g, layer, ins, outs, shapes, blobs):
+    p = layer.params
+    n = int(p["num_output"])
+    k = int(np.prod(shapes[0][1:]))
+    bias = str(p.get("bias_term", "true")).lower() in ("true", "1")
+    transpose = str(p.get("transpose", "false")).lower() in ("true", "1")
+    blobs = _params(layer, blobs, 2 if bias else 1)
+    x = ins[0]
+    if len(shapes[0]) != 2:  # Caffe flattens C, H, W row-major, as Flatten(axis=1) does
+        x = g.fresh(f"{layer.name}/flatten")
+        g.node("Flatten", ins, [x], f"{layer.name}/flatten", axis=1)
+    # Caffe stores the weight as (N, K) (or (K, N) with transpose): y = x W^T + b.
+    inputs = [x, g.weight(layer, "weight", blobs[0], (k, n) if transpose else (n, k))]
+    if bias:
+        inputs.append(g.weight(layer, "bias", blobs[1], (n,)))
+    g.node("Gemm", inputs, outs, layer.name, transB=0 if transpose else 1)
+
+
+def _relu(g, layer, ins, outs, shapes, blobs):
+    _params(layer, blobs or [], 0)
+    slope = float(layer.params.get("negative_slope", 0.0))
+    if slope:
+        g.node("LeakyRelu", ins, outs, layer.name, alpha=slope)
+    else:
+        g.node("Relu", ins, outs, layer.name)
+
+
+def _dropout(g, layer, ins, outs, shapes, blobs):
+    _params(layer, blobs or [], 0)
+    g.node("Identity", ins, outs, layer.name)  # Caffe's Dropout copies at test time
+
+
+def _softmax(g, layer, ins, outs, shapes, blobs):
+    _params(layer, blobs or [], 0)
+    axis = int(layer.params.get("axis", 1)) % len(shapes[0])
+    g.node("Softmax", ins, outs, layer.name, axis=axis)
+
+
+def _concat(g, layer, ins, outs, shapes, blobs):
+    _params(layer, blobs or [], 0)
+    p = layer.params
+    axis = int(p.get("axis", p.get("concat_dim", 1))) % len(shapes[0])
+    g.node("Concat", ins, outs, layer.name, axis=axis)
+
+
+_EMITTERS = {
+    "Convolution": _convolution,
+    "Pooling": _pooling,
+    "LRN": _lrn,
+    "InnerProduct": _inner_product,
+    "ReLU": _relu,
+    "Dropout": _dropout,
+    "Softmax": _softmax,
+    "Concat": _concat,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# The whole net
+# --------------------------------------------------------------------------------------------
+def _is_alias(layer) -> bool:
+    """An in-place Dropout: the identity at test time, so the blob keeps its value."""
+    return layer.type == "Dropout" and layer.tops == layer.bottoms
+
+
+def _plan_names(net: NetSpec, g: _GraphBuilder) -> dict:
+    """ONNX value name of each (layer index, top index) write: the Caffe blob name for the
+    last write of a blob, a derived name for the writes an in-place layer overwrites."""
+    writes = [(i, j, top) for i, layer in enumerate(net.layers)
+              if layer.type != "Input" and not _is_alias(layer)
+              for j, top in enumerate(layer.tops)]
+    for name in list(net.inputs) + [w[2] for w in writes]:
+        g.reserve(name)
+    names = {}
+    for pos, (i, j, blob) in enumerate(writes):
+        if blob in net.inputs:
+            raise UnsupportedLayer(f"layer {net.layers[i].name!r} overwrites the network input "
+                                   f"{blob!r} in place; not supported")
+        later = [w for w in writes[pos + 1:] if w[2] == blob]
+        if later:
+            names[(i, j)] = g.fresh(f"{blob}/before_{net.layers[later[0][0]].name}")
+        else:
+            names[(i, j)] = blob
+    return names
+
+
+def _select_outputs(net: NetSpec, outputs) -> list:
+    available = net.blob_names
+    if not available:
+        raise CaffeFormatError("the net has no layers that produce blobs")
+    if outputs is None:
+        last = [layer for layer in net.layers if layer.type != "Input"][-1]
+        return [last.tops[-1]]
+    if isinstance(outputs, str):
+        if outputs == "all":
+            return available
+        outputs = [o.strip() for o in outputs.split(",") if o.strip()]
+    selected = []
+    for name in outputs:
+        if name not in available:
+            raise InvalidArgument(f"unknown output blob {name!r}; available blobs: "
+                                  f"{', '.join(available)}")
+        if name not in selected:
+            selected.append(name)
+    if not selected:
+        raise InvalidArgument("no output blobs selected; give 'all' or blob names")
+    return selected
+
+
+def _tensor_info(name: str, shape: tuple):
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", *shape[1:]])
+
+
+def net_to_onnx(net: NetSpec, weights: dict, *, outputs=None, opset: int = MIN_OPSET
+                ) -> onnx.ModelProto:
+    """Build the ONNX model of ``net`` with parameter blobs ``weights`` (layer name → list of
+    arrays, as :func:`preddiff.caffe.read_caffemodel` returns). See :func:`caffe_to_onnx`."""
+    if not isinstance(opset, int) or not MIN_OPSET <= opset <= onnx.defs.onnx_opset_version():
+        raise InvalidArgument(f"opset must be an integer from {MIN_OPSET} to "
+                              f"{onnx.defs.onnx_opset_version()}, got {opset!r}")
+    shapes = layer_output_shapes(net, batch=1)
+    selected = _select_outputs(net, outputs)
+    g = _GraphBuilder()
+    names = _plan_names(net, g)
+    current = {name: name for name in net.inputs}
+    current_shape = {name: (1, *shape[1:]) for name, shape in net.inputs.items()}
+    value_info = []
+    for i, layer in enumerate(net.layers):
+        if layer.type == "Input" or _is_alias(layer):
+            continue
+        emit = _EMITTERS.get(layer.type)
+        if emit is None:
+            raise unsupported(layer)
+        outs = [names[(i, j)] for j in range(len(layer.tops))]
+        emit(g, layer, [current[b] for b in layer.bottoms], outs,
+             [current_shape[b] for b in layer.bottoms], weights.get(layer.name))
+        for top, out, shape in zip(layer.tops, outs, shapes[i]):
+            current[top], current_shape[top] = out, shape
+            if out not in selected:
+                value_info.append(_tensor_info(out, shape))
+    graph = helper.make_graph(
+        g.nodes,
+        net.name or "caffe_net",
+        [_tensor_info(name, shape) for name, shape in net.inputs.items()],
+        [_tensor_info(name, current_shape[name]) for name in selected],
+        initializer=g.initializers,
+        value_info=value_info,
+    )
+    opset_id = helper.make_opsetid("", opset)
+    model = helper.make_model(graph, opset_imports=[opset_id], producer_name="preddiff",
+                              producer_version=__version__,
+                              doc_string=f"Caffe net {net.name!r} converted by preddiff")
+    model.ir_version = helper.find_min_ir_version_for([opset_id])
+    return model
