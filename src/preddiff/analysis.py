@@ -1,0 +1,595 @@
+"""Prediction difference analysis: Algorithm 1 of Zintgraf, Cohen & Welling (2016), vectorised.
+
+For every ``kh × kw`` window ``x_w`` of the image (all channels; positions from
+:mod:`preddiff.windows`), the window is replaced by ``S`` samples from a sampler
+(:mod:`preddiff.samplers`), the classifier is evaluated on the ``S`` perturbed images, and the
+prediction difference of each requested blob is computed:
+
+- a *probability* blob (by default the one named ``prob``) gives the **weight of evidence**,
+  eq. (4)–(5)::
+
+      WE_w(c) = log2 odds(p(c|x)) − log2 odds(p(c|x \\ x_w)),   odds(p) = p / (1 − p),
+
+  where ``p(c|x \\ x_w)`` is the *mean over the S samples* of the classifier's probability
+  (Algorithm 1), and both probabilities get the Laplace correction ``p ← (p·N + 1)/(N + K)``
+  (§2.2; ``N = laplace_n``, 100000 in the released code; ``K`` = number of classes);
+- every other blob gives the **activation difference**, eq. (9), ``g(h) − mean_s g(h'_s)``;
+  for a blob with spatial dimensions ``(N, C, h, w)`` it is averaged over the units of each
+  feature map, one number per map (released code).
+
+A pixel's relevance is the average over the windows that contain it (§3.2); pixels no window
+covers get 0 and count 0. Accumulation is in float64.
+
+How it is fast
+--------------
+Windows are processed in batches of ``batch_size // S`` windows (``S`` images each): the
+sampler fills all windows of a batch at once, the perturbed images are built with array
+operations (the image broadcast into a reused buffer, the windows written through a strided
+window view with fancy indexing), the classifier is called once per batch, and the per-window
+reductions are array operations. The per-pixel average is a box filter of the per-window values
+(:func:`preddiff.windows.window_sum`).
+
+Fast path for incremental classifiers
+-------------------------------------
+If the classifier has a method ``evaluate_windows(x, top_left, patches)`` — ``x`` float32
+``(C, H, W)``, ``top_left`` int64 ``(N, 2)``, ``patches`` float32 ``(N, C, kh, kw)`` — the
+engine calls it instead of building full images. It must return exactly what
+``classifier(batch)`` would, where ``batch[n]`` is ``x`` with the window at ``top_left[n]``
+replaced by ``patches[n]``: a dict ``{blob: (N, ...)}``. An exact incremental-inference
+classifier (recomputing only what a window changes) plugs in here.
+
+Reproducibility
+---------------
+Window ``i`` draws its samples from a random stream that depends only on the run's seed and
+``i`` (:func:`preddiff.samplers.window_rng`); batches are aligned to a fixed grid of window
+indices and the mean over samples is summed in a fixed order. Hence the same seed gives the
+same result whatever ``batch_size`` — bit for bit when the classifier's output for an image
+does not depend on the other images of its batch (true of NumPy code written row by row; an
+optimised library may differ in the last bits between batch sizes) — and a resumed run gives
+bit for bit the result of an uninterrupted one with the same batch size.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import numbers
+import sys
+import time
+import types
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from .checkpoint import Checkpoint, atomic_savez, json_array
+from .errors import InvalidArgument, PredDiffError
+from .samplers import WindowStreams, resolve_seed
+from .windows import coverage_counts, window_positions, window_shape, window_sum
+
+__all__ = ["prediction_difference", "Explanation", "NonFiniteOutput", "weight_of_evidence"]
+
+DEFAULT_BATCH_SIZE = 256
+
+
+class NonFiniteOutput(PredDiffError):
+    """The classifier returned NaN or infinite values."""
+
+
+# ----------------------------------------------------------------------------------------------
+# the result
+
+
+@dataclass
+class Explanation:
+    """The result of :func:`prediction_difference`.
+
+    Attributes
+    ----------
+    relevance : dict of str to ndarray of float64, shape (units, H, W)
+        Per blob: one map per class (probability blob), per unit (vector blob) or per feature
+        map (convolutional blob). Weight of evidence (eq. 4–5) in bits for probability blobs,
+        activation difference (eq. 9) otherwise, averaged over the windows covering each pixel.
+    clean : dict of str to ndarray of float64
+        Each blob's value on the unperturbed image (one row, batch dimension dropped).
+    counts : ndarray of int64, shape (H, W)
+        Number of windows that covered each pixel (0: relevance 0).
+    x : ndarray of float32, shape (C, H, W)
+        The explained (preprocessed) image.
+    window, stride, num_samples, blobs, probability_blobs, laplace_n, seed, batch_size
+        The run's parameters (``seed`` is the integer seed used, also when a Generator was
+        given).
+    sampler : dict
+        The sampler's description (``describe()``).
+    timings : dict of str to float
+        Seconds: ``total``, ``classifier`` (inside classifier calls), ``sampler``,
+        ``outside`` (= total − classifier), and ``outside_fraction``. A resumed run adds the
+        times saved in its checkpoint.
+    metadata : dict
+        Free-form JSON-serialisable information (the CLI stores the model and version).
+    """
+
+    relevance: dict
+    clean: dict
+    counts: np.ndarray
+    x: np.ndarray
+    window: tuple
+    stride: int
+    num_samples: int
+    blobs: tuple
+    probability_blobs: tuple
+    laplace_n: float
+    seed: int
+    sampler: dict
+    batch_size: int
+    timings: dict
+    metadata: dict = field(default_factory=dict)
+
+    def top_classes(self, blob: str = "prob", n: int = 3) -> list[tuple[int, float]]:
+        """The ``n`` units with the largest clean value of ``blob``.
+
+        Returns
+        -------
+        list of (unit index, clean value), largest first. For a blob with spatial dimensions
+        the value is the feature map's mean.
+        """
+        if blob not in self.clean:
+            raise InvalidArgument(f"unknown blob {blob!r}; this explanation has "
+                                  f"{', '.join(self.clean)}")
+        values = self.clean[blob]
+        values = values.reshape(values.shape[0], -1).mean(axis=1) if values.ndim > 1 else values
+        order = np.argsort(-values, kind="stable")[:n]
+        return [(int(i), float(values[i])) for i in order]
+
+    def _meta(self) -> dict:
+        return {
+            "blobs": list(self.blobs), "probability_blobs": list(self.probability_blobs),
+            "window": list(self.window), "stride": self.stride, "num_samples": self.num_samples,
+            "laplace_n": self.laplace_n, "seed": self.seed, "sampler": self.sampler,
+            "batch_size": self.batch_size, "timings": self.timings, "metadata": self.metadata,
+        }
+
+    def save(self, path, *, dtype=np.float64) -> None:
+        """Write the explanation to ``path`` (``.npz``, atomically; the name is used as given).
+
+        Parameters
+        ----------
+        dtype : numpy dtype, optional
+            Storage type of the relevance maps (float32 halves the file of a 1000-class map).
+        """
+        arrays = {"meta": json_array(self._meta()), "x": self.x, "counts": self.counts}
+        for i, blob in enumerate(self.blobs):
+            arrays[f"relevance_{i}"] = self.relevance[blob].astype(dtype, copy=False)
+            arrays[f"clean_{i}"] = self.clean[blob]
+        atomic_savez(path, **arrays)
+
+    @classmethod
+    def load(cls, path) -> "Explanation":
+        """Read an explanation written by :meth:`save`."""
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                meta = json.loads(str(data["meta"]))
+                blobs = tuple(meta["blobs"])
+                relevance = {b: data[f"relevance_{i}"] for i, b in enumerate(blobs)}
+                clean = {b: data[f"clean_{i}"] for i, b in enumerate(blobs)}
+                x, counts = data["x"], data["counts"]
+        except (KeyError, ValueError) as exc:
+            raise InvalidArgument(f"{path} is not a saved Explanation ({exc})") from None
+        return cls(relevance=relevance, clean=clean, counts=counts, x=x,
+                   window=tuple(meta["window"]), stride=meta["stride"],
+                   num_samples=meta["num_samples"], blobs=blobs,
+                   probability_blobs=tuple(meta["probability_blobs"]),
+                   laplace_n=meta["laplace_n"], seed=meta["seed"], sampler=meta["sampler"],
+                   batch_size=meta["batch_size"], timings=meta["timings"],
+                   metadata=meta.get("metadata", {}))
+
+
+# ----------------------------------------------------------------------------------------------
+# prediction differences of one batch
+
+
+def laplace_correction(p, laplace_n, num_classes):
+    """``(p·N + 1) / (N + K)`` (§2.2), elementwise, float64."""
+    return (np.asarray(p, dtype=np.float64) * laplace_n + 1.0) / (laplace_n + num_classes)
+
+
+def log2_odds(p):
+    """``log2(p / (1 − p))``, elementwise."""
+    return np.log2(p) - np.log2(1.0 - p)
+
+
+def weight_of_evidence(p_clean, p_removed, laplace_n=100000):
+    """Weight of evidence, eq. (4)–(5), with the Laplace correction on both probabilities.
+
+    Parameters
+    ----------
+    p_clean : array_like, shape (..., K)
+        ``p(c|x)``.
+    p_removed : array_like, shape (..., K)
+        ``p(c|x \\ x_w)`` — already averaged over the samples.
+    laplace_n : float
+        ``N`` of the correction (training-set size; the released code used 100000).
+
+    Returns
+    -------
+    ndarray of float64, shape broadcast (..., K)
+        In bits; positive = evidence for the class.
+    """
+    k = np.shape(p_clean)[-1]
+    return (log2_odds(laplace_correction(p_clean, laplace_n, k))
+            - log2_odds(laplace_correction(p_removed, laplace_n, k)))
+
+
+def _sample_mean(values: np.ndarray) -> np.ndarray:
+    """Mean over axis 1 (the samples), summed in sample order (independent of batch layout)."""
+    total = values[:, 0].copy()
+    for s in range(1, values.shape[1]):
+        total += values[:, s]
+    return total / values.shape[1]
+
+
+class _BlobReducer:
+    """Per-window prediction difference of one blob (weight of evidence or activation diff.)."""
+
+    def __init__(self, name: str, clean: np.ndarray, probability: bool, laplace_n: float):
+        self.name, self.probability, self.laplace_n = name, probability, laplace_n
+        self.units = clean.shape[0] if clean.ndim else 1
+        self.clean = clean.reshape(self.units, -1)  # (U, P): P units per feature map
+        if probability:
+            if self.clean.shape[1] != 1:
+                raise InvalidArgument(
+                    f"probability blob {name!r} has shape {clean.shape} per image; a "
+                    "probability blob must be a vector of class probabilities")
+            if self.units < 2:
+                raise InvalidArgument(
+                    f"probability blob {name!r} has {self.units} class; the weight of "
+                    "evidence needs at least 2")
+            if np.any(self.clean < -1e-6) or np.any(self.clean > 1 + 1e-6):
+                raise InvalidArgument(
+                    f"blob {name!r} has values outside [0, 1] "
+                    f"({self.clean.min():g} … {self.clean.max():g}), so it is not a "
+                    "probability; leave it out of probability_blobs")
+            self.clean_log_odds = log2_odds(
+                laplace_correction(self.clean[:, 0], laplace_n, self.units))
+
+    def __call__(self, output: np.ndarray, num_windows: int, num_samples: int) -> np.ndarray:
+        """``(n·S, ...)`` outputs → ``(n, units)`` per-window prediction differences."""
+        out = np.asarray(output, dtype=np.float64).reshape(
+            num_windows, num_samples, self.units, self.clean.shape[1])
+        mean = _sample_mean(out)  # (n, U, P)
+        if self.probability:
+            p = laplace_correction(mean[:, :, 0], self.laplace_n, self.units)
+            return self.clean_log_odds - log2_odds(p)
+        return (self.clean - mean).mean(axis=2)
+
+
+# ----------------------------------------------------------------------------------------------
+# argument checks
+
+
+def _check_image(x) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim != 3:
+        raise InvalidArgument(f"x must be one preprocessed image of shape (C, H, W), got shape "
+                              f"{x.shape}")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if not np.isfinite(x).all():
+        raise InvalidArgument("x contains NaN or infinite values")
+    return x
+
+
+def _check_positive(value, name: str) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) \
+            or int(value) < 1:
+        raise InvalidArgument(f"{name} must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+def _check_blobs(blobs, probability_blobs) -> tuple[tuple, tuple]:
+    blobs = (blobs,) if isinstance(blobs, str) else tuple(blobs)
+    if not blobs or not all(isinstance(b, str) for b in blobs):
+        raise InvalidArgument(f"blobs must be a non-empty sequence of blob names, got {blobs!r}")
+    blobs = tuple(dict.fromkeys(blobs))
+    if probability_blobs is None:
+        probability = tuple(b for b in blobs if b == "prob")
+    else:
+        probability = ((probability_blobs,) if isinstance(probability_blobs, str)
+                       else tuple(probability_blobs))
+        extra = [b for b in probability if b not in blobs]
+        if extra:
+            raise InvalidArgument(
+                f"probability_blobs {extra} are not among blobs {list(blobs)}")
+    return blobs, tuple(dict.fromkeys(probability))
+
+
+def _classifier_type(classifier) -> str:
+    """``module.qualname`` of a classifier function, or of the classifier object's class."""
+    target = classifier if isinstance(classifier, (types.FunctionType, types.MethodType)) \
+        else type(classifier)
+    return f"{target.__module__}.{target.__qualname__}"
+
+
+def _describe_sampler(sampler) -> dict:
+    if not hasattr(sampler, "sample"):
+        raise InvalidArgument(
+            f"sampler {sampler!r} has no sample(x, top_left, window, num_samples, rngs) method")
+    describe = getattr(sampler, "describe", None)
+    if callable(describe):
+        return json.loads(json.dumps(describe(), sort_keys=True, default=str))
+    cls = type(sampler)
+    return {"name": f"{cls.__module__}.{cls.__qualname__}"}
+
+
+def _evaluate(classifier, batch) -> dict:
+    outputs = classifier(batch)
+    if not isinstance(outputs, dict):
+        raise InvalidArgument(
+            f"the classifier must return a dict {{blob name: array}}, got {type(outputs)}")
+    return outputs
+
+
+def _check_finite(outputs: dict, blobs, where: str) -> None:
+    for blob in blobs:
+        if not np.isfinite(outputs[blob]).all():
+            raise NonFiniteOutput(
+                f"the classifier returned NaN or infinite values in blob {blob!r} {where}")
+
+
+# ----------------------------------------------------------------------------------------------
+# the engine
+
+
+def prediction_difference(x, classifier, sampler, *, window, stride=1, num_samples,
+                          blobs=("prob",), probability_blobs=None,
+                          batch_size=DEFAULT_BATCH_SIZE, rng, laplace_n=100000,
+                          checkpoint=None, checkpoint_interval=10.0, keep_checkpoint=False,
+                          progress=True) -> Explanation:
+    """Prediction difference analysis of one image (Algorithm 1, §3.3 for hidden blobs).
+
+    Parameters
+    ----------
+    x : array_like, shape (C, H, W)
+        The preprocessed image, cast to float32.
+    classifier : callable
+        Maps a float32 batch ``(N, C, H, W)`` to a dict ``{blob name: array (N, ...)}``, e.g.
+        :class:`preddiff.classifier.OnnxClassifier`. See the module docstring for the optional
+        ``evaluate_windows`` fast path.
+    sampler : object
+        Fills the removed windows; see the protocol in :mod:`preddiff.samplers`.
+    window : int or (int, int)
+        ``k`` (square) or ``(kh, kw)``; all channels are removed together.
+    stride : int, optional
+        Step between window positions. 1 (default) covers every position from the top-left
+        to the bottom-right corner, as in the paper; ``stride = k`` is the released code's
+        non-overlapping mode. Larger strides need fewer windows but give coarser maps, and
+        when ``H − kh`` (or ``W − kw``) is not a multiple of the stride the last rows
+        (columns) are never covered: their relevance is 0 and their count 0.
+    num_samples : int
+        ``S`` samples per window (paper: 20; released code: 10).
+    blobs : sequence of str, optional
+        Blobs to explain.
+    probability_blobs : sequence of str, optional
+        Which of ``blobs`` are probability (softmax) outputs and get the weight of evidence;
+        default: the blob named ``prob`` if requested. The others get the activation
+        difference.
+    batch_size : int, optional
+        Perturbed images per classifier call (rounded down to whole windows, at least one
+        window of ``S`` images). Memory: about ``batch_size · C · H · W · 4`` bytes.
+    rng : numpy.random.Generator or int
+        Seed of the run; a Generator gives one integer seed (``rng.integers(2**63)``, drawn
+        once at the start).
+    laplace_n : float, optional
+        ``N`` of the Laplace correction ``p ← (p·N + 1)/(N + K)``; the released code used
+        100000 (the paper: the number of training instances).
+    checkpoint : str or Path, optional
+        File to save progress to (see :mod:`preddiff.checkpoint`); an existing checkpoint
+        made with the same arguments is resumed, one made with other arguments is refused
+        (:class:`~preddiff.errors.CheckpointMismatch`). Progress is also saved when the run
+        is interrupted by an exception (including Ctrl-C).
+    checkpoint_interval : float, optional
+        Seconds between saves (at least; large results are saved less often so that saving
+        stays under ~5 % of the time). 0: after every batch.
+    keep_checkpoint : bool, optional
+        Keep the checkpoint file after success (a rerun then returns at once). By default it
+        is deleted once the result is computed.
+    progress : bool, optional
+        Show a tqdm progress bar (windows done, windows/s, ETA) on stderr.
+
+    Returns
+    -------
+    Explanation
+
+    Raises
+    ------
+    InvalidArgument
+        A window larger than the image, ``num_samples < 1``, an unknown blob (the message lists
+        the classifier's blobs), a bad seed or stride.
+    NonFiniteOutput
+        The classifier returned NaN or infinity (the message names the batch and windows).
+    CheckpointMismatch
+        ``checkpoint`` was written by a run with other arguments.
+
+    Examples
+    --------
+    >>> from preddiff import prediction_difference, samplers            # doctest: +SKIP
+    >>> sampler = samplers.MarginalSampler(pool)                         # doctest: +SKIP
+    >>> e = prediction_difference(x, clf, sampler, window=4, num_samples=10,
+    ...                           rng=0)                                 # doctest: +SKIP
+    >>> e.relevance["prob"].shape                                        # doctest: +SKIP
+    (10, 28, 28)
+    """
+    started = time.perf_counter()
+    x = _check_image(x)
+    kh, kw = window_shape(window)
+    positions = window_positions(x.shape[1:], (kh, kw), stride)
+    stride = int(stride)
+    num_samples = _check_positive(num_samples, "num_samples")
+    batch_size = _check_positive(batch_size, "batch_size")
+    blobs, probability = _check_blobs(blobs, probability_blobs)
+    if not isinstance(laplace_n, numbers.Real) or isinstance(laplace_n, bool) or laplace_n < 0:
+        raise InvalidArgument(f"laplace_n must be a number >= 0, got {laplace_n!r}")
+    seed = resolve_seed(rng)
+    sampler_desc = _describe_sampler(sampler)
+    n_windows = len(positions)
+
+    # the unperturbed image
+    tic = time.perf_counter()
+    outputs = _evaluate(classifier, x[None])
+    clean_seconds = time.perf_counter() - tic
+    missing = [b for b in blobs if b not in outputs]
+    if missing:
+        raise InvalidArgument(
+            f"unknown blob {', '.join(map(repr, missing))}; the classifier returns "
+            f"{', '.join(map(repr, outputs)) or 'nothing'}")
+    _check_finite(outputs, blobs, "on the unperturbed image")
+    clean = {b: np.asarray(outputs[b], dtype=np.float64)[0] for b in blobs}
+    reducers = {b: _BlobReducer(b, clean[b], b in probability, laplace_n) for b in blobs}
+
+    values = {b: np.zeros((n_windows, reducers[b].units)) for b in blobs}
+    timings = {"classifier": 0.0, "sampler": 0.0, "total": 0.0}
+    done, store = 0, None
+    if checkpoint is not None:
+        fingerprint = {
+            "x_sha1": hashlib.sha1(x.tobytes()).hexdigest(), "x_shape": list(x.shape),
+            "window": [kh, kw], "stride": stride, "num_samples": num_samples,
+            "blobs": list(blobs), "probability_blobs": list(probability),
+            "laplace_n": laplace_n, "seed": seed, "sampler": sampler_desc,
+            "classifier": _classifier_type(classifier), "n_windows": n_windows,
+        }
+        store = Checkpoint(checkpoint, fingerprint, clean, checkpoint_interval)
+        done = _resume(store, values, timings)
+    previous_total = timings["total"]
+    timings["classifier"] += clean_seconds
+
+    windows_per_batch = max(1, batch_size // num_samples)
+    run = _BatchRunner(x, classifier, sampler, (kh, kw), num_samples, windows_per_batch, seed)
+    bar = _progress_bar(n_windows, done, progress)
+    try:
+        start = done
+        while start < n_windows:
+            # batches on a fixed grid of window indices: a resumed run sees the same batches
+            stop = min(n_windows, (start // windows_per_batch + 1) * windows_per_batch)
+            outputs = run(positions, start, stop, timings)
+            missing = [b for b in blobs if b not in outputs]
+            if missing:
+                raise InvalidArgument(f"the classifier did not return blob(s) {missing}")
+            _check_finite(outputs, blobs, f"in batch {start // windows_per_batch} (windows "
+                          f"{start}–{stop - 1}, top-left {tuple(positions[start].tolist())} to "
+                          f"{tuple(positions[stop - 1].tolist())})")
+            for b in blobs:
+                values[b][start:stop] = reducers[b](outputs[b], stop - start, num_samples)
+            done = start = stop
+            bar.update(stop - bar.n)
+            if store is not None and store.due():
+                timings["total"] = previous_total + time.perf_counter() - started
+                store.save(done, values, timings)
+    except BaseException:
+        if store is not None:
+            timings["total"] = previous_total + time.perf_counter() - started
+            try:
+                store.save(done, values, timings)
+            except Exception:  # keep the previous checkpoint; report the original error
+                pass
+        raise
+    finally:
+        bar.close()
+
+    counts = coverage_counts(x.shape[1:], (kh, kw), stride)
+    relevance = {b: _relevance(values[b], counts, x.shape[1:], (kh, kw), stride)
+                 for b in blobs}
+    timings["total"] = previous_total + time.perf_counter() - started
+    timings["outside"] = timings["total"] - timings["classifier"]
+    timings["outside_fraction"] = timings["outside"] / max(timings["total"], 1e-12)
+    if store is not None:
+        if keep_checkpoint:
+            store.save(done, values, timings)
+        else:
+            store.remove()
+    return Explanation(
+        relevance=relevance, clean=clean, counts=counts, x=x, window=(kh, kw), stride=stride,
+        num_samples=num_samples, blobs=blobs, probability_blobs=probability,
+        laplace_n=laplace_n, seed=seed, sampler=sampler_desc, batch_size=batch_size,
+        timings=timings)
+
+
+def _resume(store: Checkpoint, values: dict, timings: dict) -> int:
+    """Load a checkpoint's per-window values and timings (if any); the windows done."""
+    saved = store.load()
+    if saved is None:
+        return 0
+    done, saved_values, saved_timings = saved
+    for blob, array in values.items():
+        array[:done] = saved_values[blob]
+    timings.update({k: float(v) for k, v in saved_timings.items() if k in timings})
+    return done
+
+
+def _relevance(values: np.ndarray, counts: np.ndarray, image_shape, window, stride):
+    """Per-window values (windows, units) → the average over covering windows (units, H, W)."""
+    total = window_sum(values, image_shape, window, stride)
+    # uncovered pixels are exactly 0 in the sum and stay so
+    return np.divide(total, counts, out=total, where=counts > 0)
+
+
+class _BatchRunner:
+    """Samples, builds and evaluates the perturbed images of a range of windows."""
+
+    def __init__(self, x, classifier, sampler, window, num_samples, windows_per_batch, seed):
+        self.x, self.classifier, self.sampler = x, classifier, sampler
+        self.window, self.num_samples, self.seed = window, num_samples, seed
+        self.fast = callable(getattr(classifier, "evaluate_windows", None))
+        self.capacity = windows_per_batch * num_samples
+        self.buffer = None
+
+    def __call__(self, positions, start, stop, timings) -> dict:
+        (kh, kw), s = self.window, self.num_samples
+        c = self.x.shape[0]
+        top_left = positions[start:stop]
+        n = stop - start
+        tic = time.perf_counter()
+        patches = self.sampler.sample(self.x, top_left, (kh, kw), s,
+                                      WindowStreams(self.seed, start, stop))
+        patches = np.asarray(patches, dtype=np.float32)
+        if patches.shape != (n, s, c, kh, kw):
+            raise PredDiffError(
+                f"the sampler returned shape {patches.shape}, expected {(n, s, c, kh, kw)} "
+                "(windows, samples, channels, kh, kw)")
+        patches = patches.reshape(n * s, c, kh, kw)
+        repeated = np.repeat(top_left, s, axis=0)
+        timings["sampler"] += time.perf_counter() - tic
+        if self.fast:
+            tic = time.perf_counter()
+            outputs = self.classifier.evaluate_windows(self.x, repeated, patches)
+        else:
+            batch = self._build(repeated, patches)
+            tic = time.perf_counter()
+            outputs = self.classifier(batch)
+        timings["classifier"] += time.perf_counter() - tic
+        if not isinstance(outputs, dict):
+            raise InvalidArgument(
+                f"the classifier must return a dict {{blob name: array}}, got {type(outputs)}")
+        for blob, value in outputs.items():
+            if np.shape(value)[:1] != (n * s,):
+                raise PredDiffError(
+                    f"the classifier returned blob {blob!r} with shape {np.shape(value)} for "
+                    f"a batch of {n * s} images")
+        return outputs
+
+    def _build(self, top_left, patches) -> np.ndarray:
+        """``x`` repeated, with ``patches[n]`` written at ``top_left[n]`` in image ``n``."""
+        if self.buffer is None:
+            self.buffer = np.empty((self.capacity,) + self.x.shape, dtype=np.float32)
+        batch = self.buffer[:len(patches)]
+        np.copyto(batch, self.x[None])
+        kh, kw = patches.shape[2:]
+        views = sliding_window_view(batch, (kh, kw), axis=(2, 3), writeable=True)
+        # (N,) × (N,) × (N,) advanced indices around a slice → target shape (N, C, kh, kw);
+        # each image gets exactly one window, so the strided writes never overlap.
+        views[np.arange(len(patches)), :, top_left[:, 0], top_left[:, 1]] = patches
+        return batch
+
+
+def _progress_bar(total: int, initial: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="win", desc="prediction difference",
+                file=sys.stderr, disable=not enabled, dynamic_ncols=True, smoothing=0.1)

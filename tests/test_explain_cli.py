@@ -1,0 +1,208 @@
+"""``preddiff explain`` end to end on the offline LeNet and digits (small windows: seconds)."""
+import numpy as np
+import pytest
+
+from preddiff import Explanation, __version__, zoo
+from preddiff.cli import main
+
+FAST = ["--window", "4", "--stride", "3", "--samples", "3", "--patches", "2000",
+        "--no-progress", "--device", "cpu", "--threads", "1"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def home(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("PREDDIFF_HOME", str(tmp_path_factory.mktemp("home")))
+    mp.setenv("MPLBACKEND", "Agg")
+    yield
+    mp.undo()
+
+
+def explain(*argv):
+    return main(["explain", *map(str, argv)])
+
+
+def test_explain_digit(tmp_path, capsys):
+    assert explain("digits:7", *FAST, "--out", tmp_path) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("digits:7: 7 (p=")  # LeNet's top class for this 7
+    assert " s (classifier " in out and "digit7_lenet.png" in out
+    e = Explanation.load(tmp_path / "digit7_lenet.npz")
+    assert e.relevance["prob"].shape == (10, 28, 28)
+    assert e.relevance["prob"].dtype == np.float32
+    assert e.window == (4, 4) and e.stride == 3 and e.num_samples == 3 and e.seed == 0
+    assert e.sampler["name"] == "ConditionalGaussianSampler" and e.sampler["padding"] == 2
+    meta = e.metadata
+    assert meta["model"] == "lenet" and meta["model_sha1"] == zoo.manifest("lenet").sha1
+    assert meta["preddiff_version"] == __version__ and meta["pool_size"] == 1796
+    assert meta["top"][0][1] == "7"
+    assert e.timings["total"] > 0
+    png = tmp_path / "digit7_lenet.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["digit7_lenet.npz",
+                                                          "digit7_lenet.png"]
+
+
+def test_marginal_first_excludes_the_explained_digit(tmp_path):
+    assert explain("digits:0", "digits:5", *FAST, "--sampler", "marginal", "--order", "first",
+                   "--out", tmp_path) == 0
+    for n in (0, 5):
+        e = Explanation.load(tmp_path / f"digit{n}_lenet.npz")
+        assert e.sampler["order"] == "first" and e.sampler["pool_shape"][0] == 1796
+
+
+def test_resume_after_interruption_is_identical(tmp_path, monkeypatch):
+    from preddiff.classifier import OnnxClassifier
+
+    small = ["--batch-size", "30"]  # 81 windows, 10 per batch
+    assert explain("digits:3", *FAST, *small, "--out", tmp_path / "fresh",
+                   "--no-checkpoint") == 0
+    fresh = Explanation.load(tmp_path / "fresh" / "digit3_lenet.npz")
+
+    real_call = OnnxClassifier.__call__
+    calls = []
+
+    def crashing(self, batch):
+        calls.append(1)
+        if len(calls) > 3:
+            raise KeyboardInterrupt
+        return real_call(self, batch)
+
+    monkeypatch.setattr(OnnxClassifier, "__call__", crashing)
+    assert explain("digits:3", *FAST, *small, "--out", tmp_path / "run") == 130  # Ctrl-C
+    assert (tmp_path / "run" / "digit3_lenet.ckpt.npz").exists()
+    monkeypatch.setattr(OnnxClassifier, "__call__", real_call)
+    assert explain("digits:3", *FAST, "--batch-size", "60", "--out", tmp_path / "run") == 0
+    resumed = Explanation.load(tmp_path / "run" / "digit3_lenet.npz")
+    np.testing.assert_array_equal(resumed.relevance["prob"], fresh.relevance["prob"])
+    assert not (tmp_path / "run" / "digit3_lenet.ckpt.npz").exists()
+
+
+def test_checkpoint_of_other_arguments_refused(tmp_path, capsys):
+    from preddiff.classifier import OnnxClassifier
+
+    real_call = OnnxClassifier.__call__
+    calls = []
+
+    def crashing(self, batch):
+        calls.append(1)
+        if len(calls) > 2:
+            raise KeyboardInterrupt
+        return real_call(self, batch)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(OnnxClassifier, "__call__", crashing)
+    try:
+        assert explain("digits:3", *FAST, "--batch-size", "30", "--out", tmp_path) == 130
+    finally:
+        mp.undo()
+    capsys.readouterr()
+    assert explain("digits:3", *FAST, "--seed", "1", "--out", tmp_path) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("preddiff: error: checkpoint") and "seed=" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_image_file_and_pool_folder(tmp_path, capsys):
+    import skimage.io
+
+    from preddiff.digits import load_digits
+
+    images = load_digits()[0]
+    (tmp_path / "pool").mkdir()
+    for i in range(4):
+        skimage.io.imsave(tmp_path / "pool" / f"d{i}.png",
+                          (images[i, 0] * 255).astype(np.uint8), check_contrast=False)
+    target = tmp_path / "pool" / "d0.png"
+    assert explain(target, *FAST, "--sampler", "marginal", "--pool", tmp_path / "pool",
+                   "--out", tmp_path / "out") == 0
+    e = Explanation.load(tmp_path / "out" / "d0_lenet.npz")
+    assert e.sampler["pool_shape"][0] == 3  # the explained file is left out
+    capsys.readouterr()
+    assert explain(target, *FAST, "--sampler", "marginal", "--samples", "5", "--pool",
+                   tmp_path / "pool", "--out", tmp_path / "out") == 2
+    assert "num_samples=5 distinct pool images, but the pool has only 3" in \
+        capsys.readouterr().err
+
+
+def free_size_onnx(path):
+    """A tiny classifier with a free input size: global average pool → linear → softmax."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.normal(size=(4, 3)).astype(np.float32), "w")
+    nodes = [helper.make_node("GlobalAveragePool", ["data"], ["gap"]),
+             helper.make_node("Flatten", ["gap"], ["flat"], axis=1),
+             helper.make_node("Gemm", ["flat", "w"], ["scores"], transB=1),
+             helper.make_node("Softmax", ["scores"], ["out"], axis=1)]
+    graph = helper.make_graph(
+        nodes, "tiny", [helper.make_tensor_value_info("data", TensorProto.FLOAT,
+                                                      ["N", 3, "H", "W"])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 4])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_onnx_file_model(tmp_path, capsys):
+    import skimage.io
+
+    model = free_size_onnx(tmp_path / "tiny.onnx")
+    image = tmp_path / "img.png"
+    skimage.io.imsave(image, np.random.default_rng(1).integers(0, 255, (20, 24, 3),
+                                                               dtype=np.uint8))
+    assert explain(image, "--model", model, *FAST, "--out", tmp_path) == 2
+    assert "give --input-size HxW" in capsys.readouterr().err
+    assert explain(image, "--model", model, "--input-size", "12x16", *FAST,
+                   "--out", tmp_path) == 0
+    out = capsys.readouterr().out
+    assert "class 0 (p=" in out or "class 1 (p=" in out or "class 2" in out or "class 3" in out
+    e = Explanation.load(tmp_path / "img_tiny.npz")
+    assert e.x.shape == (3, 12, 16) and float(e.x.max()) <= 1.0
+    assert e.relevance["out"].shape == (4, 12, 16)
+    assert e.probability_blobs == ("out",)  # produced by a Softmax node
+    assert e.metadata["model_sha1"] == zoo.file_sha1(model)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["digits:x"], "expected digits:N"),
+    (["digits:5000"], "out of range"),
+    (["digits:1", "--window", "40"], "window 40x40 is larger than the image 28x28"),
+    (["digits:1", "--samples", "0"], "num_samples must be an integer >= 1"),
+    (["digits:1", "--padding", "-1"], "padding must be a non-negative integer"),
+    (["digits:1", "--blob", "nope"], "unknown blob(s) 'nope'"),
+    (["digits:1", "--model", "missing.onnx"], "no such ONNX file"),
+    (["nofile.png"], "does not exist"),
+])
+def test_errors(tmp_path, capsys, argv, message):
+    assert explain(*FAST, "--out", tmp_path, *argv) == 2  # the later option wins
+    err = capsys.readouterr().err
+    assert err.startswith("preddiff: error: ") and message in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_zoo_colour_net_with_default_pool(tmp_path, monkeypatch, capsys):
+    """AlexNet's path (preprocessing, bundled colour pool, 1000 labels) on a narrowed
+    random-weight AlexNet standing in for the real weights, which cannot be downloaded here."""
+    import onnx
+
+    from preddiff.caffe.writer import random_onnx
+    from preddiff.resources import DATA_DIR
+
+    path = tmp_path / "alexnet-random.onnx"
+    onnx.save(random_onnx("alexnet", factor=16, seed=0), str(path))
+    monkeypatch.setattr(zoo, "ensure_onnx", lambda name, outputs=None: path)
+    image = sorted((DATA_DIR / "images").glob("*.jpg"))[0]
+    assert explain(image, "--model", "alexnet", "--window", "10", "--stride", "70",
+                   "--samples", "2", "--patches", "500", "--no-progress", "--device", "cpu",
+                   "--threads", "1", "--out", tmp_path) == 0
+    out = capsys.readouterr().out
+    labels = zoo.labels("alexnet")
+    e = Explanation.load(tmp_path / f"{image.stem}_alexnet.npz")
+    assert e.relevance["prob"].shape == (1000, 227, 227)
+    top = e.metadata["top"]
+    assert out.startswith(f"{image}: {labels[top[0][0]]} (p=")
+    assert e.metadata["pool_size"] == 6  # the 7 example images minus the explained one
+    assert e.metadata["policy"] == "crop"
