@@ -358,3 +358,16 @@ def test_error_sampler_wrong_shape(setup):
 
     with pytest.raises(PredDiffError, match=r"sampler returned shape \(\d+, 2, 1, 2, 2\)"):
         call(setup, sampler=Bad())
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty"])
+def test_load_rejects_damaged_files(setup, tmp_path, damage):
+    """A truncated or empty file raised zipfile.BadZipFile / EOFError, not InvalidArgument."""
+    x, pool, clf = setup
+    path = tmp_path / "e.npz"
+    prediction_difference(x, clf, MarginalSampler(pool), window=2, num_samples=2, rng=1,
+                          progress=False).save(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"")
+    with pytest.raises(InvalidArgument, match="is not a saved Explanation"):
+        Explanation.load(path)

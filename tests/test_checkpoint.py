@@ -202,3 +202,28 @@ def test_timings_accumulate_over_resume(problem, tmp_path):
         explain(problem, Net(problem[0].shape, 10), checkpoint=path, checkpoint_interval=0)
     e = explain(problem, Net(problem[0].shape), checkpoint=path)
     assert e.timings["total"] >= e.timings["classifier"] > 0
+
+
+def test_checkpoint_without_finished_windows_does_not_block_other_arguments(problem,
+                                                                             tmp_path):
+    """A run that fails in its first batch (here: a user error raised by the sampler) leaves a
+    checkpoint with no finished window. It holds nothing to resume, so the corrected run with
+    other arguments must not be refused (it was: "made with other arguments")."""
+    from preddiff.errors import InvalidArgument
+
+    x, pool, sampler = problem
+    path = tmp_path / "run.ckpt"
+    with pytest.raises(InvalidArgument, match="pool has only 10"):
+        explain(problem, Net(x.shape), checkpoint=path, num_samples=50,
+                sampler=MarginalSampler(pool))
+    assert path.exists()
+    fixed = explain(problem, Net(x.shape), checkpoint=path, num_samples=5,
+                    sampler=MarginalSampler(pool))
+    assert_same(fixed, explain(problem, Net(x.shape), num_samples=5,
+                               sampler=MarginalSampler(pool)))
+    assert not path.exists()
+    # a checkpoint with finished windows is still refused
+    with pytest.raises(Crash):
+        explain(problem, Net(x.shape, 3), checkpoint=path, checkpoint_interval=0)
+    with pytest.raises(CheckpointMismatch, match="other arguments: seed="):
+        explain(problem, Net(x.shape), checkpoint=path, rng=8)

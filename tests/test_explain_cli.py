@@ -206,3 +206,123 @@ def test_zoo_colour_net_with_default_pool(tmp_path, monkeypatch, capsys):
     assert out.startswith(f"{image}: {labels[top[0][0]]} (p=")
     assert e.metadata["pool_size"] == 6  # the 7 example images minus the explained one
     assert e.metadata["policy"] == "crop"
+
+
+# ----------------------------------------------------------------------------------------------
+# review fixes
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--window", "0"], "--window must be a positive integer, got 0"),  # was: silently 4
+    (["--batch-size", "0"], "--batch-size must be a positive integer, got 0"),  # was: 256
+    (["--input-size", "28x28"], "--input-size applies to ONNX files only"),  # was: ignored
+])
+def test_zero_and_meaningless_options_are_errors(tmp_path, capsys, argv, message):
+    assert explain("digits:1", *FAST, "--out", tmp_path, *argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("preddiff: error: ") and message in err
+    assert len(err.strip().splitlines()) == 1
+    assert not list(tmp_path.iterdir())
+
+
+def test_out_is_a_file(tmp_path, capsys):
+    target = tmp_path / "taken"
+    target.write_text("")
+    assert explain("digits:1", *FAST, "--out", target) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"preddiff: error: --out {str(target)!r} is a file; give a folder"
+
+
+def test_corrupt_onnx_model_is_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(np.random.default_rng(2).integers(0, 256, 200, dtype=np.uint8).tobytes())
+    assert explain("digits:1", *FAST, "--model", bad, "--out", tmp_path) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"preddiff: error: cannot read {str(bad)!r} as an ONNX model")
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_onnx_default_blob_is_the_probability_output(tmp_path, capsys):
+    """`--blob` defaults to "the probability output" (help, README); with the scores as the
+    first graph output the command explained the scores instead."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(free_size_onnx(tmp_path / "tiny.onnx")))
+    model.graph.output.insert(0, helper.make_tensor_value_info(
+        "scores", onnx.TensorProto.FLOAT, ["N", 4]))
+    path = tmp_path / "two.onnx"
+    onnx.save(model, str(path))
+    image = tmp_path / "img.png"
+    import skimage.io
+
+    skimage.io.imsave(image, np.random.default_rng(1).integers(0, 255, (12, 16, 3),
+                                                               dtype=np.uint8))
+    assert explain(image, "--model", path, "--input-size", "12x16", *FAST,
+                   "--out", tmp_path) == 0
+    assert "(p=" in capsys.readouterr().out
+    e = Explanation.load(tmp_path / "img_two.npz")
+    assert e.blobs == ("out",) and e.probability_blobs == ("out",)
+    assert explain(image, "--model", path, "--input-size", "12x16", "--blob", "scores", *FAST,
+                   "--out", tmp_path / "s") == 0
+    e = Explanation.load(tmp_path / "s" / "img_two.npz")
+    assert e.blobs == ("scores",) and e.probability_blobs == ()
+
+
+def test_failed_run_does_not_block_the_corrected_one(tmp_path, capsys):
+    """A user error raised in the first batch left a checkpoint that refused every later run
+    with other arguments ("made with other arguments: num_samples=5000 there")."""
+    assert explain("digits:3", *FAST, "--sampler", "marginal", "--samples", "5000",
+                   "--out", tmp_path) == 2
+    capsys.readouterr()
+    assert explain("digits:3", *FAST, "--out", tmp_path) == 0
+    assert (tmp_path / "digit3_lenet.npz").is_file()
+    assert not (tmp_path / "digit3_lenet.ckpt.npz").exists()
+
+
+def test_says_which_execution_provider_ran(tmp_path, capsys):
+    assert explain("digits:2", *FAST, "--out", tmp_path) == 0
+    assert "s on CPU); wrote" in capsys.readouterr().out  # --device cpu
+    assert Explanation.load(tmp_path / "digit2_lenet.npz").metadata["provider"] == \
+        "CPUExecutionProvider"
+
+
+def test_pool_warnings_are_one_line_each(tmp_path, capsys):
+    import skimage.io
+
+    from preddiff.digits import load_digits
+
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    (pool / "broken.png").write_text("not an image")
+    for i in range(4):
+        skimage.io.imsave(pool / f"d{i}.png", (load_digits()[0][i, 0] * 255).astype(np.uint8),
+                          check_contrast=False)
+    assert explain("digits:9", *FAST, "--sampler", "marginal", "--pool", pool,
+                   "--out", tmp_path / "out") == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("preddiff: warning: broken.png left out")
+
+
+def test_image_conversions_are_noted(tmp_path, capsys):
+    """Issue: grayscale or RGBA images are converted "with a note"; the command silenced every
+    such warning. A gray file for the gray LeNet converts nothing and stays quiet."""
+    import skimage.io
+
+    rng = np.random.default_rng(4)
+    gray, rgb = tmp_path / "gray.png", tmp_path / "rgb.png"
+    skimage.io.imsave(gray, rng.integers(0, 255, (28, 28), dtype=np.uint8),
+                      check_contrast=False)
+    skimage.io.imsave(rgb, rng.integers(0, 255, (28, 28, 3), dtype=np.uint8),
+                      check_contrast=False)
+    assert explain(gray, *FAST, "--out", tmp_path / "a") == 0
+    assert "note" not in capsys.readouterr().err
+    assert explain(rgb, *FAST, "--out", tmp_path / "b") == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"preddiff: note: {rgb} is in colour: converted to gray for a grayscale "
+                   "network"]
+    model = free_size_onnx(tmp_path / "tiny.onnx")  # an RGB network
+    assert explain(gray, "--model", model, "--input-size", "12x16", *FAST,
+                   "--out", tmp_path / "c") == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"preddiff: note: {gray} is grayscale: replicated to three RGB channels"]

@@ -203,3 +203,18 @@ def test_lenet_pool_is_the_digits():
     assert pool.shape == (1796, 1, 28, 28) and pool.dtype == np.float32
     np.testing.assert_array_equal(pool[10], digits[11])
     assert default_pool("lenet").shape == (1797, 1, 28, 28)
+
+
+def test_load_image_float_file_outside_unit_range_is_an_error(tmp_path):
+    """A float TIFF in 0–255 made skimage's img_as_ubyte raise a bare ValueError (a traceback
+    from `preddiff explain`); a float file in [0, 1] still loads."""
+    import skimage.io
+
+    values = np.random.default_rng(0).random((9, 7, 3)).astype(np.float32)
+    skimage.io.imsave(tmp_path / "big.tif", values * 255)
+    with pytest.raises(InvalidArgument, match=r"big\.tif' holds floating-point pixels in "
+                                              r"\[.*\]; float image files must lie in \[0, 1\]"):
+        load_image(tmp_path / "big.tif")
+    skimage.io.imsave(tmp_path / "unit.tif", values)
+    image = load_image(tmp_path / "unit.tif")
+    assert image.shape == (9, 7, 3) and image.dtype == np.uint8

@@ -363,3 +363,15 @@ def test_constructor_checks_parameter_shapes():
     with pytest.raises(InvalidArgument, match="finite"):
         ConditionalGaussianSampler(np.full((1, 16), np.nan), np.eye(16)[None], 2, 1,
                                    channels=1)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty"])
+def test_load_rejects_damaged_files(rng, tmp_path, damage):
+    """A truncated or empty file raised zipfile.BadZipFile / EOFError, not InvalidArgument."""
+    path = tmp_path / "gauss.npz"
+    ConditionalGaussianSampler.fit(smooth_pool(rng, n=4, channels=1), 2, 1, num_patches=200,
+                                   rng=0).save(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"")
+    with pytest.raises(InvalidArgument, match="not a saved ConditionalGaussianSampler"):
+        ConditionalGaussianSampler.load(path)

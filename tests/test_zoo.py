@@ -323,3 +323,40 @@ def test_ensure_onnx_converts_once_and_again_when_weights_change(home, fake_conv
     # other outputs are cached in their own file
     other = zoo.ensure_onnx("lenet", outputs=["ip2", "prob"])
     assert other != path and fake_converter[-1][2] == ["ip2", "prob"]
+
+
+# --- review fixes: mirror URL schemes, file modes ---------------------------------------------
+
+def test_ftp_mirror_uses_poochs_ftp_downloader():
+    """The docstring promised ftp:// mirrors; the code called a pooch function that does not
+    exist (``pooch.choose_downloader``), so every ftp URL failed with an AttributeError text."""
+    import pooch
+
+    assert isinstance(zoo._downloader("ftp://mirror.example/bvlc_alexnet.caffemodel", False),
+                      pooch.FTPDownloader)
+
+
+@pytest.mark.parametrize("url", ["notaurl", "/tmp/bvlc_alexnet.caffemodel",
+                                 "gopher://host/x"])
+def test_unsupported_url_is_one_clear_line(home, fake_alexnet, capsys, url):
+    with pytest.raises(InvalidArgument, match="must start with http://, https://, ftp://"):
+        zoo.fetch("alexnet", progress=False, url=url)
+    assert cli.main(["models", "fetch", "alexnet", "--url", url, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and url in err and "file://" in err
+    assert "pooch" not in err and Handler.requests_seen == []
+    assert leftovers(home / "weights") == []
+
+
+def test_fetched_weights_get_an_ordinary_file_mode(home, fake_alexnet):
+    """pooch renames a NamedTemporaryFile (mode 0600) into place; the weights in a shared
+    cache must be readable like any file the user creates."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        path = zoo.fetch("alexnet", progress=False)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644

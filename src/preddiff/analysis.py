@@ -56,6 +56,7 @@ import numbers
 import sys
 import time
 import types
+import zipfile
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -172,8 +173,10 @@ class Explanation:
                 relevance = {b: data[f"relevance_{i}"] for i, b in enumerate(blobs)}
                 clean = {b: data[f"clean_{i}"] for i, b in enumerate(blobs)}
                 x, counts = data["x"], data["counts"]
-        except (KeyError, ValueError) as exc:
-            raise InvalidArgument(f"{path} is not a saved Explanation ({exc})") from None
+        except (KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            # a truncated, empty or foreign file
+            raise InvalidArgument(f"{path} is not a saved Explanation "
+                                  f"({type(exc).__name__}: {exc})") from None
         return cls(relevance=relevance, clean=clean, counts=counts, x=x,
                    window=tuple(meta["window"]), stride=meta["stride"],
                    num_samples=meta["num_samples"], blobs=blobs,
@@ -383,8 +386,9 @@ def prediction_difference(x, classifier, sampler, *, window, stride=1, num_sampl
     checkpoint : str or Path, optional
         File to save progress to (see :mod:`preddiff.checkpoint`); an existing checkpoint
         made with the same arguments is resumed, one made with other arguments is refused
-        (:class:`~preddiff.errors.CheckpointMismatch`). Progress is also saved when the run
-        is interrupted by an exception (including Ctrl-C).
+        (:class:`~preddiff.errors.CheckpointMismatch`) — except one that records no finished
+        window, which holds nothing to resume and is overwritten. Progress is also saved when
+        the run is interrupted by an exception (including Ctrl-C).
     checkpoint_interval : float, optional
         Seconds between saves (at least; large results are saved less often so that saving
         stays under ~5 % of the time). 0: after every batch.

@@ -103,6 +103,7 @@ class Checkpoint:
         Returns
         -------
         (done, values, timings) : (int, dict of str to ndarray (done, units), dict)
+            None also when the file records no finished window: it is then ignored.
 
         Raises
         ------
@@ -117,12 +118,17 @@ class Checkpoint:
                 blobs = meta["fingerprint"]["blobs"]
                 values = {b: data[f"values_{i}"] for i, b in enumerate(blobs)}
                 clean = {b: data[f"clean_{i}"] for i, b in enumerate(blobs)}
+            done = int(meta["done"])
         except Exception as exc:
             raise CheckpointMismatch(
                 f"cannot read checkpoint {self.path} ({type(exc).__name__}: {exc}); "
                 "delete it to start again") from None
+        if done == 0:
+            # No window was finished (the run failed or was stopped in its first batch, e.g.
+            # on a bad argument): there is nothing to resume, whatever its arguments were, so
+            # the file is not held against a run with other arguments. It is overwritten.
+            return None
         self._check(meta, clean)
-        done = int(meta["done"])
         return done, values, dict(meta.get("timings", {}))
 
     def _check(self, meta: dict, clean: dict) -> None:

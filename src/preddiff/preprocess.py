@@ -53,7 +53,16 @@ def load_image(path: str | Path) -> np.ndarray:
     except Exception as exc:  # unreadable or not an image
         raise InvalidArgument(f"cannot read {str(path)!r} as an image: {exc}") from exc
     if image.dtype != np.uint8:
-        image = img_as_ubyte(image)
+        if np.issubdtype(image.dtype, np.floating) and image.size and (
+                not np.isfinite(image).all() or image.min() < 0 or image.max() > 1):
+            # img_as_ubyte would raise a bare ValueError ("between -1 and 1")
+            raise InvalidArgument(
+                f"{str(path)!r} holds floating-point pixels in [{np.nanmin(image):g}, "
+                f"{np.nanmax(image):g}]; float image files must lie in [0, 1]")
+        try:
+            image = img_as_ubyte(image)
+        except ValueError as exc:
+            raise InvalidArgument(f"cannot convert {str(path)!r} to 8-bit RGB: {exc}") from None
     return to_rgb(image, what=str(path))
 
 

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import hashlib
 import numbers
+import zipfile
 from collections.abc import Sequence
 
 import numpy as np
@@ -481,9 +482,11 @@ class ConditionalGaussianSampler(Sampler):
                        channels=int(fields["channels"]), pool_min=fields.get("pool_min"),
                        pool_max=fields.get("pool_max"),
                        num_patches=None if num_patches < 0 else num_patches)
-        except (KeyError, ValueError) as exc:
+        except (KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            # a truncated, empty or foreign file
             raise InvalidArgument(
-                f"{path} is not a saved ConditionalGaussianSampler ({exc})") from None
+                f"{path} is not a saved ConditionalGaussianSampler "
+                f"({type(exc).__name__}: {exc})") from None
 
     def describe(self) -> dict:
         if self._sha1 is None:

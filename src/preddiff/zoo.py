@@ -221,6 +221,10 @@ def _file_url_downloader(url: str, output_file, pooch_instance, check_only: bool
     return None
 
 
+URL_SCHEMES = ("http", "https", "ftp", "file")
+"""URL schemes :func:`fetch` downloads from."""
+
+
 def _downloader(url: str, progress: bool):
     import pooch
 
@@ -229,7 +233,18 @@ def _downloader(url: str, progress: bool):
         return _file_url_downloader
     if scheme in ("http", "https"):
         return pooch.HTTPDownloader(progressbar=progress, timeout=60)
-    return pooch.choose_downloader(url, progressbar=progress)
+    if scheme == "ftp":
+        return pooch.FTPDownloader(progressbar=progress, timeout=60)
+    raise InvalidArgument(
+        f"cannot download from {url!r}: the URL must start with "
+        f"{', '.join(s + '://' for s in URL_SCHEMES)}")
+
+
+def _default_file_mode() -> int:
+    """``0o666`` minus the process umask: the mode ``open()`` gives a new file."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def _download_reason(exc: BaseException) -> str:
@@ -277,6 +292,8 @@ def fetch(name: str, *, progress: bool = True, url: str | None = None) -> Path:
 
     Raises
     ------
+    InvalidArgument
+        ``url`` is not an ``http(s)://``, ``ftp://`` or ``file://`` URL.
     DownloadError
         Offline, HTTP error, interrupted transfer or checksum mismatch. The one-line message
         names the URL, the expected sha1 and the exact path to place the file by hand.
@@ -290,6 +307,7 @@ def fetch(name: str, *, progress: bool = True, url: str | None = None) -> Path:
             raise InvalidArgument(f"the {name} weights are bundled with preddiff; no url is used")
         return dest
     url = url or m.weights_url
+    downloader = _downloader(url, progress)  # InvalidArgument for an unusable URL
     stale = ""
     if dest.is_file():
         found = file_sha1(dest)
@@ -310,8 +328,11 @@ def fetch(name: str, *, progress: bool = True, url: str | None = None) -> Path:
             fname=dest.name,
             path=dest.parent,
             progressbar=progress,
-            downloader=_downloader(url, progress),
+            downloader=downloader,
         )
+        # pooch renames a private temporary file (mode 0600): give the weights the mode of
+        # an ordinary new file, so that a shared cache stays readable
+        os.chmod(dest, _default_file_mode())
     except Exception as exc:  # requests, ValueError (hash), OSError: all become one message
         raise DownloadError(
             f"could not download the {name} weights from {url}: {_download_reason(exc)}. "
@@ -321,6 +342,32 @@ def fetch(name: str, *, progress: bool = True, url: str | None = None) -> Path:
     finally:
         pooch_log.setLevel(level)
     return dest
+
+
+def verified_weights(name: str) -> Path:
+    """:func:`weights_path` of ``name`` after checking that the file is there and has the
+    manifest's sha1 (a file placed by hand is verified before it is used).
+
+    Raises
+    ------
+    PredDiffError
+        The weights are missing (the message says ``preddiff models fetch NAME`` and the path
+        for placing them by hand) or have the wrong sha1.
+    """
+    m = manifest(name)
+    weights = weights_path(name)
+    if not weights.is_file():
+        raise PredDiffError(
+            f"the {name} weights are not installed: run `preddiff models fetch {name}`, or "
+            f"place {m.weights_filename} (sha1 {m.sha1}, {m.size:,} bytes) by hand at {weights}"
+        )
+    found = file_sha1(weights)
+    if found != m.sha1:
+        raise PredDiffError(
+            f"{weights} has sha1 {found}, expected {m.sha1}: the file is corrupt or not the "
+            f"{name} weights; delete it and run `preddiff models fetch {name}`"
+        )
+    return weights
 
 
 def onnx_path(name: str, outputs: str | list[str] | tuple[str, ...] | None = None) -> Path:
@@ -355,6 +402,7 @@ def _write_json_atomic(path: Path, record: dict) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(record, fh, indent=1)
+        os.chmod(tmp, _default_file_mode())  # mkstemp creates 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -412,18 +460,7 @@ def ensure_onnx(name: str, outputs: str | list[str] | None = None) -> Path:
     if onnx_is_current(name, outputs):
         return path
     m = manifest(name)
-    weights = weights_path(name)
-    if not weights.is_file():
-        raise PredDiffError(
-            f"the {name} weights are not installed: run `preddiff models fetch {name}`, or "
-            f"place {m.weights_filename} (sha1 {m.sha1}, {m.size:,} bytes) by hand at {weights}"
-        )
-    found = file_sha1(weights)
-    if found != m.sha1:
-        raise PredDiffError(
-            f"{weights} has sha1 {found}, expected {m.sha1}: the file is corrupt or not the "
-            f"{name} weights; delete it and run `preddiff models fetch {name}`"
-        )
+    weights = verified_weights(name)
     from .caffe import caffe_to_onnx, save_onnx
 
     log.info("converting %s to ONNX at %s", name, path)

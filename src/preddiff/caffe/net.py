@@ -16,12 +16,13 @@ Supported layer types: :data:`SUPPORTED_TYPES`.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
 from pathlib import Path
 
-from ..errors import CaffeFormatError, UnsupportedLayer
+from ..errors import CaffeFormatError, PredDiffError, UnsupportedLayer
 from .prototxt import parse, plain
 
 __all__ = [
@@ -175,17 +176,32 @@ def load_net(prototxt) -> NetSpec:
     """
     text, source = _read_text(prototxt)
     message = parse(text, source)
+    try:
+        return _net_spec(message, source)
+    except PredDiffError:
+        raise
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError) as exc:
+        # a field holding a value of the wrong kind (a number where a message belongs, ...)
+        raise CaffeFormatError(f"{source}: malformed net definition "
+                               f"({type(exc).__name__}: {exc})") from None
+
+
+def _net_spec(message: dict, source: str) -> NetSpec:
     if message.get("layer") and message.get("layers"):
         raise CaffeFormatError(f"{source}: the net uses both 'layer' and 'layers'; Caffe "
                                "accepts one style per file")
     raw_layers = message.get("layer") or message.get("layers") or []
+    for raw in raw_layers:
+        if not isinstance(raw, dict):
+            raise CaffeFormatError(f"{source}: each layer must be a message {{...}}, found "
+                                   f"{raw!r}")
     layers = [_layer_spec(m, source) for m in raw_layers if _in_test_phase(m)]
     if not layers:
         raise CaffeFormatError(f"{source}: no layers found (expected 'layer {{...}}' or "
                                "'layers {...}' blocks)")
     inputs = _net_inputs(message, layers, source)
-    name = message.get("name", [""])[0]
-    return NetSpec(name=str(name), inputs=inputs, layers=layers)
+    name = _scalars(message, "name", "the net", source) or [""]
+    return NetSpec(name=str(name[0]), inputs=inputs, layers=layers)
 
 
 def _read_text(prototxt) -> tuple[str, str]:
@@ -209,18 +225,35 @@ def _normalise_type(value, name: str, source: str) -> str:
     return V1_LAYER_TYPES.get(text, text)
 
 
+def _scalars(message: dict, key: str, what: str, source: str) -> list:
+    """The values of field ``key``, which must be plain values (strings, identifiers,
+    numbers), not nested messages."""
+    values = message.get(key, [])
+    if any(isinstance(v, dict) for v in values):
+        raise CaffeFormatError(f"{source}: {what}: field {key!r} must be a value, not a "
+                               f"message {{...}}")
+    return values
+
+
 def _layer_spec(message: dict, source: str) -> LayerSpec:
-    name = str(message.get("name", [""])[0])
+    name = str((_scalars(message, "name", "a layer", source) or [""])[0])
     if "type" not in message:
         raise CaffeFormatError(f"{source}: layer {name!r} has no type")
-    layer_type = _normalise_type(message["type"][0], name, source)
+    what = f"layer {name!r}"
+    layer_type = _normalise_type(_scalars(message, "type", what, source)[0], name, source)
     field = _PARAM_FIELD.get(layer_type)
-    params = plain(message[field][0]) if field and message.get(field) else {}
+    params = {}
+    if field and message.get(field):
+        value = message[field][0]
+        if not isinstance(value, dict):
+            raise CaffeFormatError(f"{source}: layer {name!r}: {field} must be a message "
+                                   f"{{...}}, found {value!r}")
+        params = plain(value)
     return LayerSpec(
         name=name,
         type=layer_type,
-        bottoms=[str(b) for b in message.get("bottom", [])],
-        tops=[str(t) for t in message.get("top", [])],
+        bottoms=[str(b) for b in _scalars(message, "bottom", what, source)],
+        tops=[str(t) for t in _scalars(message, "top", what, source)],
         params=params,
         message=message,
     )
@@ -253,11 +286,17 @@ def _shape_of(message: dict, what: str, source: str) -> tuple:
 
 
 def _net_inputs(message: dict, layers: list, source: str) -> dict:
-    names = [str(n) for n in message.get("input", [])]
+    names = [str(n) for n in _scalars(message, "input", "the net", source)]
     inputs = {}
     if names:
         shapes = message.get("input_shape", [])
         dims = message.get("input_dim", [])
+        if not all(isinstance(shape, dict) for shape in shapes):
+            raise CaffeFormatError(f"{source}: each input_shape must be a message "
+                                   f"{{ dim: ... }}, found {shapes!r}")
+        if not all(isinstance(d, int) and d >= 0 for d in dims):
+            raise CaffeFormatError(f"{source}: input_dim values must be non-negative "
+                                   f"integers, found {dims!r}")
         if shapes:
             if len(shapes) != len(names):
                 raise CaffeFormatError(f"{source}: {len(names)} inputs but {len(shapes)} "
@@ -273,6 +312,9 @@ def _net_inputs(message: dict, layers: list, source: str) -> dict:
         if layer.type != "Input":
             continue
         shapes = layer.message.get("input_param", [{}])[0].get("shape", [])
+        if not all(isinstance(shape, dict) for shape in shapes):
+            raise CaffeFormatError(f"{source}: Input layer {layer.name!r}: each shape must be "
+                                   f"a message {{ dim: ... }}, found {shapes!r}")
         if len(shapes) not in (1, len(layer.tops)):
             raise CaffeFormatError(f"{source}: Input layer {layer.name!r} has {len(layer.tops)} "
                                    f"tops but {len(shapes)} shapes")
@@ -356,13 +398,20 @@ def conv_geometry(layer: LayerSpec) -> ConvGeometry:
         pad=_spatial(p, "pad", 0, layer),
         stride=_spatial(p, "stride", 1, layer),
         dilation=_spatial(p, "dilation", 1, layer),
-        group=int(p.get("group", 1)),
+        group=_positive(p.get("group", 1), "group", layer),
         bias_term=_flag(p.get("bias_term", True)),
     )
     if min(geometry.kernel) < 1 or min(geometry.stride) < 1 or min(geometry.dilation) < 1:
         raise CaffeFormatError(f"layer {layer.name!r}: kernel, stride and dilation must be "
                                f"positive, found {geometry}")
     return geometry
+
+
+def _positive(value, name: str, layer: LayerSpec) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise CaffeFormatError(f"layer {layer.name!r} ({layer.type}): {name} must be a "
+                               f"positive integer, found {value!r}")
+    return value
 
 
 def _flag(value) -> bool:
@@ -565,6 +614,22 @@ _SHAPE_FUNCS = {
 }
 
 
+@contextlib.contextmanager
+def malformed_parameters(layer: LayerSpec):
+    """Turn a Python error raised while reading ``layer``'s parameters (a value of the wrong
+    kind in the prototxt, such as ``axis: "x"``) into a :class:`CaffeFormatError` naming the
+    layer, so that a malformed prototxt is reported in one line, not as a traceback."""
+    try:
+        yield
+    except PredDiffError:
+        raise
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError,
+            ZeroDivisionError) as exc:
+        raise CaffeFormatError(
+            f"layer {layer.name!r} ({layer.type}) has a malformed parameter: "
+            f"{type(exc).__name__}: {exc}") from None
+
+
 def unsupported(layer: LayerSpec) -> UnsupportedLayer:
     """The error for a layer whose type preddiff does not handle."""
     return UnsupportedLayer(
@@ -608,7 +673,8 @@ def layer_output_shapes(net: NetSpec, batch: int | None = None) -> list:
         if missing:
             raise CaffeFormatError(f"layer {layer.name!r} reads blob {missing[0]!r}, which no "
                                    "earlier layer produces and which is not an input")
-        tops = func(layer, [current[b] for b in layer.bottoms])
+        with malformed_parameters(layer):
+            tops = func(layer, [current[b] for b in layer.bottoms])
         if len(layer.tops) != len(tops):
             raise CaffeFormatError(f"layer {layer.name!r} ({layer.type}) must have "
                                    f"{len(tops)} top blob(s), found {len(layer.tops)}")

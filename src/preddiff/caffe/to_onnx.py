@@ -55,8 +55,8 @@ from onnx import TensorProto, helper, numpy_helper
 from .. import __version__
 from ..errors import CaffeFormatError, InvalidArgument, UnsupportedLayer
 from .caffemodel import read_caffemodel
-from .net import NetSpec, conv_geometry, layer_output_shapes, load_net, pool_geometry, \
-    pooled_size, unsupported
+from .net import NetSpec, conv_geometry, layer_output_shapes, load_net, \
+    malformed_parameters, pool_geometry, pooled_size, unsupported
 
 __all__ = ["caffe_to_onnx", "net_to_onnx", "save_onnx", "ONNX_OPS", "MIN_OPSET"]
 
@@ -114,11 +114,19 @@ def save_onnx(model: onnx.ModelProto, path) -> Path:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(model.SerializeToString())
+        os.chmod(tmp, _default_file_mode())  # mkstemp creates 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _default_file_mode() -> int:
+    """``0o666`` minus the process umask: the mode ``open()`` gives a new file."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 class _GraphBuilder:
@@ -368,8 +376,9 @@ def net_to_onnx(net: NetSpec, weights: dict, *, outputs=None, opset: int = MIN_O
         if emit is None:
             raise unsupported(layer)
         outs = [names[(i, j)] for j in range(len(layer.tops))]
-        emit(g, layer, [current[b] for b in layer.bottoms], outs,
-             [current_shape[b] for b in layer.bottoms], weights.get(layer.name))
+        with malformed_parameters(layer):
+            emit(g, layer, [current[b] for b in layer.bottoms], outs,
+                 [current_shape[b] for b in layer.bottoms], weights.get(layer.name))
         for top, out, shape in zip(layer.tops, outs, shapes[i]):
             current[top], current_shape[top] = out, shape
             if out not in selected:

@@ -80,12 +80,7 @@ def _convert_zoo(name: str, output: Path | None, outputs, opset: int) -> int:
         path = zoo.ensure_onnx(name, outputs)
         print(f"{name}: {path}")
         return 0
-    weights = zoo.weights_path(name)
-    if not weights.is_file():
-        raise PredDiffError(
-            f"the {name} weights are not installed: run `preddiff models fetch {name}`, or "
-            f"place {manifest.weights_filename} (sha1 {manifest.sha1}) by hand at {weights}"
-        )
+    weights = zoo.verified_weights(name)  # present, with the manifest's sha1
     model = caffe_to_onnx(manifest.prototxt, weights, outputs=outputs, opset=opset)
     _report(save_onnx(model, output), model)
     return 0

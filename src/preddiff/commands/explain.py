@@ -111,7 +111,7 @@ class _Model:
     blob: str
     probability: bool
     input_shape: tuple               # (C, H, W)
-    preprocess: Callable             # image array (H, W[, 3]) -> x (C, H, W) float32
+    preprocess: Callable             # (image (H, W[, 3]), what=name) -> x (C, H, W) float32
     deprocess: Callable              # x -> (H, W, 3) RGB in [0, 1], for display
     labels: list
     sha1: str
@@ -133,7 +133,8 @@ def _zoo_model(name: str, args) -> _Model:
     pre = Preprocessor(m, policy=args.policy)
     return _Model(
         name=name, classifier=classifier, blob=blob, probability=blob == m.output,
-        input_shape=tuple(m.input_shape), preprocess=lambda image: pre(image),
+        input_shape=tuple(m.input_shape),
+        preprocess=lambda image, what="image": pre(image, what=what),
         deprocess=pre.deprocess, labels=list(m.labels), sha1=m.sha1,
         default_pool=lambda exclude: default_pool(name, policy=args.policy, exclude=exclude),
         extra={"policy": args.policy})
@@ -141,9 +142,8 @@ def _zoo_model(name: str, args) -> _Model:
 
 def _onnx_model(path: Path, args) -> _Model:
     import numpy as np
-    import onnx
 
-    from ..classifier import OnnxClassifier
+    from ..classifier import OnnxClassifier, _load_model as _load_onnx
     from ..errors import InvalidArgument
     from ..images import example_images
     from ..zoo import file_sha1
@@ -151,8 +151,15 @@ def _onnx_model(path: Path, args) -> _Model:
     if not path.is_file():
         raise InvalidArgument(f"--model {str(path)!r}: no such ONNX file (or use lenet, "
                               f"alexnet, googlenet, vgg16)")
-    model = onnx.load(str(path))
-    blob = args.blob or model.graph.output[0].name
+    model, _ = _load_onnx(path)  # PredDiffError (one line) for a file that is not ONNX
+    softmax_outputs = [o for n in model.graph.node if n.op_type == "Softmax" for o in n.output]
+    graph_outputs = [o.name for o in model.graph.output]
+    if args.blob is None and not graph_outputs:
+        raise InvalidArgument(f"{path} has no graph outputs; name the blob with --blob")
+    # default: the probability output (a graph output produced by a Softmax node), else the
+    # first graph output
+    blob = args.blob or next((o for o in graph_outputs if o in softmax_outputs),
+                             graph_outputs[0] if graph_outputs else None)
     classifier = OnnxClassifier(model, outputs=[blob], batch_size=_batch_size(args),
                                 device=args.device, threads=args.threads)
     classifier.source = str(path)
@@ -169,9 +176,9 @@ def _onnx_model(path: Path, args) -> _Model:
         raise InvalidArgument(f"--input-size {size[0]}x{size[1]} differs from the model's "
                               f"input {height}x{width}")
     # a probability blob: produced by a Softmax node (its weight of evidence is meaningful)
-    softmax = any(n.op_type == "Softmax" and blob in n.output for n in model.graph.node)
+    softmax = blob in softmax_outputs
 
-    def preprocess(image):
+    def preprocess(image, what="image"):
         from skimage.color import rgb2gray
         from skimage.transform import resize
 
@@ -228,7 +235,7 @@ def _parse_size(text: str) -> tuple[int, int]:
 
 
 def _batch_size(args) -> int:
-    return args.batch_size or 256
+    return 256 if args.batch_size is None else args.batch_size
 
 
 # ----------------------------------------------------------------------------------------------
@@ -253,9 +260,17 @@ def _load_input(spec: str, model: _Model):
         image, _ = digit(index)
         return f"digit{index}", model.preprocess(image[0]), index, None
     path = Path(spec)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # gray → RGB → gray for LeNet is expected here
-        x = model.preprocess(load_image(path))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        x = model.preprocess(load_image(path), what=str(path))
+    notes = [" ".join(str(w.message).split()) for w in caught
+             if issubclass(w.category, UserWarning)]
+    gray_file = any("is grayscale" in note for note in notes)
+    if not (gray_file and model.input_shape[0] == 1):
+        # a conversion happened (gray → RGB, RGBA → RGB, colour → gray): say so, one line
+        # each; a gray file for a gray network (read as RGB, then back to gray) is no news
+        for note in notes:
+            print(f"preddiff: note: {note}", file=sys.stderr)
     return path.stem, x, path.stem, path.resolve()
 
 
@@ -286,7 +301,9 @@ def _pool(args, model: _Model, exclude, source) -> "np.ndarray":
                 warnings.simplefilter("ignore")
                 pool.append(model.preprocess(load_image(path)))
         except InvalidArgument as exc:
-            print(f"preddiff: warning: {path.name} left out of the pool: {exc}", file=sys.stderr)
+            reason = " ".join(str(exc).split())
+            print(f"preddiff: warning: {path.name} left out of the pool: {reason}",
+                  file=sys.stderr)
     if not pool:
         raise InvalidArgument(f"--pool {str(args.pool)!r} holds no usable images (other than "
                               "the one explained)")
@@ -339,8 +356,20 @@ def run(args: argparse.Namespace) -> int:
 
     if args.top < 1:
         raise InvalidArgument(f"--top must be at least 1, got {args.top}")
+    if args.window is not None and args.window < 1:
+        raise InvalidArgument(f"--window must be a positive integer, got {args.window}")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise InvalidArgument(f"--batch-size must be a positive integer, got {args.batch_size}")
+    if args.out.exists() and not args.out.is_dir():
+        raise InvalidArgument(f"--out {str(args.out)!r} is a file; give a folder")
+    from .. import zoo
+
+    if args.input_size is not None and args.model in zoo.MODEL_NAMES:
+        raise InvalidArgument(f"--input-size applies to ONNX files only; {args.model} takes "
+                              f"{'x'.join(map(str, zoo.manifest(args.model).input_shape[1:]))} "
+                              "inputs")
     model = _load_model(args)
-    window = args.window or (4 if model.input_shape[0] == 1 else 10)
+    window = args.window if args.window is not None else (4 if model.input_shape[0] == 1 else 10)
     args.out.mkdir(parents=True, exist_ok=True)
     for spec in args.images:
         started = time.perf_counter()
@@ -363,7 +392,8 @@ def run(args: argparse.Namespace) -> int:
             "blob": model.blob, "preddiff_version": __version__, "pool_size": int(len(pool)),
             "padding": args.padding if args.sampler == "conditional" else None,
             "top": [[i, names[i], v] for i, v in top], "argv": sys.argv[1:],
-            "seconds_with_sampler_fit": time.perf_counter() - started, **model.extra,
+            "seconds_with_sampler_fit": time.perf_counter() - started,
+            "provider": getattr(model.classifier, "provider", None), **model.extra,
         })
         npz = stem.with_name(stem.name + ".npz")
         explanation.save(npz, dtype=np.float32)
@@ -374,6 +404,7 @@ def run(args: argparse.Namespace) -> int:
         label = "p" if model.probability else model.blob
         tops = ", ".join(f"{names[i]} ({label}={v:.3f})" for i, v in top)
         print(f"{spec}: {tops}")
-        print(f"  {seconds:.1f} s (classifier {explanation.timings['classifier']:.1f} s); "
-              f"wrote {npz} and {png}")
+        provider = getattr(model.classifier, "provider", None) or "?"
+        print(f"  {seconds:.1f} s (classifier {explanation.timings['classifier']:.1f} s on "
+              f"{provider.replace('ExecutionProvider', '')}); wrote {npz} and {png}")
     return 0

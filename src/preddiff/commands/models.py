@@ -27,7 +27,8 @@ def register(subparsers) -> None:
         "store it in the cache ($PREDDIFF_HOME or the platform cache directory).",
     )
     fetch.add_argument("name", metavar="NAME", help="alexnet, googlenet, vgg16 or lenet")
-    fetch.add_argument("--url", help="download from this mirror instead (http, https, file)")
+    fetch.add_argument("--url",
+                       help="download from this mirror instead (an http, https, ftp or file URL)")
     fetch.add_argument("--no-progress", action="store_true", help="no progress bar")
     fetch.set_defaults(func=fetch_model)
 
