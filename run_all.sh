@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Regenerate the paper's Figures 1-6 and check their numbers against the stored references.
+#
+#   ./run_all.sh [--smoke] [--check | --record]
+#
+#   (default)  paper scale: the Caffe-zoo AlexNet, GoogLeNet and VGG16 at full resolution,
+#              stride 1 (hours per image on a GPU; needs the zoo weights, fetched here).
+#   --smoke    offline reduced scale on the CPU in a few minutes: the real Caffe LeNet on the
+#              bundled digits (figures 1-4) and narrow random-weight zoo architectures with a
+#              coarse stride (figures 5-6), so that every code path of every figure runs.
+#   --check    (default) compare with figures/reference/<scale>/*.npz
+#   --record   rewrite the references of that scale with this run's results
+#
+#   --force / --reuse-cache   recompute everything from an empty cache / reuse cached
+#              computations whose parameters match (defaults: --force at smoke scale, so that
+#              a check tests the current code; --reuse-cache at paper scale: hours of work)
+#   --figures fig1,fig3       run a subset
+#
+# Creates .venv (python3 -m venv; pip install -e .) unless a working one is already there.
+# Figures go to figures/<scale>/figN.{png,pdf,json}; computations are cached in
+# figures/cache/<scale>/ (keyed on their parameters; safe to delete).
+#
+# Verdicts: PASS (within tolerance: max |result - reference| <= 1e-3 x max |reference| per
+# map, identical predicted classes; see reproduce/common.py TOLERANCE for why), FAIL, ERROR
+# (the script crashed), UNVERIFIED (no reference recorded: never a pass), RECORDED.
+# Exit status: 0 all passed or recorded; 1 a figure failed; 2 the zoo weights could not be
+# fetched (offline: use --smoke); 3 nothing failed but some figure is UNVERIFIED.
+set -euo pipefail
+cd "$(dirname "$0")"
+export MPLBACKEND=Agg
+
+scale=paper
+mode=--check
+extra=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --smoke) scale=smoke ;;
+        --paper) scale=paper ;;
+        --check) mode=--check ;;
+        --record) mode=--record ;;
+        --force|--reuse-cache) extra+=("$1") ;;
+        --figures) extra+=(--figures "$2"); shift ;;
+        -h|--help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "run_all.sh: unknown option $1 (try --help)" >&2; exit 64 ;;
+    esac
+    shift
+done
+
+# A virtualenv with this checkout installed: reuse it when it imports, else (re)install.
+if [ ! -x .venv/bin/python ]; then
+    echo "== creating .venv"
+    python3 -m venv .venv
+fi
+. .venv/bin/activate
+if ! python - <<'PY' 2>/dev/null
+import pathlib, preddiff, numpy, scipy, onnx, onnxruntime, skimage, matplotlib, pooch, tqdm
+src = pathlib.Path("src").resolve()
+assert src in pathlib.Path(preddiff.__file__).resolve().parents
+PY
+then
+    echo "== installing preddiff into .venv (pip install -e .)"
+    python -m pip install --quiet --upgrade pip
+    python -m pip install --quiet -e .
+fi
+
+start=$(date +%s)
+status=0
+python -m reproduce.check --scale "$scale" "$mode" ${extra[@]+"${extra[@]}"} || status=$?
+echo "run_all.sh: ${scale} scale, $(( $(date +%s) - start )) s, exit status ${status}"
+exit "$status"
