@@ -73,7 +73,7 @@ def compute_lenet(run: common.Run):
                    colour=cfg["colour"], grey=0.0, seed=int(cfg["seed"]),
                    batch_size=int(cfg["batch_size"]), progress=run.progress,
                    per_image=_per_image_cache(run, "lenet", params),
-                   describe_model=f"Caffe LeNet, {model.source}; digits 0–{n - 1} of the "
+                   describe_model=f"{model.source} (real weights); digits 0–{n - 1} of the "
                    f"bundled UCI set, pool = digits {POOL_START}–1796")
 
 
@@ -101,6 +101,7 @@ def compute_zoo(run: common.Run, name: str):
                    negative_fraction=float(cfg["negative_fraction"]),
                    randomise=bool(cfg["randomise"]), stages=cfg["zoo_stages"],
                    num_patches=int(cfg["zoo_num_patches"]), colour=cfg["colour"], grey=0.0,
+                   mean_value=0.0,  # the training-set mean, which the preprocessing subtracts
                    seed=int(cfg["seed"]), batch_size=int(cfg["zoo_batch_size"]),
                    progress=run.progress, per_image=_per_image_cache(run, name, params),
                    describe_model=f"{name} ({model.source}); images "
@@ -192,11 +193,21 @@ def _write(path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def section(name: str, result, seconds: float) -> str:
-    """A markdown section: settings, the tables, the time."""
+def _machine() -> str:
+    """This machine in words (for the timings)."""
+    v = common.versions()
+    return (f"{v.get('processor') or v.get('machine')}, {v.get('cpu_count')} CPU cores, "
+            f"onnxruntime {v.get('onnxruntime')} ({v.get('onnxruntime_providers', '?')})")
+
+
+def section(name: str, result, seconds: float, reused: int = 0) -> str:
+    """A markdown section: settings, the tables, the time (and how many images came from
+    the cache, whose time is not included)."""
+    cache = f" ({reused} of {len(result.image_ids)} images reused from the cache)" if reused \
+        else ""
     return (f"## {name}\n\n"
             + "".join(f"- {k}: {v}\n" for k, v in result.settings.items())
-            + f"- time: {seconds:.0f} s (this machine)\n\n"
+            + f"- time: {seconds:.0f} s on {_machine()}{cache}\n\n"
             + result.markdown() + "\n")
 
 
@@ -225,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     lenet = compute_lenet(run)
     seconds = time.perf_counter() - start
     run.timings["lenet"] = round(seconds, 1)
-    parts.append(section("LeNet digits", lenet, seconds))
+    parts.append(section("LeNet digits", lenet, seconds,
+                         sum(1 for n in run.reused if n.startswith(f"{FIGURE}-lenet-"))))
     _write(out / f"{FIGURE}.csv", csv_text(lenet.rows, lenet.settings_text()))
     title = (f"LeNet, {len(lenet.image_ids)} digits, k={run.config['window']}, "
              f"S={run.config['num_samples']}, stride {run.config['stride']} ({run.scale} scale)")
@@ -247,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         seconds = time.perf_counter() - start
         run.timings[name] = round(seconds, 1)
-        parts.append(section(name, result, seconds))
+        parts.append(section(name, result, seconds,
+                             sum(1 for n in run.reused if n.startswith(f"{FIGURE}-{name}-"))))
         _write(out / f"{FIGURE}_{name}.csv", csv_text(result.rows, result.settings_text()))
         fig = plot_curves(result, f"{name} ({run.scale} scale)")
         save_figure(fig, out / f"{FIGURE}_{name}_curves", formats=("png",))
