@@ -1,0 +1,392 @@
+"""``preddiff bench``: PDA throughput, naive and incremental, against the plain classifier.
+
+A PDA run evaluates the classifier on (windows × S) perturbed images, so the naive engine can
+never beat the classifier's own throughput. For each network this command measures, in one
+run on one machine:
+
+- the plain classifier's throughput in images/s, at the best batch size of a small sweep
+  (:class:`preddiff.classifier.OnnxClassifier`);
+- the PDA throughput in window-samples/s of :func:`preddiff.prediction_difference` on a fixed
+  block of window positions (a regular grid of windows over the whole image, corners
+  included; k = 10, S = 10, conditional sampler fitted on the bundled example images), with
+  the naive classifier and with :class:`preddiff.incremental.IncrementalClassifier`, and
+  checks that both give the same relevance maps;
+- the ratio PDA window-samples/s ÷ plain images/s (above 1: faster than the naive limit),
+  the naive engine's share of time outside the classifier, and the theoretical
+  multiply-add reduction of exact incremental inference from the cost model;
+- the *steady* ratio, counting only the time spent sampling and in the classifier: it leaves
+  out the once-per-image work (the clean forward pass, assembling the relevance maps of all
+  classes), which a small block weighs far more than a full run of ~46,000 windows.
+
+The plain throughput and the two engines are measured interleaved, ``--rounds`` times, so
+that a change of load on a shared machine affects all three alike; the table gives medians.
+Networks: ``lenet`` with its real bundled weights, ``alexnet``, ``googlenet`` and ``vgg16``
+with random weights at full size (throughput does not depend on the weights).
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ORDER = 60
+
+MODELS = ("lenet", "alexnet", "googlenet", "vgg16")
+WINDOW, SAMPLES, PADDING = 10, 10, 2
+#: Targets of issue 5 for the ratio (incremental PDA window-samples/s ÷ plain images/s).
+TARGETS = {"alexnet": 2.5, "googlenet": 1.8, "vgg16": 6.0}
+#: Theoretical multiply-add reductions at k = 10 quoted in the reference notes.
+REFERENCE_REDUCTION = {"alexnet": 3.2, "googlenet": 2.4, "vgg16": 9.1}
+#: Stride of the grid of windows benchmarked (full run, --quick). Strides not multiples of
+#: the networks' total stride (16 or 32) give windows at all alignments, as a stride-1 run.
+BLOCK_STRIDE = {"lenet": (1, 3), "alexnet": (31, 43), "googlenet": (37, 53),
+                "vgg16": (53, 107)}
+#: Batch sizes of the plain-throughput sweep.
+PLAIN_BATCHES = {"lenet": (16, 64, 256), "alexnet": (1, 8, 32), "googlenet": (1, 8, 32),
+                 "vgg16": (1, 4, 8)}
+INCREMENTAL_ENGINE_BATCH = 1000  # perturbed images per evaluate_windows call (100 windows)
+DESCRIPTION = ("Throughput of prediction difference analysis, naive and with exact incremental "
+               "inference, against the plain classifier's images/s; prints a table and "
+               "optionally writes JSON.")
+
+
+def register(subparsers) -> None:
+    """Add the ``bench`` sub-command."""
+    p = subparsers.add_parser(
+        "bench",
+        help="throughput of PDA (naive and incremental) against the plain classifier",
+        description=DESCRIPTION,
+    )
+    add_arguments(p)
+    p.set_defaults(func=run)
+
+
+def add_arguments(p, default_json=None) -> None:
+    """The options of ``preddiff bench`` (shared with ``bench/pda_throughput.py``)."""
+    p.add_argument("--models", default=",".join(MODELS),
+                   help=f"comma-separated networks (default: {','.join(MODELS)})")
+    p.add_argument("--quick", action="store_true",
+                   help="smaller window blocks and one round (a smoke test, ~2 minutes)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="interleaved measurement rounds (default 2, --quick 1)")
+    p.add_argument("--json", type=Path, default=default_json, metavar="PATH",
+                   help="write every figure as JSON to PATH (and the table to PATH.txt)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="execution provider (default: CUDA when it works)")
+    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
+    p.add_argument("--float16", action="store_true",
+                   help="with CUDA: also run the incremental engine in float16 and report its "
+                   "deviation from float32")
+    p.add_argument("--seed", type=int, default=0, help="seed of weights, sampler and PDA")
+
+
+def run(args) -> int:
+    """Run the benchmark, print the table, write the JSON; exit code 0."""
+    from ..errors import InvalidArgument
+
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = [m for m in models if m not in MODELS]
+    if unknown or not models:
+        raise InvalidArgument(f"--models {args.models!r}: unknown {unknown}; "
+                              f"choose from {', '.join(MODELS)}")
+    rounds = args.rounds if args.rounds is not None else (1 if args.quick else 2)
+    if rounds < 1:
+        raise InvalidArgument(f"--rounds must be at least 1, got {rounds}")
+    if Path(sys.argv[0]).name == "preddiff" and "bench" in sys.argv:
+        command = " ".join(["preddiff", *sys.argv[1:]])
+    else:
+        command = " ".join(["python", *sys.argv])
+    started = time.time()
+    results = {
+        "command": command, "machine": machine_info(),
+        "settings": {"window": WINDOW, "samples": SAMPLES, "padding": PADDING,
+                     "sampler": "conditional", "rounds": rounds, "quick": bool(args.quick),
+                     "device": args.device, "threads": args.threads, "seed": args.seed,
+                     "incremental_engine_batch": INCREMENTAL_ENGINE_BATCH},
+        "models": {},
+    }
+    for name in models:
+        results["models"][name] = bench_model(name, quick=args.quick, rounds=rounds,
+                                              device=args.device, threads=args.threads,
+                                              seed=args.seed, float16=args.float16)
+    results["seconds"] = time.time() - started
+    results["machine"]["load_average_end"] = _loadavg()
+    table = format_table(results)
+    print(table)
+    if args.json is not None:
+        _write_atomic(args.json, json.dumps(results, indent=2, default=float) + "\n")
+        _write_atomic(args.json.with_suffix(".txt"), table + "\n")
+        print(f"wrote {args.json} and {args.json.with_suffix('.txt')}", file=sys.stderr)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# measurements
+
+
+def _say(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def _loadavg():
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def machine_info() -> dict:
+    """CPU model, cores, memory, load and library versions of this machine."""
+    import numpy
+    import onnx
+    import onnxruntime
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            names = [line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count()
+    return {
+        "cpu": cpu, "cores": cores, "platform": platform.platform(),
+        "python": platform.python_version(), "numpy": numpy.__version__,
+        "onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__,
+        "providers": onnxruntime.get_available_providers(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "load_average_start": _loadavg(),
+    }
+
+
+def _model(name: str, seed: int):
+    """The ONNX model (output ``prob``): LeNet's real weights, random zoo weights otherwise."""
+    if name == "lenet":
+        from .. import zoo
+        from ..caffe import caffe_to_onnx
+
+        return caffe_to_onnx(zoo.manifest(name).prototxt, zoo.weights_path(name),
+                             outputs=["prob"]), "real (bundled)"
+    from ..caffe.writer import random_onnx
+
+    return random_onnx(name, seed=seed, outputs=["prob"]), f"random (seed {seed})"
+
+
+def _plain(classifier, x, min_seconds: float) -> float:
+    """Images/s of ``classifier`` on batches of its batch size (after one warm-up call)."""
+    import numpy as np
+
+    images = np.repeat(x[None], classifier.batch_size, axis=0)
+    classifier(images)
+    done, start = 0, time.perf_counter()
+    while True:
+        classifier(images)
+        done += len(images)
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_seconds:
+            return done / elapsed
+
+
+def _pda(x, classifier, sampler, stride, batch_size, seed):
+    from .. import prediction_difference
+
+    e = prediction_difference(x, classifier, sampler, window=WINDOW, stride=stride,
+                              num_samples=SAMPLES, blobs=("prob",), batch_size=batch_size,
+                              rng=seed, progress=False)
+    n = int(((x.shape[1] - WINDOW) // stride + 1) * ((x.shape[2] - WINDOW) // stride + 1))
+    return e, n * SAMPLES
+
+
+def bench_model(name, *, quick, rounds, device, threads, seed, float16=False) -> dict:
+    """All figures of one network (see the module docstring)."""
+    import numpy as np
+
+    from ..classifier import OnnxClassifier
+    from ..images import default_pool
+    from ..incremental import IncrementalClassifier
+    from ..samplers import ConditionalGaussianSampler
+
+    _say(f"{name}: building the model")
+    model, weights = _model(name, seed)
+    pool = default_pool(name)
+    x = pool[0]
+    sampler = ConditionalGaussianSampler.fit(pool[1:], WINDOW, PADDING, num_patches=2000,
+                                             rng=seed)
+    stride = BLOCK_STRIDE[name][1 if quick else 0]
+    min_seconds = 1.0 if quick else 2.5
+    out = {"weights": weights, "input": list(x.shape), "stride": stride}
+
+    _say(f"{name}: plain throughput sweep")
+    sweep = {}
+    plain = {}
+    for b in PLAIN_BATCHES[name]:
+        plain[b] = OnnxClassifier(model, outputs=["prob"], batch_size=b, device=device,
+                                  threads=threads)
+        sweep[b] = _plain(plain[b], x, min_seconds)
+    best = max(sweep, key=sweep.get)
+    out["plain_sweep"] = {str(b): v for b, v in sweep.items()}
+    out["plain_batch"] = best
+    out["provider"] = plain[best].provider
+    naive = plain[best]
+    naive_batch = max(SAMPLES, best // SAMPLES * SAMPLES)
+    incremental = IncrementalClassifier(model, outputs=["prob"], device=device, threads=threads,
+                                        float16=False)
+    out["incremental_supported"] = incremental.incremental
+    if incremental.incremental:
+        report = incremental.report(x.shape, (WINDOW, WINDOW))
+        out["macs"] = {k: report[k] for k in ("macs_full", "macs_planned", "macs_theoretical",
+                                              "reduction", "cut")}
+        out["macs"]["steps"] = len(report["steps"])
+        out["plan"] = report["plan"]
+
+    # warm-up on the same image and window size (one window): sessions, clean maps, plans
+    warm = max(x.shape[1], x.shape[2])
+    _pda(x, naive, sampler, warm, naive_batch, seed)
+    _pda(x, incremental, sampler, warm, INCREMENTAL_ENGINE_BATCH, seed)
+
+    per_round = []
+    for r in range(rounds):
+        _say(f"{name}: round {r + 1}/{rounds}: plain, naive PDA, incremental PDA")
+        row = {"plain": _plain(naive, x, min_seconds)}
+        e_naive, n = _pda(x, naive, sampler, stride, naive_batch, seed)
+        e_inc, _ = _pda(x, incremental, sampler, stride, INCREMENTAL_ENGINE_BATCH, seed)
+        want, got = e_naive.relevance["prob"], e_inc.relevance["prob"]
+        row.update({
+            "window_samples": n,
+            "naive": n / e_naive.timings["total"],
+            "naive_steady": n / (e_naive.timings["classifier"] + e_naive.timings["sampler"]),
+            "incremental_steady": n / (e_inc.timings["classifier"] + e_inc.timings["sampler"]),
+            "naive_outside_fraction": e_naive.timings["outside_fraction"],
+            "naive_seconds": e_naive.timings["total"],
+            "incremental": n / e_inc.timings["total"],
+            "incremental_outside_fraction": e_inc.timings["outside_fraction"],
+            "incremental_seconds": e_inc.timings["total"],
+            "max_relative_difference": float(np.abs(got - want).max() / np.abs(want).max()),
+        })
+        row["ratio_naive"] = row["naive"] / row["plain"]
+        row["ratio_incremental"] = row["incremental"] / row["plain"]
+        row["ratio_incremental_steady"] = row["incremental_steady"] / row["plain"]
+        per_round.append(row)
+    out["rounds"] = per_round
+    for key in per_round[0]:
+        out[key] = float(np.median([row[key] for row in per_round]))
+    out["max_relative_difference"] = max(row["max_relative_difference"] for row in per_round)
+    out["window_samples"] = per_round[0]["window_samples"]
+    if name in TARGETS:
+        out["target"] = TARGETS[name]
+        out["target_met"] = bool(out["ratio_incremental"] >= TARGETS[name])
+        out["target_met_steady"] = bool(out["ratio_incremental_steady"] >= TARGETS[name])
+    if float16 and incremental.device == "cuda":
+        out["float16"] = _float16(model, x, sampler, stride, seed, device, threads,
+                                  per_round[-1], e_inc)
+    return out
+
+
+def _float16(model, x, sampler, stride, seed, device, threads, row, e32) -> dict:
+    """Speed of the float16 incremental engine and its deviation from float32."""
+    import numpy as np
+
+    from ..incremental import IncrementalClassifier
+
+    half = IncrementalClassifier(model, outputs=["prob"], device=device, threads=threads,
+                                 float16=True)
+    _pda(x, half, sampler, max(x.shape[1:]), INCREMENTAL_ENGINE_BATCH, seed)
+    e16, n = _pda(x, half, sampler, stride, INCREMENTAL_ENGINE_BATCH, seed)
+    want, got = e32.relevance["prob"], e16.relevance["prob"]
+    return {"incremental": n / e16.timings["total"],
+            "ratio_incremental": n / e16.timings["total"] / row["plain"],
+            "max_relative_difference": float(np.abs(got - want).max() / np.abs(want).max())}
+
+
+# --------------------------------------------------------------------------------------------
+# output
+
+
+def format_table(results: dict) -> str:
+    """The results as a plain-text table with the machine, the command and the targets."""
+    m = results["machine"]
+    s = results["settings"]
+    lines = [
+        f"PDA throughput, k={s['window']}, S={s['samples']}, conditional sampler "
+        f"(l={s['padding']}); medians of {s['rounds']} interleaved round(s)",
+        f"machine: {m['cpu']}, {m['cores']} cores; load average {m['load_average_start']} at "
+        f"start, {m.get('load_average_end')} at end; numpy {m['numpy']}, onnxruntime "
+        f"{m['onnxruntime']}",
+        f"command: {results['command']}",
+        "",
+        f"{'model':10s} {'block':>10s} {'plain':>13s} {'naive PDA':>10s} {'ratio':>6s} "
+        f"{'outside':>8s} {'incr. PDA':>10s} {'ratio':>6s} {'steady':>7s} {'speedup':>8s} "
+        f"{'MAC red.':>9s} {'target':>7s} {'met':>4s} {'max diff':>9s}",
+        f"{'':10s} {'win x S':>10s} {'img/s (b)':>13s} {'w-s/s':>10s} {'':>6s} "
+        f"{'classif.':>8s} {'w-s/s':>10s} {'':>6s} {'ratio':>7s} {'':>8s} {'(ref)':>9s} "
+        f"{'':>7s} {'':>4s} {'of maps':>9s}",
+    ]
+    for name, r in results["models"].items():
+        red = r.get("macs", {}).get("reduction")
+        ref = REFERENCE_REDUCTION.get(name)
+        red_text = "-" if red is None else f"{red:.1f}" + (f" ({ref})" if ref else "")
+        target = r.get("target")
+        lines.append(
+            f"{name:10s} {r['window_samples'] // s['samples']:>6d} x {s['samples']:<2d}"
+            f"{r['plain']:>8.1f} ({r['plain_batch']:>3d}) {r['naive']:>10.1f} "
+            f"{r['ratio_naive']:>6.2f} {100 * r['naive_outside_fraction']:>7.1f}% "
+            f"{r['incremental']:>10.1f} {r['ratio_incremental']:>6.2f} "
+            f"{r['ratio_incremental_steady']:>7.2f} "
+            f"{r['incremental'] / r['naive']:>7.2f}x {red_text:>9s} "
+            f"{'-' if target is None else f'{target:.1f}':>7s} "
+            f"{'-' if target is None else ('yes' if r['target_met'] else 'NO'):>4s} "
+            f"{r['max_relative_difference']:>9.1e}")
+    lines += [
+        "",
+        "plain: classifier images/s at the best batch size b of the sweep; PDA: window-samples/s"
+        " of prediction_difference on the block (a grid of windows over the whole image);",
+        "ratio: PDA window-samples/s / plain images/s (above 1 beats the naive limit); steady "
+        "ratio: the same counting only sampler and classifier time (no once-per-image work);",
+        "outside classif.: naive engine time outside classifier calls; MAC red.: multiply-add",
+        "reduction of exact incremental inference for the centre window (reference notes in "
+        "brackets); max diff: max |incremental - naive| / max |naive| of the relevance maps.",
+    ]
+    for name, r in results["models"].items():
+        if "float16" in r:
+            f = r["float16"]
+            lines.append(f"{name} float16: {f['incremental']:.1f} w-s/s, ratio "
+                         f"{f['ratio_incremental']:.2f}, max deviation from float32 "
+                         f"{f['max_relative_difference']:.2e}")
+    return "\n".join(lines)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def main(argv=None, default_json=None) -> int:
+    """Stand-alone entry point (``bench/pda_throughput.py``)."""
+    import argparse
+    import logging
+
+    from ..errors import PredDiffError
+
+    parser = argparse.ArgumentParser(prog="pda_throughput", description=DESCRIPTION)
+    add_arguments(parser, default_json)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        return run(args)
+    except PredDiffError as exc:
+        print(f"pda_throughput: error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,492 @@
+"""Exact incremental inference (preddiff.incremental) against full forward passes.
+
+The oracle is the full network run by onnxruntime on images built with a literal loop (one
+image per window, the patch written with a slice). Every test compares to 1e-4 of the largest
+absolute value of the reference output, the issue's exactness criterion.
+"""
+import logging
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from preddiff.errors import InvalidArgument
+from preddiff.incremental import (
+    IncrementalClassifier, auto_batch_size, supported, theoretical_macs, to_float16,
+)
+from preddiff.incremental_plan import analyse
+
+TOL = 1e-4
+
+
+# ---------------------------------------------------------------------------------------------
+# small graphs made with onnx.helper
+
+
+class _Graph:
+    """A tiny graph builder: each method appends one node and returns its output name."""
+
+    def __init__(self, channels, rng):
+        self.nodes, self.inits, self.rng, self.count = [], [], rng, 0
+        self.channels = {"data": channels}
+
+    def _name(self, prefix):
+        self.count += 1
+        return f"{prefix}{self.count}"
+
+    def conv(self, x, cout, k, *, stride=1, pads=(0, 0, 0, 0), group=1, dilation=1):
+        y = self._name("conv")
+        cin = self.channels[x]
+        w = self.rng.normal(0, 1 / np.sqrt(cin // group * k * k), (cout, cin // group, k, k))
+        b = self.rng.normal(0, 0.1, cout)
+        self.inits += [numpy_helper.from_array(w.astype(np.float32), y + "_w"),
+                       numpy_helper.from_array(b.astype(np.float32), y + "_b")]
+        self.nodes.append(helper.make_node(
+            "Conv", [x, y + "_w", y + "_b"], [y], name=y, kernel_shape=[k, k],
+            strides=[stride, stride], pads=list(pads), group=group, dilations=[dilation] * 2))
+        self.channels[y] = cout
+        return y
+
+    def op(self, op_type, x, **attrs):
+        y = self._name(op_type.lower())
+        inputs = [x] if isinstance(x, str) else list(x)
+        self.nodes.append(helper.make_node(op_type, inputs, [y], name=y, **attrs))
+        self.channels[y] = sum(self.channels.get(t, 0) for t in inputs)
+        return y
+
+    def pad(self, x, pads, value=0.0, mode="constant"):
+        y = self._name("pad")
+        t, l, b, r = pads
+        self.inits += [
+            numpy_helper.from_array(np.array([0, 0, t, l, 0, 0, b, r], np.int64), y + "_p"),
+            numpy_helper.from_array(np.array(value, np.float32), y + "_v")]
+        self.nodes.append(helper.make_node("Pad", [x, y + "_p", y + "_v"], [y], name=y,
+                                           mode=mode))
+        self.channels[y] = self.channels[x]
+        return y
+
+    def head(self, x, classes=5, pool="GlobalAveragePool"):
+        """Global pooling, Gemm and Softmax; returns (scores, prob)."""
+        g = self.op(pool, x)
+        f = self.op("Flatten", g, axis=1)
+        y = self._name("fc")
+        w = self.rng.normal(0, 1, (classes, self.channels[x])).astype(np.float32)
+        self.inits.append(numpy_helper.from_array(w, y + "_w"))
+        self.nodes.append(helper.make_node("Gemm", [f, y + "_w"], [y], name=y, transB=1))
+        return y, self.op("Softmax", y, axis=1)
+
+    def model(self, height, width, outputs):
+        inp = helper.make_tensor_value_info("data", TensorProto.FLOAT,
+                                            ["N", self.channels["data"], height, width])
+        outs = [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs]
+        graph = helper.make_graph(self.nodes, "test", [inp], outs, initializer=self.inits)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+        model.ir_version = 8
+        return model
+
+
+def _conv_stride_pad(g):
+    y = g.op("Relu", g.conv("data", 6, 5, stride=2, pads=(2, 2, 2, 2)))
+    return g.conv(y, 6, 3, pads=(1, 1, 1, 1))
+
+
+def _conv_grouped_dilated(g):
+    y = g.conv("data", 6, 3, pads=(1, 1, 1, 1))
+    y = g.op("LeakyRelu", g.conv(y, 6, 3, group=2, dilation=2, pads=(2, 2, 2, 2)), alpha=0.1)
+    return g.conv(y, 4, 3, stride=3, pads=(0, 1, 2, 0))
+
+
+def _maxpool(g):
+    y = g.op("Relu", g.conv("data", 6, 3, pads=(1, 1, 1, 1)))
+    # the converter's encoding of Caffe's ceil rounding: asymmetric end padding
+    y = g.op("MaxPool", y, kernel_shape=[3, 3], strides=[2, 2], pads=[0, 0, 1, 1])
+    y = g.op("MaxPool", y, kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1])
+    return g.op("MaxPool", y, kernel_shape=[2, 2], strides=[2, 2], dilations=[2, 2])
+
+
+def _avgpool(g):
+    y = g.conv("data", 6, 3, pads=(1, 1, 1, 1))
+    y = g.op("AveragePool", y, kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 2, 2],
+             count_include_pad=1)
+    return g.op("AveragePool", y, kernel_shape=[3, 3], strides=[1, 1], pads=[1, 0, 1, 2],
+                count_include_pad=0)
+
+
+def _pad_then_pool(g):
+    # the converter's encoding of Caffe AVE pooling with an overhang: zero Pad, then
+    # count_include_pad=0 with end pads; and a Pad with another constant before a Conv
+    y = g.pad(g.conv("data", 6, 3), (1, 1, 1, 1))
+    y = g.op("AveragePool", y, kernel_shape=[3, 3], strides=[2, 2], pads=[0, 0, 1, 1],
+             count_include_pad=0)
+    return g.conv(g.pad(y, (2, 0, 1, 3), value=0.5), 4, 3)
+
+
+def _lrn(g):
+    y = g.op("Relu", g.conv("data", 8, 5, stride=2, pads=(2, 2, 2, 2)))
+    y = g.op("LRN", y, size=5, alpha=1e-2, beta=0.75, bias=1.0)
+    return g.op("Identity", g.op("MaxPool", y, kernel_shape=[3, 3], strides=[2, 2]))
+
+
+def _inception(g):
+    x = g.op("Relu", g.conv("data", 8, 3, stride=2, pads=(1, 1, 1, 1)))
+    for _ in range(2):
+        b1 = g.op("Relu", g.conv(x, 4, 1))
+        b2 = g.op("Relu", g.conv(g.op("Relu", g.conv(x, 4, 1)), 6, 3, pads=(1, 1, 1, 1)))
+        b3 = g.op("Relu", g.conv(g.op("Relu", g.conv(x, 2, 1)), 3, 5, pads=(2, 2, 2, 2)))
+        p = g.op("MaxPool", x, kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1])
+        b4 = g.op("Relu", g.conv(p, 3, 1))
+        x = g.op("Concat", [b1, b2, b3, b4], axis=1)
+    return x
+
+
+CASES = {
+    "conv-stride-pad": _conv_stride_pad,
+    "conv-grouped-dilated": _conv_grouped_dilated,
+    "maxpool": _maxpool,
+    "avgpool": _avgpool,
+    "pad-then-pool": _pad_then_pool,
+    "lrn": _lrn,
+    "inception": _inception,
+}
+
+
+def _case_model(case, rng, height=23, width=27, pool="GlobalAveragePool"):
+    g = _Graph(3, rng)
+    hidden = CASES[case](g)
+    scores, prob = g.head(hidden, pool=pool)
+    outputs = [prob, scores, hidden]
+    return g.model(height, width, outputs), outputs
+
+
+def _literal_images(x, top_left, patches):
+    """One full image per window, the patch written with a slice (the oracle's input)."""
+    images = np.repeat(x[None], len(patches), axis=0)
+    kh, kw = patches.shape[2:]
+    for n, (r, c) in enumerate(top_left):
+        images[n, :, r:r + kh, c:c + kw] = patches[n]
+    return images
+
+
+def _windows(height, width, k, rng, stride=1, extra=12):
+    """Corners, border midpoints and random interior windows (top-left corners, (N, 2))."""
+    rows = np.arange(0, height - k + 1, stride)
+    cols = np.arange(0, width - k + 1, stride)
+    r_last, c_last = rows[-1], cols[-1]
+    fixed = [(0, 0), (0, c_last), (r_last, 0), (r_last, c_last), (0, cols[len(cols) // 2]),
+             (rows[len(rows) // 2], 0), (r_last, cols[len(cols) // 2]),
+             (rows[len(rows) // 2], c_last)]
+    interior = [(rng.choice(rows), rng.choice(cols)) for _ in range(extra)]
+    return np.array(fixed + interior, np.int64)
+
+
+def _assert_exact(got: dict, want: dict):
+    assert set(got) == set(want)
+    for name in want:
+        assert got[name].shape == want[name].shape, name
+        scale = np.abs(want[name]).max()
+        err = np.abs(got[name] - want[name]).max()
+        assert err <= TOL * scale, f"{name}: max error {err:.3g} > {TOL} x {scale:.3g}"
+
+
+def _check_all_cuts(model, outputs, x, top_left, patches, **kwargs):
+    """Compare evaluate_windows with the full forward pass for every switch point."""
+    reference = IncrementalClassifier(model, outputs=outputs, device="cpu", incremental=False)
+    want = reference(_literal_images(x, top_left, patches))
+    steps = len(analyse(model, outputs).steps)
+    assert steps > 0
+    for cut in [None, *range(steps + 1)]:
+        clf = IncrementalClassifier(model, outputs=outputs, device="cpu", cut=cut, **kwargs)
+        _assert_exact(clf.evaluate_windows(x, top_left, patches), want)
+
+
+# ---------------------------------------------------------------------------------------------
+# exactness, layer by layer
+
+
+@pytest.mark.parametrize("k", [1, 10])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_evaluate_windows_equals_full_forward_for_every_switch_point(case, k, rng):
+    model, outputs = _case_model(case, rng)
+    x = rng.normal(size=(3, 23, 27)).astype(np.float32)
+    top_left = _windows(23, 27, k, rng)
+    patches = rng.normal(size=(len(top_left), 3, k, k)).astype(np.float32)
+    _check_all_cuts(model, outputs, x, top_left, patches, batch_size=7)
+
+
+@pytest.mark.parametrize("stride", [1, 3])
+def test_every_window_position_of_a_grid(stride, rng):
+    """All positions of a stride-1 (or stride-3) grid, windows repeated S times as the
+    engine passes them, with non-square windows and both batch groupings."""
+    model, outputs = _case_model("inception", rng, height=17, width=19)
+    x = rng.normal(size=(3, 17, 19)).astype(np.float32)
+    rows, cols = np.meshgrid(np.arange(0, 17 - 4 + 1, stride), np.arange(0, 19 - 3 + 1, stride),
+                             indexing="ij")
+    top_left = np.repeat(np.stack([rows.ravel(), cols.ravel()], axis=1), 2, axis=0)
+    patches = rng.normal(size=(len(top_left), 3, 4, 3)).astype(np.float32)
+    want = IncrementalClassifier(model, outputs=outputs, device="cpu", incremental=False)(
+        _literal_images(x, top_left, patches))
+    for grouping in ("exact", "merge"):
+        clf = IncrementalClassifier(model, outputs=outputs, device="cpu", grouping=grouping,
+                                    batch_size=32)
+        _assert_exact(clf.evaluate_windows(x, top_left, patches), want)
+
+
+def test_global_max_pool_head_and_hidden_outputs_only(rng):
+    """A head with GlobalMaxPool, and a classifier asked only for prefix blobs (no remainder)."""
+    model, outputs = _case_model("lrn", rng, pool="GlobalMaxPool")
+    x = rng.normal(size=(3, 23, 27)).astype(np.float32)
+    top_left = _windows(23, 27, 10, rng, extra=4)
+    patches = rng.normal(size=(len(top_left), 3, 10, 10)).astype(np.float32)
+    _check_all_cuts(model, outputs, x, top_left, patches)
+    hidden = [outputs[2], "data"]
+    _check_all_cuts(model, hidden, x, top_left, patches)
+
+
+def test_device_paste_prelude_equals_numpy_paste(rng):
+    """The ScatterElements prelude used with CUDA, run here on the CPU provider."""
+    model, outputs = _case_model("inception", rng)
+    x = rng.normal(size=(3, 23, 27)).astype(np.float32)
+    top_left = _windows(23, 27, 10, rng)
+    patches = rng.normal(size=(len(top_left), 3, 10, 10)).astype(np.float32)
+    _check_all_cuts(model, outputs, x, top_left, patches, device_paste=True)
+
+
+def test_clean_cache_follows_the_image(rng):
+    """A second image gets its own clean activations (the cache is keyed on the pixels)."""
+    model, outputs = _case_model("conv-stride-pad", rng)
+    clf = IncrementalClassifier(model, outputs=outputs, device="cpu")
+    top_left = _windows(23, 27, 4, rng, extra=2)
+    for _ in range(2):
+        x = rng.normal(size=(3, 23, 27)).astype(np.float32)
+        patches = rng.normal(size=(len(top_left), 3, 4, 4)).astype(np.float32)
+        _assert_exact(clf.evaluate_windows(x, top_left, patches),
+                      clf(_literal_images(x, top_left, patches)))
+
+
+# ---------------------------------------------------------------------------------------------
+# zoo architectures (random weights, narrowed channels, real input sizes)
+
+
+@pytest.mark.parametrize("name", ["alexnet", "googlenet", "vgg16"])
+def test_zoo_architectures(name, rng):
+    from preddiff.caffe.writer import random_onnx
+
+    outputs = {"googlenet": ["prob", "loss3/classifier", "inception_3a/output"],
+               "alexnet": ["prob", "fc8", "conv2"], "vgg16": ["prob", "fc8", "pool3"]}[name]
+    model = random_onnx(name, factor=16, seed=3, outputs=outputs)
+    c, h, w = (d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim[1:])
+    x = rng.normal(0, 50, (c, h, w)).astype(np.float32)
+    for k in (1, 10):
+        top_left = _windows(h, w, k, rng, extra=3)
+        patches = rng.normal(0, 50, (len(top_left), c, k, k)).astype(np.float32)
+        clf = IncrementalClassifier(model, outputs=outputs, device="cpu")
+        assert clf.incremental, clf.reason
+        want = clf(_literal_images(x, top_left, patches))
+        _assert_exact(clf.evaluate_windows(x, top_left, patches), want)
+        assert np.abs(want["prob"] - want["prob"][0]).max() > 0  # the windows matter
+
+
+def test_lenet_with_its_real_weights(rng):
+    from preddiff import zoo
+    from preddiff.caffe import caffe_to_onnx
+
+    m = zoo.manifest("lenet")
+    model = caffe_to_onnx(m.prototxt, zoo.weights_path("lenet"), outputs=["prob", "ip2"])
+    x = rng.uniform(0, 1, (1, 28, 28)).astype(np.float32)
+    top_left = _windows(28, 28, 10, rng)
+    patches = rng.uniform(0, 1, (len(top_left), 1, 10, 10)).astype(np.float32)
+    _check_all_cuts(model, ["prob", "ip2"], x, top_left, patches)
+
+
+@pytest.mark.parametrize("name, size, full, reduction", [("alexnet", 227, 0.72e9, 3.2),
+                                                         ("googlenet", 224, 1.58e9, 2.4)])
+def test_theoretical_multiply_adds_match_the_reference_notes(name, size, full, reduction):
+    """Our cost model reproduces the counts in ../shared/REFERENCE_NOTES.md (k = 10)."""
+    from preddiff.caffe.writer import random_onnx
+
+    report = theoretical_macs(random_onnx(name, outputs=["prob"]), (3, size, size))
+    assert report["macs_full"] == pytest.approx(full, rel=0.01)
+    assert report["reduction"] == pytest.approx(reduction, abs=0.05)
+
+
+@pytest.mark.slow
+def test_theoretical_multiply_adds_vgg16():
+    from preddiff.caffe.writer import random_onnx
+
+    report = theoretical_macs(random_onnx("vgg16", outputs=["prob"]), (3, 224, 224))
+    assert report["macs_full"] == pytest.approx(15.5e9, rel=0.01)
+    assert report["reduction"] == pytest.approx(9.1, abs=0.05)
+
+
+# ---------------------------------------------------------------------------------------------
+# the PDA engine end to end
+
+
+@pytest.mark.parametrize("stride", [1, 3])
+def test_prediction_difference_maps_equal_the_naive_engine(stride, rng):
+    from preddiff import prediction_difference
+    from preddiff.classifier import OnnxClassifier
+    from preddiff.samplers import ConditionalGaussianSampler
+
+    model, outputs = _case_model("inception", rng, height=16, width=18)
+    pool = rng.normal(size=(6, 3, 16, 18)).astype(np.float32)
+    x = pool[0]
+    sampler = ConditionalGaussianSampler.fit(pool, 4, 1, num_patches=400, rng=1)
+    maps = {}
+    for name, clf in [("naive", OnnxClassifier(model, outputs=outputs, device="cpu")),
+                      ("incremental", IncrementalClassifier(model, outputs=outputs,
+                                                            device="cpu"))]:
+        e = prediction_difference(x, clf, sampler, window=4, stride=stride, num_samples=3,
+                                  blobs=outputs, probability_blobs=[outputs[0]], batch_size=30,
+                                  rng=7, progress=False)
+        maps[name] = e.relevance
+    for blob in outputs:
+        want, got = maps["naive"][blob], maps["incremental"][blob]
+        assert np.abs(got - want).max() <= TOL * np.abs(want).max(), blob
+
+
+# ---------------------------------------------------------------------------------------------
+# fallback and argument checks
+
+
+def test_unsupported_first_operator_falls_back_with_the_reason_logged(rng, caplog):
+    g = _Graph(3, rng)
+    y = g.conv(g.op("Neg", "data"), 4, 3, pads=(1, 1, 1, 1))
+    scores, prob = g.head(y)
+    model = g.model(12, 12, [prob])
+    ok, reason = supported(model)
+    assert not ok and "Neg" in reason
+    with caplog.at_level(logging.WARNING, logger="preddiff.incremental"):
+        clf = IncrementalClassifier(model, outputs=[prob], device="cpu")
+    assert not clf.incremental and "Neg" in clf.reason
+    assert any("Neg" in r.getMessage() for r in caplog.records)
+    x = rng.normal(size=(3, 12, 12)).astype(np.float32)
+    top_left = _windows(12, 12, 3, rng, extra=2)
+    patches = rng.normal(size=(len(top_left), 3, 3, 3)).astype(np.float32)
+    _assert_exact(clf.evaluate_windows(x, top_left, patches),
+                  clf(_literal_images(x, top_left, patches)))
+
+
+def test_unsupported_operator_midway_ends_the_prefix(rng):
+    """Reflect padding and an unknown operator stop the incremental prefix; the rest runs
+    in full, still exactly."""
+    g = _Graph(3, rng)
+    y = g.op("Relu", g.conv("data", 4, 3, pads=(1, 1, 1, 1)))
+    y = g.conv(g.pad(y, (1, 1, 1, 1), mode="reflect"), 4, 3)
+    y = g.conv(g.op("Sin", y), 4, 3)
+    scores, prob = g.head(y)
+    model = g.model(14, 15, [prob, scores])
+    analysis = analyse(model)
+    assert "reflect" in analysis.stop_reason and len(analysis.steps) == 1
+    x = rng.normal(size=(3, 14, 15)).astype(np.float32)
+    top_left = _windows(14, 15, 5, rng, extra=3)
+    patches = rng.normal(size=(len(top_left), 3, 5, 5)).astype(np.float32)
+    _check_all_cuts(model, [prob, scores], x, top_left, patches)
+
+
+def test_graph_that_is_not_an_image_classifier_is_not_supported():
+    x = helper.make_tensor_value_info("v", TensorProto.FLOAT, ["N", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])
+    model = helper.make_model(helper.make_graph([helper.make_node("Relu", ["v"], ["y"])], "g",
+                                                [x], [y]))
+    ok, reason = supported(model)
+    assert not ok and "4-D" in reason
+
+
+def test_bad_arguments_raise_invalid_argument(rng):
+    model, outputs = _case_model("lrn", rng)
+    clf = IncrementalClassifier(model, outputs=outputs, device="cpu")
+    x = rng.normal(size=(3, 23, 27)).astype(np.float32)
+    patch = np.zeros((1, 3, 4, 4), np.float32)
+    with pytest.raises(InvalidArgument, match="leaves the image"):
+        clf.evaluate_windows(x, np.array([[20, 0]]), patch)
+    with pytest.raises(InvalidArgument, match="patches"):
+        clf.evaluate_windows(x, np.array([[0, 0]]), patch[:, :2])
+    with pytest.raises(InvalidArgument, match="top_left"):
+        clf.evaluate_windows(x, np.array([[0.5, 0]]), patch)
+    with pytest.raises(InvalidArgument, match="outputs"):
+        IncrementalClassifier(model, outputs=["nope"], device="cpu")
+    with pytest.raises(InvalidArgument, match="device"):
+        IncrementalClassifier(model, outputs=outputs, device="tpu")
+
+
+# ---------------------------------------------------------------------------------------------
+# GPU helpers that can be checked without a GPU
+
+
+def test_auto_batch_size_fits_the_free_memory():
+    gib, mib = 2**30, 2**20
+    assert auto_batch_size(8 * gib, 20 * mib) == 240  # 0.6 * 8 GiB / 20 MiB = 245.76 -> 240
+    assert auto_batch_size(8 * gib, 20 * mib, fixed_bytes=4 * gib) == 40
+    assert auto_batch_size(1 * gib, 2 * gib) == 1  # never below the minimum
+    assert auto_batch_size(80 * gib, 1 * mib, maximum=512) == 512
+    assert auto_batch_size(None, 1 * mib) == 64  # unknown free memory: the default
+    with pytest.raises(InvalidArgument):
+        auto_batch_size(gib, 0)
+
+
+def test_to_float16_keeps_float32_interfaces(rng):
+    model, outputs = _case_model("conv-stride-pad", rng)
+    half = to_float16(model)
+    assert all(i.data_type == TensorProto.FLOAT16 for i in half.graph.initializer
+               if i.name.endswith("_w"))
+    assert half.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    casts = [n for n in half.graph.node if n.op_type == "Cast"]
+    assert len(casts) == 1 + len(outputs)
+    import onnxruntime as ort
+
+    try:
+        session = ort.InferenceSession(half.SerializeToString(),
+                                       providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - CPU builds lack most float16 kernels
+        pytest.skip(f"onnxruntime's CPU provider cannot run float16 here: {exc}")
+    x = rng.normal(size=(2, 3, 23, 27)).astype(np.float32)
+    full = IncrementalClassifier(model, outputs=outputs, device="cpu")(x)
+    got = dict(zip(outputs, session.run(outputs, {"data": x})))
+    for name in outputs:
+        assert got[name].dtype == np.float32
+        assert np.abs(got[name] - full[name]).max() <= 2e-2 * np.abs(full[name]).max()
+
+
+@pytest.mark.parametrize("windows", [3, 40])
+def test_paste_equals_a_literal_loop_with_clipping(windows, rng):
+    """The paste helper (grouped slices for few offsets, fancy indexing for many)."""
+    from preddiff.incremental import _paste
+
+    dest = rng.normal(size=(windows, 2, 9, 11)).astype(np.float32)
+    src = rng.normal(size=(windows, 2, 4, 5)).astype(np.float32)
+    dy = rng.integers(-3, 9, windows)
+    dx = rng.integers(-4, 11, windows)
+    want = dest.copy()
+    for n in range(windows):
+        for y in range(4):
+            for x in range(5):
+                if 0 <= dy[n] + y < 9 and 0 <= dx[n] + x < 11:
+                    want[n, :, dy[n] + y, dx[n] + x] = src[n, :, y, x]
+    _paste(dest, src, dy, dx)
+    np.testing.assert_array_equal(dest, want)
+
+
+def test_bench_table_and_model_check():
+    """The benchmark's table formatting and its refusal of unknown networks (the benchmark
+    itself is run by hand: its output is in bench/results/)."""
+    import argparse
+
+    from preddiff.commands.bench import format_table, run
+
+    row = {"plain": 10.0, "naive": 9.0, "incremental": 30.0, "ratio_naive": 0.9,
+           "ratio_incremental": 3.0, "ratio_incremental_steady": 3.5,
+           "naive_outside_fraction": 0.05, "max_relative_difference": 0.0,
+           "window_samples": 640, "plain_batch": 8, "target": 2.5, "target_met": True,
+           "macs": {"reduction": 3.22}}
+    results = {"command": "preddiff bench", "settings": {"window": 10, "samples": 10,
+                                                         "padding": 2, "rounds": 2},
+               "machine": {"cpu": "x", "cores": 2, "load_average_start": [1, 1, 1],
+                           "load_average_end": [1, 1, 1], "numpy": "1", "onnxruntime": "1"},
+               "models": {"alexnet": row}}
+    table = format_table(results)
+    line = next(t for t in table.splitlines() if t.startswith("alexnet"))
+    assert "64 x 10" in line and "3.00" in line and "3.2 (3.2)" in line and "yes" in line
+    args = argparse.Namespace(models="alexnet,resnet", rounds=None, quick=True)
+    with pytest.raises(InvalidArgument, match="resnet"):
+        run(args)
