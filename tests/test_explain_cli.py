@@ -51,28 +51,35 @@ def test_marginal_first_excludes_the_explained_digit(tmp_path):
         assert e.sampler["order"] == "first" and e.sampler["pool_shape"][0] == 1796
 
 
-def test_resume_after_interruption_is_identical(tmp_path, monkeypatch):
+@pytest.mark.parametrize("incremental", [False, True], ids=["full-images", "incremental"])
+def test_resume_after_interruption_is_identical(tmp_path, monkeypatch, incremental):
     from preddiff.classifier import OnnxClassifier
+    from preddiff.incremental import IncrementalClassifier
 
-    small = ["--batch-size", "30"]  # 81 windows, 10 per batch
+    # the method the engine calls for perturbed images in each mode
+    cls, method = ((IncrementalClassifier, "evaluate_windows") if incremental
+                   else (OnnxClassifier, "__call__"))
+    mode = [] if incremental else ["--no-incremental"]
+    small = ["--batch-size", "30", *mode]  # 81 windows, 10 per batch
     assert explain("digits:3", *FAST, *small, "--out", tmp_path / "fresh",
                    "--no-checkpoint") == 0
     fresh = Explanation.load(tmp_path / "fresh" / "digit3_lenet.npz")
 
-    real_call = OnnxClassifier.__call__
+    real_call = getattr(cls, method)
     calls = []
 
-    def crashing(self, batch):
+    def crashing(self, *args):
         calls.append(1)
         if len(calls) > 3:
             raise KeyboardInterrupt
-        return real_call(self, batch)
+        return real_call(self, *args)
 
-    monkeypatch.setattr(OnnxClassifier, "__call__", crashing)
+    monkeypatch.setattr(cls, method, crashing)
     assert explain("digits:3", *FAST, *small, "--out", tmp_path / "run") == 130  # Ctrl-C
     assert (tmp_path / "run" / "digit3_lenet.ckpt.npz").exists()
-    monkeypatch.setattr(OnnxClassifier, "__call__", real_call)
-    assert explain("digits:3", *FAST, "--batch-size", "60", "--out", tmp_path / "run") == 0
+    monkeypatch.setattr(cls, method, real_call)
+    assert explain("digits:3", *FAST, "--batch-size", "60", *mode,
+                   "--out", tmp_path / "run") == 0
     resumed = Explanation.load(tmp_path / "run" / "digit3_lenet.npz")
     np.testing.assert_array_equal(resumed.relevance["prob"], fresh.relevance["prob"])
     assert not (tmp_path / "run" / "digit3_lenet.ckpt.npz").exists()
@@ -93,11 +100,12 @@ def test_checkpoint_of_other_arguments_refused(tmp_path, capsys):
     mp = pytest.MonkeyPatch()
     mp.setattr(OnnxClassifier, "__call__", crashing)
     try:
-        assert explain("digits:3", *FAST, "--batch-size", "30", "--out", tmp_path) == 130
+        assert explain("digits:3", *FAST, "--batch-size", "30", "--no-incremental",
+                       "--out", tmp_path) == 130
     finally:
         mp.undo()
     capsys.readouterr()
-    assert explain("digits:3", *FAST, "--seed", "1", "--out", tmp_path) == 2
+    assert explain("digits:3", *FAST, "--seed", "1", "--no-incremental", "--out", tmp_path) == 2
     err = capsys.readouterr().err
     assert err.startswith("preddiff: error: checkpoint") and "seed=" in err
     assert len(err.strip().splitlines()) == 1
@@ -282,7 +290,7 @@ def test_failed_run_does_not_block_the_corrected_one(tmp_path, capsys):
 
 def test_says_which_execution_provider_ran(tmp_path, capsys):
     assert explain("digits:2", *FAST, "--out", tmp_path) == 0
-    assert "s on CPU); wrote" in capsys.readouterr().out  # --device cpu
+    assert "s on CPU; incremental inference" in capsys.readouterr().out  # --device cpu
     assert Explanation.load(tmp_path / "digit2_lenet.npz").metadata["provider"] == \
         "CPUExecutionProvider"
 
@@ -326,3 +334,46 @@ def test_image_conversions_are_noted(tmp_path, capsys):
                    "--out", tmp_path / "c") == 0
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"preddiff: note: {gray} is grayscale: replicated to three RGB channels"]
+
+
+# ----------------------------------------------------------------------------------------------
+# exact incremental inference (issue 5): on by default when the cost model predicts a gain
+
+
+def test_incremental_by_default_equals_no_incremental(tmp_path, capsys):
+    """The default run uses exact incremental inference on a random-weight AlexNet ONNX file
+    and says so; ``--no-incremental`` evaluates full images; the maps agree to float32
+    rounding (≤ 1e-4 of the largest |value|, the exactness criterion of issue 5)."""
+    import onnx
+
+    from preddiff.caffe.writer import random_onnx
+    from preddiff.resources import DATA_DIR
+
+    model = tmp_path / "alex16.onnx"
+    onnx.save(random_onnx("alexnet", factor=16, seed=1), str(model))
+    image = sorted((DATA_DIR / "images").glob("*.jpg"))[1]
+    common = [image, "--model", model, "--window", "10", "--stride", "43", "--samples", "2",
+              "--patches", "500", "--no-progress", "--device", "cpu", "--threads", "1"]
+    assert explain(*common, "--out", tmp_path / "inc") == 0
+    out_inc = capsys.readouterr().out
+    assert explain(*common, "--no-incremental", "--out", tmp_path / "full") == 0
+    out_full = capsys.readouterr().out
+    assert "incremental inference on" in out_inc
+    assert "incremental inference off (--no-incremental)" in out_full
+    name = f"{image.stem}_alex16.npz"
+    inc = Explanation.load(tmp_path / "inc" / name).relevance["prob"]
+    full = Explanation.load(tmp_path / "full" / name).relevance["prob"]
+    scale = np.abs(full).max()
+    assert scale > 0
+    assert np.abs(inc - full).max() <= 1e-4 * scale
+
+
+def test_incremental_off_when_no_gain_is_planned(tmp_path, capsys, monkeypatch):
+    """A plan without a multiply-add reduction keeps the plain classifier and says why."""
+    import preddiff.incremental as inc
+
+    monkeypatch.setattr(inc, "theoretical_macs",
+                        lambda *a, **k: {"macs_full": 1.0e6, "macs_planned": 1.0e6})
+    assert explain("digits:2", *FAST, "--out", tmp_path) == 0
+    out = capsys.readouterr().out
+    assert "incremental inference off: planned multiply-add reduction 1.00x" in out

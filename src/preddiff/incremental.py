@@ -647,6 +647,11 @@ class IncrementalClassifier:
             log.log(logging.WARNING if incremental else logging.INFO,
                     "incremental inference off, evaluating full images: %s", self.reason)
 
+    @property
+    def provider(self) -> str:
+        """The onnxruntime execution provider the sessions run on (as OnnxClassifier)."""
+        return "CUDAExecutionProvider" if self.device == "cuda" else "CPUExecutionProvider"
+
     # ---- sessions ---------------------------------------------------------------------
 
     def _session(self, model, spinning=False) -> _Session:

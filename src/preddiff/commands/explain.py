@@ -97,6 +97,9 @@ def register(subparsers) -> None:
                    help="do not save progress (by default OUT/<name>_<model>.ckpt.npz, "
                    "deleted after success; a rerun with the same arguments resumes from it)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-incremental", action="store_true",
+                   help="evaluate full perturbed images (by default exact incremental inference "
+                   "is used when the network allows it and its cost model predicts a gain)")
     p.set_defaults(func=run)
 
 
@@ -127,9 +130,9 @@ def _zoo_model(name: str, args) -> _Model:
 
     m = zoo.manifest(name)
     blob = args.blob or m.output
-    classifier = OnnxClassifier(zoo.ensure_onnx(name), outputs=[blob],
-                                batch_size=_batch_size(args), device=args.device,
-                                threads=args.threads)
+    onnx_file = zoo.ensure_onnx(name)
+    classifier = OnnxClassifier(onnx_file, outputs=[blob], batch_size=_batch_size(args),
+                                device=args.device, threads=args.threads)
     pre = Preprocessor(m, policy=args.policy)
     return _Model(
         name=name, classifier=classifier, blob=blob, probability=blob == m.output,
@@ -137,7 +140,7 @@ def _zoo_model(name: str, args) -> _Model:
         preprocess=lambda image, what="image": pre(image, what=what),
         deprocess=pre.deprocess, labels=list(m.labels), sha1=m.sha1,
         default_pool=lambda exclude: default_pool(name, policy=args.policy, exclude=exclude),
-        extra={"policy": args.policy})
+        extra={"policy": args.policy, "onnx": str(onnx_file)})
 
 
 def _onnx_model(path: Path, args) -> _Model:
@@ -234,8 +237,39 @@ def _parse_size(text: str) -> tuple[int, int]:
     return height, width
 
 
-def _batch_size(args) -> int:
-    return 256 if args.batch_size is None else args.batch_size
+def _batch_size(args, incremental: bool = False) -> int:
+    """Images per classifier call: the user's, else 256 (1000 with incremental inference,
+    whose per-call overhead is larger and which batches windows of equal changed regions)."""
+    if args.batch_size is not None:
+        return args.batch_size
+    return 1000 if incremental else 256
+
+
+#: Use exact incremental inference when the cost model plans at least this reduction of
+#: multiply-adds; below it the extra per-layer session calls cost more than they save
+#: (LeNet: no reduction at all, the plan switches to full inference at once).
+MIN_INCREMENTAL_REDUCTION = 1.5
+
+
+def _use_incremental(model: _Model, args, window: int) -> str:
+    """Swap ``model.classifier`` for an :class:`~preddiff.incremental.IncrementalClassifier`
+    when the graph allows it and the cost model says it is faster; returns a one-line note."""
+    if args.no_incremental:
+        return "incremental inference off (--no-incremental)"
+    from ..incremental import IncrementalClassifier, supported, theoretical_macs
+
+    source = model.extra["onnx"]
+    ok, reason = supported(source, [model.blob])
+    if not ok:
+        return f"incremental inference off: {reason}"
+    report = theoretical_macs(source, model.input_shape, (window, window), outputs=[model.blob])
+    reduction = report["macs_full"] / max(report["macs_planned"], 1.0)
+    if reduction < MIN_INCREMENTAL_REDUCTION:
+        return (f"incremental inference off: planned multiply-add reduction {reduction:.2f}x "
+                f"< {MIN_INCREMENTAL_REDUCTION}x")
+    model.classifier = IncrementalClassifier(source, outputs=[model.blob],
+                                             device=args.device, threads=args.threads)
+    return f"incremental inference on: planned multiply-add reduction {reduction:.1f}x"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -370,6 +404,9 @@ def run(args: argparse.Namespace) -> int:
                               "inputs")
     model = _load_model(args)
     window = args.window if args.window is not None else (4 if model.input_shape[0] == 1 else 10)
+    window_grid(model.input_shape[1:], window, args.stride)  # a bad window fails first
+    note = _use_incremental(model, args, window)
+    incremental = bool(getattr(model.classifier, "incremental", False))
     args.out.mkdir(parents=True, exist_ok=True)
     for spec in args.images:
         started = time.perf_counter()
@@ -383,7 +420,7 @@ def run(args: argparse.Namespace) -> int:
             x, model.classifier, sampler, window=window, stride=args.stride,
             num_samples=args.samples, blobs=(model.blob,),
             probability_blobs=(model.blob,) if model.probability else (),
-            batch_size=_batch_size(args), rng=args.seed, checkpoint=checkpoint,
+            batch_size=_batch_size(args, incremental), rng=args.seed, checkpoint=checkpoint,
             keep_checkpoint=True, progress=not args.no_progress)
         names = _unit_names(model, explanation)
         top = explanation.top_classes(model.blob, args.top)
@@ -393,7 +430,8 @@ def run(args: argparse.Namespace) -> int:
             "padding": args.padding if args.sampler == "conditional" else None,
             "top": [[i, names[i], v] for i, v in top], "argv": sys.argv[1:],
             "seconds_with_sampler_fit": time.perf_counter() - started,
-            "provider": getattr(model.classifier, "provider", None), **model.extra,
+            "provider": getattr(model.classifier, "provider", None), "incremental": note,
+            **model.extra,
         })
         npz = stem.with_name(stem.name + ".npz")
         explanation.save(npz, dtype=np.float32)
@@ -406,5 +444,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"{spec}: {tops}")
         provider = getattr(model.classifier, "provider", None) or "?"
         print(f"  {seconds:.1f} s (classifier {explanation.timings['classifier']:.1f} s on "
-              f"{provider.replace('ExecutionProvider', '')}); wrote {npz} and {png}")
+              f"{provider.replace('ExecutionProvider', '')}; {note}); wrote {npz} and {png}")
     return 0
