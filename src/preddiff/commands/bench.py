@@ -43,7 +43,7 @@ TARGETS = {"alexnet": 2.5, "googlenet": 1.8, "vgg16": 6.0}
 REFERENCE_REDUCTION = {"alexnet": 3.2, "googlenet": 2.4, "vgg16": 9.1}
 #: Stride of the grid of windows benchmarked (full run, --quick). Strides not multiples of
 #: the networks' total stride (16 or 32) give windows at all alignments, as a stride-1 run.
-BLOCK_STRIDE = {"lenet": (1, 3), "alexnet": (31, 43), "googlenet": (37, 53),
+BLOCK_STRIDE = {"lenet": (1, 3), "alexnet": (31, 43), "googlenet": (23, 53),
                 "vgg16": (53, 107)}
 #: Batch sizes of the plain-throughput sweep.
 PLAIN_BATCHES = {"lenet": (16, 64, 256), "alexnet": (1, 8, 32), "googlenet": (1, 8, 32),
