@@ -46,7 +46,6 @@ def alexnet_classifier(batch_size: int, threads):
 
 def _stand_in_alexnet():
     """AlexNet's convolution and fully connected layers (cost-equivalent), random weights."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)

@@ -32,6 +32,8 @@ import sys
 import time
 from pathlib import Path
 
+from preddiff.fileio import atomic_path
+
 from . import common, paths
 
 EXIT_OK, EXIT_FAIL, EXIT_FETCH, EXIT_UNVERIFIED = 0, 1, 2, 3
@@ -75,10 +77,8 @@ def clear_cache(scale: str) -> int:
 
 def record(result: Path, reference: Path) -> None:
     """Copy a result file to the references (atomically)."""
-    reference.parent.mkdir(parents=True, exist_ok=True)
-    tmp = reference.with_name(reference.name + ".tmp")
-    shutil.copyfile(result, tmp)
-    os.replace(tmp, reference)
+    with atomic_path(reference) as tmp:
+        shutil.copyfile(result, tmp)
 
 
 def format_table(rows: list[dict]) -> str:

@@ -44,12 +44,13 @@ import platform
 import shlex
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
+
+from preddiff.fileio import atomic_path, atomic_write_bytes, atomic_write_text
 
 from . import paths
 
@@ -231,15 +232,8 @@ def save_npz(path: Path, arrays: Mapping[str, np.ndarray], params: Any = None,
         payload[_PARAMS_KEY] = np.array(canonical(params))
     if meta is not None:
         payload[_META_KEY] = np.array(canonical(meta))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez_compressed(fh, **payload)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(fh, **payload)
 
 
 def load_npz(path: Path) -> tuple[dict[str, np.ndarray], Any, Any]:
@@ -360,14 +354,8 @@ def write_config(run: Run, *, images: list[str], extra: Mapping | None = None) -
     if extra:
         record.update(extra)
     path = run.figure_stem.with_suffix(".json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(record, fh, indent=1, sort_keys=False, default=str)
-        fh.write("\n")
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps(record, indent=1, sort_keys=False, default=str)
+                             + "\n")
 
 
 def seeds(config: Mapping) -> dict[str, int]:
@@ -607,10 +595,7 @@ def load_model(run: Run, name: str) -> Model:
         data = proto.SerializeToString()
         path = run.cache_dir / "models" / f"{name}-random-f{factor}-s{seed}.onnx"
         if not path.is_file() or path.read_bytes() != data:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
+            atomic_write_bytes(path, data)
         source = f"random weights, channels / {factor}, seed {seed}"
     else:
         raise ValueError(f"config weights={run.config['weights']!r}; expected 'zoo' or 'random'")

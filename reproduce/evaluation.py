@@ -25,6 +25,8 @@ import time
 
 import numpy as np
 
+from preddiff.fileio import atomic_write_text
+
 from . import common
 
 FIGURE = "evaluation"
@@ -183,14 +185,7 @@ def plot_randomisation(result, title: str):
 
 # ----------------------------------------------------------------------------- outputs
 def _write(path, text: str) -> None:
-    import os
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 def _machine() -> str:

@@ -21,13 +21,13 @@ checkpoint, never a half-written one.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 
 from .errors import CheckpointMismatch
+from .fileio import atomic_path
 
 __all__ = ["atomic_savez", "Checkpoint"]
 
@@ -44,20 +44,8 @@ def atomic_savez(path, **arrays) -> None:
     ``path`` is used exactly as given (no ``.npz`` is appended). A failure leaves any previous
     file untouched and no temporary file behind.
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            np.savez(handle, **arrays)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_path(path, fsync=True) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **arrays)
 
 
 def json_array(obj) -> np.ndarray:

@@ -16,8 +16,6 @@ colour map, whose 256-entry table has no exact white at 0 (0 maps to ``(1, .99, 
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +25,7 @@ from matplotlib.colors import LinearSegmentedColormap, Normalize
 from matplotlib.figure import Figure
 
 from .errors import InvalidArgument
+from .fileio import atomic_path
 
 __all__ = ["signed_cmap", "show_signed", "show_unsigned", "overlay", "top_mask", "Panel",
            "panel_title", "grid", "explanation_figure", "save_figure"]
@@ -421,17 +420,9 @@ def save_figure(fig, path_without_suffix, formats=("png", "pdf"), *, dpi=150) ->
     written = []
     for fmt in formats:
         target = stem.parent / f"{stem.name}.{fmt}"
-        handle, tmp = tempfile.mkstemp(dir=stem.parent, prefix=f".{stem.name}.", suffix=f".{fmt}")
-        os.close(handle)
-        try:
-            # No creation date in PDFs, so the same figure gives the same bytes.
-            metadata = {"CreationDate": None} if fmt == "pdf" else None
+        # No creation date in PDFs, so the same figure gives the same bytes.
+        metadata = {"CreationDate": None} if fmt == "pdf" else None
+        with atomic_path(target, suffix=f".{fmt}") as tmp:
             fig.savefig(tmp, format=fmt, dpi=dpi, metadata=metadata)
-            os.chmod(tmp, 0o644)  # mkstemp creates 0600
-            os.replace(tmp, target)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
         written.append(target)
     return written

@@ -28,7 +28,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -36,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DownloadError, InvalidArgument, PredDiffError
+from .fileio import atomic_write_text, default_file_mode
 from .resources import MODELS_DIR, cache_dir
 
 log = logging.getLogger(__name__)
@@ -240,13 +240,6 @@ def _downloader(url: str, progress: bool):
         f"{', '.join(s + '://' for s in URL_SCHEMES)}")
 
 
-def _default_file_mode() -> int:
-    """``0o666`` minus the process umask: the mode ``open()`` gives a new file."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
 def _download_reason(exc: BaseException) -> str:
     """A short, human description of why a download failed."""
     import requests
@@ -332,7 +325,7 @@ def fetch(name: str, *, progress: bool = True, url: str | None = None) -> Path:
         )
         # pooch renames a private temporary file (mode 0600): give the weights the mode of
         # an ordinary new file, so that a shared cache stays readable
-        os.chmod(dest, _default_file_mode())
+        os.chmod(dest, default_file_mode())
     except Exception as exc:  # requests, ValueError (hash), OSError: all become one message
         raise DownloadError(
             f"could not download the {name} weights from {url}: {_download_reason(exc)}. "
@@ -398,15 +391,7 @@ def _sidecar_path(path: Path) -> Path:
 
 
 def _write_json_atomic(path: Path, record: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(record, fh, indent=1)
-        os.chmod(tmp, _default_file_mode())  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(record, indent=1))
 
 
 def _expected_record(name: str, outputs) -> dict:

@@ -44,8 +44,6 @@ rule gives exactly Caffe's windows:
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +52,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from .. import __version__
 from ..errors import CaffeFormatError, InvalidArgument, UnsupportedLayer
+from ..fileio import atomic_write_bytes
 from .caffemodel import read_caffemodel
 from .net import NetSpec, conv_geometry, layer_output_shapes, load_net, \
     malformed_parameters, pool_geometry, pooled_size, unsupported
@@ -108,25 +107,7 @@ def caffe_to_onnx(prototxt, caffemodel, *, outputs=None, opset: int = MIN_OPSET
 def save_onnx(model: onnx.ModelProto, path) -> Path:
     """Write ``model`` to ``path`` atomically (a temporary file in the same folder, renamed);
     missing parent folders are created. Returns the path."""
-    path = Path(os.fspath(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(model.SerializeToString())
-        os.chmod(tmp, _default_file_mode())  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _default_file_mode() -> int:
-    """``0o666`` minus the process umask: the mode ``open()`` gives a new file."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
+    return atomic_write_bytes(path, model.SerializeToString())
 
 
 class _GraphBuilder:

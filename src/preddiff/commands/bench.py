@@ -29,9 +29,10 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from ..fileio import atomic_write_text
 
 ORDER = 60
 
@@ -118,8 +119,8 @@ def run(args) -> int:
     table = format_table(results)
     print(table)
     if args.json is not None:
-        _write_atomic(args.json, json.dumps(results, indent=2, default=float) + "\n")
-        _write_atomic(args.json.with_suffix(".txt"), table + "\n")
+        atomic_write_text(args.json, json.dumps(results, indent=2, default=float) + "\n")
+        atomic_write_text(args.json.with_suffix(".txt"), table + "\n")
         print(f"wrote {args.json} and {args.json.with_suffix('.txt')}", file=sys.stderr)
     return 0
 
@@ -359,19 +360,6 @@ def format_table(results: dict) -> str:
                          f"{f['ratio_incremental']:.2f}, max deviation from float32 "
                          f"{f['max_relative_difference']:.2e}")
     return "\n".join(lines)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def main(argv=None, default_json=None) -> int:

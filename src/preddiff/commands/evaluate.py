@@ -10,9 +10,10 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from ..fileio import atomic_path, atomic_write_text
 
 ORDER = 70
 
@@ -56,29 +57,11 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _atomic_npz(path: Path, arrays) -> None:
     import numpy as np
 
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(fh, **arrays)
 
 
 def lenet_inputs(num_digits: int):
@@ -135,9 +118,9 @@ def run(args: argparse.Namespace) -> int:
     table = result.markdown()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out / "evaluation.md", header + table)
-    _atomic_write(out / "evaluation.csv", csv_text(result.rows, result.settings_text()))
-    _atomic_write(out / "evaluation.json", json.dumps(
+    atomic_write_text(out / "evaluation.md", header + table)
+    atomic_write_text(out / "evaluation.csv", csv_text(result.rows, result.settings_text()))
+    atomic_write_text(out / "evaluation.json", json.dumps(
         {"command": command, "settings": result.settings, "fills": result.fills,
          "randomised_layers": result.stage_names, "seconds": round(seconds, 1)}, indent=1)
         + "\n")
