@@ -377,3 +377,75 @@ def test_incremental_off_when_no_gain_is_planned(tmp_path, capsys, monkeypatch):
     assert explain("digits:2", *FAST, "--out", tmp_path) == 0
     out = capsys.readouterr().out
     assert "incremental inference off: planned multiply-add reduction 1.00x" in out
+
+
+def fixed_batch_onnx(path):
+    """A small conv net whose input declares batch size 1 and whose head reshapes to (1, -1),
+    as many exported ONNX files do."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+
+    def tensor(name, shape, scale):
+        return numpy_helper.from_array((rng.normal(size=shape) * scale).astype(np.float32),
+                                       name)
+
+    inits = [tensor("w1", (8, 3, 5, 5), 0.1), tensor("b1", (8,), 0.1),
+             tensor("w2", (8, 8, 3, 3), 0.1), tensor("fc", (4, 8 * 16 * 16), 0.03),
+             numpy_helper.from_array(np.array([1, -1], np.int64), "shape")]
+    nodes = [helper.make_node("Conv", ["data", "w1", "b1"], ["c1"], kernel_shape=[5, 5],
+                              strides=[2, 2], pads=[2, 2, 2, 2]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("MaxPool", ["r1"], ["p1"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Conv", ["p1", "w2"], ["c2"], kernel_shape=[3, 3],
+                              pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c2"], ["r2"]),
+             helper.make_node("Reshape", ["r2", "shape"], ["flat"]),
+             helper.make_node("Gemm", ["flat", "fc"], ["scores"], transB=1),
+             helper.make_node("Softmax", ["scores"], ["prob"], axis=1)]
+    graph = helper.make_graph(
+        nodes, "fixed", [helper.make_tensor_value_info("data", TensorProto.FLOAT,
+                                                       [1, 3, 64, 64])],
+        [helper.make_tensor_value_info("prob", TensorProto.FLOAT, [1, 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_incremental_on_a_model_with_a_fixed_batch_size(tmp_path, capsys):
+    """An ONNX file with a static batch size of 1 runs incrementally by default and gives the
+    maps of --no-incremental (the incremental engine used to crash on it)."""
+    from preddiff.resources import DATA_DIR
+
+    model = fixed_batch_onnx(tmp_path / "fixed.onnx")
+    image = sorted((DATA_DIR / "images").glob("*.jpg"))[0]
+    common = [image, "--model", model, "--window", "10", "--stride", "9", "--samples", "2",
+              "--patches", "500", "--no-progress", "--device", "cpu", "--threads", "1"]
+    assert explain(*common, "--out", tmp_path / "inc") == 0
+    assert "incremental inference on" in capsys.readouterr().out
+    assert explain(*common, "--no-incremental", "--out", tmp_path / "full") == 0
+    capsys.readouterr()
+    name = f"{image.stem}_fixed.npz"
+    inc = Explanation.load(tmp_path / "inc" / name).relevance["prob"]
+    full = Explanation.load(tmp_path / "full" / name).relevance["prob"]
+    assert np.abs(full).max() > 0
+    assert np.abs(inc - full).max() <= 1e-4 * np.abs(full).max()
+
+
+def test_incremental_planning_failure_keeps_the_plain_classifier(tmp_path, capsys,
+                                                                 monkeypatch):
+    """A failure while planning incremental inference (here: onnxruntime refusing the graph)
+    is not fatal: the run evaluates full images and says why."""
+    import preddiff.incremental as inc
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("onnxruntime cannot load this graph")
+
+    monkeypatch.setattr(inc, "theoretical_macs", refuse)
+    monkeypatch.setattr(inc, "supported", lambda *args, **kwargs: (True, ""))
+    assert explain("digits:2", *FAST, "--out", tmp_path) == 0
+    out = capsys.readouterr().out
+    assert "incremental inference off: it could not be planned (RuntimeError: onnxruntime " \
+        "cannot load this graph)" in out

@@ -139,7 +139,26 @@ def _inception(g):
     return x
 
 
+def _pointwise(g):
+    # point-wise operators with f(0) != 0 before the first convolution (whose zero padding must
+    # not go through them) and fused behind convolutions
+    g.inits += [numpy_helper.from_array(np.array(v, np.float32), n) for n, v in [
+        ("bn_scale", [1.5, 0.5, 2.0]), ("bn_bias", [0.3, -0.2, 0.1]), ("bn_mean", [0.1, 0, -0.4]),
+        ("bn_var", [1.0, 2.0, 0.5]), ("clip_min", -0.4), ("clip_max", 0.6)]]
+    g.nodes.append(helper.make_node("BatchNormalization",
+                                    ["data", "bn_scale", "bn_bias", "bn_mean", "bn_var"],
+                                    ["bn"], name="bn"))
+    g.channels["bn"] = g.channels["data"]
+    y = g.op("Sigmoid", "bn")
+    y = g.op("Tanh", g.conv(y, 6, 3, stride=2, pads=(1, 1, 1, 1)))
+    g.nodes.append(helper.make_node("Clip", [y, "clip_min", "clip_max"], ["clip"], name="clip"))
+    g.channels["clip"] = g.channels[y]
+    y = g.op("Elu", "clip", alpha=0.5)
+    return g.op("Dropout", g.conv(y, 5, 3, pads=(1, 1, 1, 1)))
+
+
 CASES = {
+    "pointwise": _pointwise,
     "conv-stride-pad": _conv_stride_pad,
     "conv-grouped-dilated": _conv_grouped_dilated,
     "maxpool": _maxpool,
@@ -225,10 +244,13 @@ def test_every_window_position_of_a_grid(stride, rng):
     patches = rng.normal(size=(len(top_left), 3, 4, 3)).astype(np.float32)
     want = IncrementalClassifier(model, outputs=outputs, device="cpu", incremental=False)(
         _literal_images(x, top_left, patches))
-    for grouping in ("exact", "merge"):
-        clf = IncrementalClassifier(model, outputs=outputs, device="cpu", grouping=grouping,
-                                    batch_size=32)
-        _assert_exact(clf.evaluate_windows(x, top_left, patches), want)
+    steps = len(analyse(model, outputs).steps)
+    # the cost model runs this small net in full (cut 0): force incremental steps too
+    for cut in (None, steps // 2, steps):
+        for grouping in ("exact", "merge"):
+            clf = IncrementalClassifier(model, outputs=outputs, device="cpu", grouping=grouping,
+                                        batch_size=32, cut=cut)
+            _assert_exact(clf.evaluate_windows(x, top_left, patches), want)
 
 
 def test_global_max_pool_head_and_hidden_outputs_only(rng):
@@ -254,7 +276,8 @@ def test_device_paste_prelude_equals_numpy_paste(rng):
 def test_clean_cache_follows_the_image(rng):
     """A second image gets its own clean activations (the cache is keyed on the pixels)."""
     model, outputs = _case_model("conv-stride-pad", rng)
-    clf = IncrementalClassifier(model, outputs=outputs, device="cpu")
+    clf = IncrementalClassifier(model, outputs=outputs, device="cpu",
+                                cut=len(analyse(model, outputs).steps))
     top_left = _windows(23, 27, 4, rng, extra=2)
     for _ in range(2):
         x = rng.normal(size=(3, 23, 27)).astype(np.float32)
@@ -276,6 +299,7 @@ def test_zoo_architectures(name, rng):
     model = random_onnx(name, factor=16, seed=3, outputs=outputs)
     c, h, w = (d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim[1:])
     x = rng.normal(0, 50, (c, h, w)).astype(np.float32)
+    steps = len(analyse(model, outputs).steps)
     for k in (1, 10):
         top_left = _windows(h, w, k, rng, extra=3)
         patches = rng.normal(0, 50, (len(top_left), c, k, k)).astype(np.float32)
@@ -284,6 +308,11 @@ def test_zoo_architectures(name, rng):
         want = clf(_literal_images(x, top_left, patches))
         _assert_exact(clf.evaluate_windows(x, top_left, patches), want)
         assert np.abs(want["prob"] - want["prob"][0]).max() > 0  # the windows matter
+        # deeper switch points than the cost model's (GoogLeNet's stops before inception_3a):
+        # every concat of branches with different boxes, at the real geometry
+        for cut in (steps // 2, steps):
+            clf = IncrementalClassifier(model, outputs=outputs, device="cpu", cut=cut)
+            _assert_exact(clf.evaluate_windows(x, top_left, patches), want)
 
 
 def test_lenet_with_its_real_weights(rng):
@@ -332,17 +361,25 @@ def test_prediction_difference_maps_equal_the_naive_engine(stride, rng):
     pool = rng.normal(size=(6, 3, 16, 18)).astype(np.float32)
     x = pool[0]
     sampler = ConditionalGaussianSampler.fit(pool, 4, 1, num_patches=400, rng=1)
+    steps = len(analyse(model, outputs).steps)
     maps = {}
+    # the cost model runs this small net in full (cut 0): force incremental steps too
     for name, clf in [("naive", OnnxClassifier(model, outputs=outputs, device="cpu")),
                       ("incremental", IncrementalClassifier(model, outputs=outputs,
-                                                            device="cpu"))]:
+                                                            device="cpu")),
+                      ("half", IncrementalClassifier(model, outputs=outputs, device="cpu",
+                                                     cut=steps // 2)),
+                      ("all", IncrementalClassifier(model, outputs=outputs, device="cpu",
+                                                    cut=steps))]:
         e = prediction_difference(x, clf, sampler, window=4, stride=stride, num_samples=3,
                                   blobs=outputs, probability_blobs=[outputs[0]], batch_size=30,
                                   rng=7, progress=False)
         maps[name] = e.relevance
     for blob in outputs:
-        want, got = maps["naive"][blob], maps["incremental"][blob]
-        assert np.abs(got - want).max() <= TOL * np.abs(want).max(), blob
+        want = maps["naive"][blob]
+        for name in ("incremental", "half", "all"):
+            got = maps[name][blob]
+            assert np.abs(got - want).max() <= TOL * np.abs(want).max(), (blob, name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -365,6 +402,31 @@ def test_unsupported_first_operator_falls_back_with_the_reason_logged(rng, caplo
     patches = rng.normal(size=(len(top_left), 3, 3, 3)).astype(np.float32)
     _assert_exact(clf.evaluate_windows(x, top_left, patches),
                   clf(_literal_images(x, top_left, patches)))
+
+
+def test_user_normalisation_before_the_first_conv_falls_back_with_the_reason(rng, caplog):
+    """A Mul by per-channel constants before the first convolution (a common user ONNX
+    preprocessing) is outside the supported set: full images, reason logged, exact."""
+    g = _Graph(3, rng)
+    g.inits.append(numpy_helper.from_array(np.array([2.0, 0.5, 1.5], np.float32)
+                                           .reshape(1, 3, 1, 1), "norm"))
+    g.nodes.append(helper.make_node("Mul", ["data", "norm"], ["scaled"], name="scale"))
+    g.channels["scaled"] = 3
+    y = g.op("Relu", g.conv("scaled", 4, 3, stride=2, pads=(1, 1, 1, 1)))
+    scores, prob = g.head(y)
+    model = g.model(16, 18, [prob, scores])
+    with caplog.at_level(logging.WARNING, logger="preddiff.incremental"):
+        clf = IncrementalClassifier(model, outputs=[prob, scores], device="cpu")
+    assert not clf.incremental and "Mul 'scale'" in clf.reason
+    assert any("Mul 'scale'" in r.getMessage() for r in caplog.records)
+    x = rng.normal(size=(3, 16, 18)).astype(np.float32)
+    top_left = _windows(16, 18, 4, rng, extra=3)
+    patches = rng.normal(size=(len(top_left), 3, 4, 4)).astype(np.float32)
+    from preddiff.classifier import OnnxClassifier
+
+    want = OnnxClassifier(model, outputs=[prob, scores], device="cpu")(
+        _literal_images(x, top_left, patches))
+    _assert_exact(clf.evaluate_windows(x, top_left, patches), want)
 
 
 def test_unsupported_operator_midway_ends_the_prefix(rng):
@@ -490,3 +552,264 @@ def test_bench_table_and_model_check():
     args = argparse.Namespace(models="alexnet,resnet", rounds=None, quick=True)
     with pytest.raises(InvalidArgument, match="resnet"):
         run(args)
+
+
+# ---------------------------------------------------------------------------------------------
+# review of issue 5: fixed batch sizes, shared state, empty calls
+
+
+def _fixed_batch_model(rng, batch):
+    """A conv net whose input declares batch size ``batch`` and whose head reshapes to
+    (batch, -1), as files exported with a static batch do."""
+    g = _Graph(3, rng)
+    y = g.op("Relu", g.conv("data", 6, 5, stride=2, pads=(2, 2, 2, 2)))
+    y = g.op("MaxPool", y, kernel_shape=[2, 2], strides=[2, 2], pads=[0, 0, 1, 1])
+    y = g.op("Relu", g.conv(y, 6, 3, pads=(1, 1, 1, 1)))
+    g.inits += [numpy_helper.from_array(np.array([batch, -1], np.int64), "flat_shape"),
+                numpy_helper.from_array(
+                    rng.normal(0, 0.1, (5, 6 * 6 * 7)).astype(np.float32), "fc_w")]
+    g.nodes += [helper.make_node("Reshape", [y, "flat_shape"], ["flat"]),
+                helper.make_node("Gemm", ["flat", "fc_w"], ["scores"], transB=1),
+                helper.make_node("Softmax", ["scores"], ["prob"], axis=1)]
+    model = g.model(22, 27, ["prob", "scores", y])
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = batch
+    return model, ["prob", "scores", y]
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_model_with_a_fixed_batch_size(batch, rng):
+    """A graph whose input declares a batch size (and a Reshape that depends on it) is run in
+    chunks of that size, padded, on every path; the oracle is OnnxClassifier, which does so."""
+    from preddiff.classifier import OnnxClassifier
+
+    model, outputs = _fixed_batch_model(rng, batch)
+    x = rng.normal(size=(3, 22, 27)).astype(np.float32)
+    top_left = _windows(22, 27, 5, rng, extra=5)
+    patches = rng.normal(size=(len(top_left), 3, 5, 5)).astype(np.float32)
+    images = _literal_images(x, top_left, patches)
+    want = OnnxClassifier(model, outputs=outputs, device="cpu")(images)
+    steps = len(analyse(model, outputs).steps)
+    for kwargs in [{}, {"cut": 0}, {"cut": 1}, {"cut": steps},
+                   {"cut": steps, "device_paste": True}, {"incremental": False}]:
+        clf = IncrementalClassifier(model, outputs=outputs, device="cpu", batch_size=4,
+                                    **kwargs)
+        assert clf.incremental == kwargs.get("incremental", True)
+        _assert_exact(clf.evaluate_windows(x, top_left, patches), want)
+        _assert_exact(clf(images), want)
+        _assert_exact(clf(images[:1]), {o: v[:1] for o, v in want.items()})
+    assert theoretical_macs(model, (3, 22, 27), (5, 5))["macs_full"] > 0
+
+
+def test_threads_sharing_a_classifier_do_not_mix_their_images(rng):
+    """Two threads on one classifier with different images: the second one's clean image
+    must not replace the first one's while the first is evaluating its windows."""
+    import threading
+
+    model, outputs = _case_model("conv-stride-pad", rng)
+    clf = IncrementalClassifier(model, outputs=outputs, device="cpu",
+                                cut=len(analyse(model, outputs).steps))
+    xs = [rng.normal(size=(3, 23, 27)).astype(np.float32) for _ in range(2)]
+    top_left = _windows(23, 27, 5, rng, extra=4)
+    patches = rng.normal(size=(len(top_left), 3, 5, 5)).astype(np.float32)
+    want = [clf(_literal_images(x, top_left, patches)) for x in xs]
+    first_waits, second_has_cleaned = threading.Event(), threading.Event()
+    prefix, set_clean = clf._prefix, clf._set_clean
+
+    def slow_prefix(*args, **kwargs):  # the first thread pauses inside its evaluation
+        if threading.current_thread().name == "first":
+            first_waits.set()
+            second_has_cleaned.wait(timeout=1.0)
+        return prefix(*args, **kwargs)
+
+    def spying_set_clean(x):
+        out = set_clean(x)
+        if threading.current_thread().name == "second":
+            second_has_cleaned.set()
+        return out
+
+    clf._prefix, clf._set_clean = slow_prefix, spying_set_clean
+    got = {}
+
+    def work(i, name):
+        if name == "second":
+            first_waits.wait(timeout=5.0)
+        got[name] = clf.evaluate_windows(xs[i], top_left, patches)
+
+    threads = [threading.Thread(target=work, args=(i, n), name=n)
+               for i, n in enumerate(["first", "second"])]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    _assert_exact(got["first"], want[0])
+    _assert_exact(got["second"], want[1])
+
+
+def test_the_callers_image_buffer_is_not_cached(rng):
+    """The clean image is copied: a caller reusing its buffer for another image, then coming
+    back to the first image, gets the first image's outputs."""
+    model, outputs = _case_model("lrn", rng)
+    clf = IncrementalClassifier(model, outputs=outputs, device="cpu", cut=0)
+    x = rng.normal(size=(3, 23, 27)).astype(np.float32)
+    top_left = _windows(23, 27, 4, rng, extra=3)
+    patches = rng.normal(size=(len(top_left), 3, 4, 4)).astype(np.float32)
+    want = clf(_literal_images(x, top_left, patches))
+    buffer = x.copy()
+    clf.evaluate_windows(buffer, top_left, patches)
+    buffer[:] = 0.0  # the caller reuses its buffer ...
+    _assert_exact(clf.evaluate_windows(x.copy(), top_left, patches), want)  # ... same pixels
+
+
+def test_no_windows_give_empty_outputs_of_the_right_shape(rng):
+    from preddiff.classifier import OnnxClassifier
+
+    model, outputs = _case_model("inception", rng)
+    x = rng.normal(size=(3, 23, 27)).astype(np.float32)
+    want = OnnxClassifier(model, outputs=outputs, device="cpu")(np.empty((0, 3, 23, 27)))
+    for incremental in (True, False):
+        clf = IncrementalClassifier(model, outputs=outputs, device="cpu", incremental=incremental)
+        for got in (clf.evaluate_windows(x, np.zeros((0, 2), np.int64), np.zeros((0, 3, 4, 4))),
+                    clf(np.empty((0, 3, 23, 27), np.float32))):
+            assert {o: v.shape for o, v in got.items()} == {o: v.shape for o, v in want.items()}
+
+
+def test_clear_cache_recomputes_the_clean_pass(rng):
+    model, outputs = _case_model("lrn", rng)
+    clf = IncrementalClassifier(model, outputs=outputs, device="cpu")
+    x = rng.normal(size=(3, 23, 27)).astype(np.float32)
+    runs = []
+    run = clf._clean_session.run
+    clf._clean_session.run = lambda *a, **k: runs.append(1) or run(*a, **k)
+    top_left = _windows(23, 27, 4, rng, extra=2)
+    patches = rng.normal(size=(len(top_left), 3, 4, 4)).astype(np.float32)
+    first = clf.evaluate_windows(x, top_left, patches)
+    clf.evaluate_windows(x, top_left, patches)
+    assert len(runs) == 1  # cached
+    clf.clear_cache()
+    _assert_exact(clf.evaluate_windows(x, top_left, patches), first)
+    assert len(runs) == 2
+
+
+def test_bench_times_the_clean_pass_of_both_engines_and_writes_every_figure(tmp_path,
+                                                                            monkeypatch):
+    """``preddiff bench`` on LeNet (--quick, 2 rounds, the plain-throughput loop stubbed):
+    each timed incremental run pays for its clean forward pass, as the naive one does (the
+    warm-up used to leave the clean activations cached), and the JSON names the machine, the
+    versions, the command and every figure."""
+    import argparse
+    import json
+
+    import preddiff.commands.bench as bench
+    from preddiff.incremental import IncrementalClassifier
+
+    monkeypatch.setattr(bench, "_plain", lambda classifier, x, seconds: 1000.0)
+    monkeypatch.setattr(bench, "PLAIN_BATCHES", {"lenet": (16,)})
+    computed, per_run = [], []
+    set_clean = IncrementalClassifier._set_clean
+
+    def spy(self, x):
+        before = self._clean_key
+        out = set_clean(self, x)
+        computed.append(before != self._clean_key)
+        return out
+
+    pda = bench._pda
+
+    def counting_pda(x, classifier, *args):
+        start = len(computed)
+        out = pda(x, classifier, *args)
+        if isinstance(classifier, IncrementalClassifier):
+            per_run.append(sum(computed[start:]))
+        return out
+
+    monkeypatch.setattr(IncrementalClassifier, "_set_clean", spy)
+    monkeypatch.setattr(bench, "_pda", counting_pda)
+    path = tmp_path / "bench.json"
+    args = argparse.Namespace(models="lenet", quick=True, rounds=2, json=path, device="cpu",
+                              threads=1, float16=False, seed=0)
+    assert bench.run(args) == 0
+    assert per_run == [1, 1, 1]  # warm-up and both timed rounds computed the clean pass
+    results = json.loads(path.read_text())
+    assert results["command"]
+    for key in ("cpu", "cores", "python", "numpy", "onnxruntime", "onnx", "scipy", "preddiff",
+                "git_commit", "date", "load_average_start", "load_average_end"):
+        assert key in results["machine"], key
+    row = results["models"]["lenet"]
+    for key in ("plain", "plain_sweep", "plain_batch", "naive_engine_batch", "naive",
+                "incremental", "ratio_naive", "ratio_incremental", "ratio_incremental_steady",
+                "naive_outside_fraction", "max_relative_difference", "window_samples",
+                "naive_clean_pass_seconds", "incremental_clean_pass_seconds", "macs", "rounds"):
+        assert key in row, key
+    assert len(row["rounds"]) == 2
+    assert row["max_relative_difference"] <= 1e-4
+    assert path.with_suffix(".txt").read_text().startswith("PDA throughput")
+
+
+@pytest.mark.parametrize("stride", [1, 3])
+@pytest.mark.parametrize("k", [1, 10])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_relevance_maps_of_every_layer_type_equal_the_naive_engine(case, k, stride, rng):
+    """The issue's criterion on the maps themselves: every layer type, k = 1 and 10, window
+    strides 1 and 3 (windows at the borders and corners included), weight of evidence for
+    the probabilities and activation difference for the hidden blob, marginal samples."""
+    from preddiff import prediction_difference
+    from preddiff.classifier import OnnxClassifier
+    from preddiff.samplers import MarginalSampler
+
+    height, width = 15, 17
+    model, outputs = _case_model(case, rng, height=height, width=width)
+    pool = rng.normal(size=(5, 3, height, width)).astype(np.float32)
+    steps = len(analyse(model, outputs).steps)
+    maps = {}
+    # the cost model runs these small nets in full (cut 0): force incremental steps
+    for name, clf in [("naive", OnnxClassifier(model, outputs=outputs, device="cpu")),
+                      ("half", IncrementalClassifier(model, outputs=outputs, device="cpu",
+                                                     batch_size=9, cut=steps // 2)),
+                      ("all", IncrementalClassifier(model, outputs=outputs, device="cpu",
+                                                    batch_size=9, cut=steps))]:
+        e = prediction_difference(pool[0], clf, MarginalSampler(pool[1:]), window=k,
+                                  stride=stride, num_samples=2, blobs=outputs,
+                                  probability_blobs=[outputs[0]], batch_size=22, rng=3,
+                                  progress=False)
+        maps[name] = e.relevance
+    for blob in outputs:
+        want = maps["naive"][blob]
+        assert np.abs(want).max() > 0, blob
+        for name in ("half", "all"):
+            got = maps[name][blob]
+            assert np.abs(got - want).max() <= TOL * np.abs(want).max(), (blob, name)
+
+
+def test_newest_ir_version_is_lowered_for_onnxruntime(rng):
+    """A file stamped with the newest IR version of the onnx package (newer than some
+    onnxruntime builds read) runs, as OnnxClassifier runs it, on every path."""
+    import onnx
+
+    from preddiff.classifier import OnnxClassifier
+
+    model, outputs = _case_model("maxpool", rng)
+    model.ir_version = onnx.IR_VERSION
+    x = rng.normal(size=(3, 23, 27)).astype(np.float32)
+    top_left = _windows(23, 27, 10, rng, extra=3)
+    patches = rng.normal(size=(len(top_left), 3, 10, 10)).astype(np.float32)
+    want = OnnxClassifier(model, outputs=outputs, device="cpu")(
+        _literal_images(x, top_left, patches))
+    steps = len(analyse(model, outputs).steps)
+    for cut in (0, steps):
+        clf = IncrementalClassifier(model, outputs=outputs, device="cpu", cut=cut)
+        _assert_exact(clf.evaluate_windows(x, top_left, patches), want)
+    assert theoretical_macs(model, (3, 23, 27), (10, 10))["macs_full"] > 0
+
+
+def test_cuda_probe_graph_is_readable_by_this_onnxruntime():
+    """The graph that decides whether CUDA is usable must load in this onnxruntime, or a GPU
+    machine would silently run the incremental engine on its CPU. Checked on the CPU
+    provider (the probe itself needs a GPU)."""
+    import onnxruntime as ort
+
+    from preddiff.incremental import _probe_model
+
+    session = ort.InferenceSession(_probe_model().SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    out = session.run(None, {"x": np.array([-2.0], np.float32)})[0]
+    np.testing.assert_array_equal(out, [0.0])

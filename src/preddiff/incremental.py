@@ -59,10 +59,13 @@ precision (see :func:`to_float16`; off by default).
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
+import re
 import shutil
 import subprocess
+import threading
 
 import numpy as np
 import onnx
@@ -264,6 +267,19 @@ def theoretical_macs(model, input_shape, window=(10, 10), outputs=None) -> dict:
 _CUDA_OK = None
 
 
+def _probe_model() -> onnx.ModelProto:
+    """A one-node graph to try a provider with. Its opset and IR version are pinned low:
+    ``onnx.helper`` stamps the newest ones it knows, which an older onnxruntime refuses (and
+    the probe would then report no usable GPU on a machine that has one)."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    m = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])],
+                                            "probe", [x], [y]),
+                          opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 7
+    return m
+
+
 def _cuda_usable() -> bool:
     """Whether the CUDA execution provider can actually create a session here."""
     global _CUDA_OK
@@ -274,14 +290,10 @@ def _cuda_usable() -> bool:
 
         _CUDA_OK = False
         if "CUDAExecutionProvider" in ort.get_available_providers() and _cuda_device_count():
-            x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
-            y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
-            m = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])],
-                                                    "probe", [x], [y]))
             so = ort.SessionOptions()
             so.log_severity_level = 4
             try:
-                s = ort.InferenceSession(m.SerializeToString(), so,
+                s = ort.InferenceSession(_probe_model().SerializeToString(), so,
                                          providers=["CUDAExecutionProvider"])
                 _CUDA_OK = "CUDAExecutionProvider" in s.get_providers()
             except Exception:  # noqa: BLE001 - any failure means no usable GPU
@@ -309,7 +321,8 @@ def resolve_device(device: str) -> str:
 class _Session:
     """An onnxruntime session; on CUDA it runs with I/O binding (OrtValue inputs stay put)."""
 
-    def __init__(self, model: onnx.ModelProto, device: str, threads=None, spinning=False):
+    def __init__(self, model: onnx.ModelProto, device: str, threads=None, spinning=False,
+                 fixed_batch=None):
         import onnxruntime as ort
 
         so = ort.SessionOptions()
@@ -321,13 +334,49 @@ class _Session:
         so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         providers = (["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda"
                      else ["CPUExecutionProvider"])
-        self.session = ort.InferenceSession(model.SerializeToString(), so, providers=providers)
+        try:
+            self.session = ort.InferenceSession(model.SerializeToString(), so,
+                                                providers=providers)
+        except Exception as exc:  # noqa: BLE001 - retried below, or re-raised
+            # as OnnxClassifier: a file stamped with a newer IR version than this
+            # onnxruntime reads is retried with the version lowered
+            match = re.search(r"max supported IR version: (\d+)", str(exc))
+            if not match or model.ir_version <= int(match.group(1)):
+                raise
+            lowered = onnx.ModelProto()
+            lowered.CopyFrom(model)
+            lowered.ir_version = int(match.group(1))
+            self.session = ort.InferenceSession(lowered.SerializeToString(), so,
+                                                providers=providers)
         self.device = device
+        self.fixed_batch = fixed_batch
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.outputs = [o.name for o in self.session.get_outputs()]
 
-    def run(self, feeds: dict, outputs=None) -> list:
+    def run(self, feeds: dict, outputs=None, batched=None) -> list:
+        """Outputs for ``feeds``; with a fixed batch size (a graph whose input declares one, as
+        many exported files do: constants such as a Reshape to (1, -1) depend on it) the feeds
+        named in ``batched`` (default: all) are run in chunks of exactly that size, the last
+        one padded by repeating its last item, and the outputs cut back."""
         outputs = list(outputs or self.outputs)
+        fixed = self.fixed_batch
+        names = list(feeds) if batched is None else [t for t in feeds if t in set(batched)]
+        n = len(feeds[names[0]]) if names else 0
+        if not fixed or not names or n == fixed:
+            return self._run(feeds, outputs)
+        parts = []
+        for start in range(0, n, fixed):
+            chunk = dict(feeds)
+            for t in names:
+                part = np.asarray(feeds[t][start:start + fixed])
+                if len(part) < fixed:
+                    part = np.concatenate([part, np.repeat(part[-1:], fixed - len(part), 0)])
+                chunk[t] = part
+            m = min(fixed, n - start)
+            parts.append([v[:m] for v in self._run(chunk, outputs)])
+        return [np.concatenate([p[i] for p in parts]) for i in range(len(outputs))]
+
+    def _run(self, feeds: dict, outputs: list) -> list:
         if self.device != "cuda":
             return self.session.run(outputs, feeds)
         binding = self.session.io_binding()
@@ -344,6 +393,16 @@ class _Session:
 
 def _value_info(name, dims, elem=TensorProto.FLOAT):
     return helper.make_tensor_value_info(name, elem, dims)
+
+
+def _fixed_batch(model: onnx.ModelProto, input_name: str):
+    """The batch size the graph input declares (None when it is free)."""
+    for inp in model.graph.input:
+        if inp.name == input_name:
+            dims = inp.type.tensor_type.shape.dim
+            if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0:
+                return int(dims[0].dim_value)
+    return None
 
 
 def _new_model(template: onnx.ModelProto, nodes, inputs, outputs, initializers, name):
@@ -447,7 +506,7 @@ def _infer_prefix_shapes(analysis: Analysis, input_shape) -> dict:
     """(C, H, W) of the input and every step output, by running the prefix on zeros."""
     names = [s.output for s in analysis.steps]
     m = _with_outputs(analysis.model, names)
-    sess = _Session(m, "cpu")
+    sess = _Session(m, "cpu", fixed_batch=_fixed_batch(analysis.model, analysis.input_name))
     x = np.zeros((1, *input_shape), np.float32)
     values = sess.run({analysis.input_name: x}, names)
     shapes = {analysis.input_name: tuple(int(v) for v in input_shape)}
@@ -530,6 +589,15 @@ def _patch_images(x: np.ndarray, top_left: np.ndarray, patches: np.ndarray) -> n
 # the classifier
 
 
+def _locked(method):
+    """Run ``method`` holding the instance's lock (its clean activations are shared state)."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+    return wrapper
+
+
 class _Plan:
     """Geometry, switch point and remainder session for one input and window size."""
 
@@ -586,6 +654,12 @@ class IncrementalClassifier:
         Whether :meth:`evaluate_windows` runs incrementally.
     reason : str
         Why not, when it does not (also logged).
+
+    Notes
+    -----
+    The clean image's activations are cached state: calls from several threads are
+    serialised by a lock. A model whose input declares a fixed batch size is run in chunks of
+    exactly that size, as :class:`~preddiff.classifier.OnnxClassifier` runs it.
     """
 
     def __init__(self, model, *, outputs=("prob",), batch_size=None, device="auto",
@@ -611,7 +685,14 @@ class IncrementalClassifier:
         if batch_size is not None and (int(batch_size) != batch_size or batch_size < 1):
             raise InvalidArgument(f"batch_size must be a positive integer, got {batch_size!r}")
         self.batch_size = int(batch_size or DEFAULT_BATCH_SIZE)
-        self._full = self._session(_with_outputs(self.model, self.outputs), spinning=True)
+        initializers = {i.name for i in self.model.graph.initializer}
+        graph_inputs = [i.name for i in self.model.graph.input if i.name not in initializers]
+        self._fixed_batch = (_fixed_batch(self.model, graph_inputs[0]) if len(graph_inputs) == 1
+                             else None)
+        # one evaluation at a time: the clean activations and plans are shared state
+        self._lock = threading.RLock()
+        self._full = self._session(_with_outputs(self.model, self.outputs), spinning=True,
+                                   fixed=True)
         self._cut = cut
         if grouping is None:  # a GPU wants large batches more than the fewest multiply-adds
             grouping = "merge" if self.device == "cuda" else "auto"
@@ -641,7 +722,7 @@ class IncrementalClassifier:
                 [s.output for s in self.analysis.steps]
                 + [o for o in self.outputs if o != self.analysis.input_name]))
             self._clean_session = self._session(_with_outputs(self.model, self._clean_names),
-                                                spinning=True)
+                                                spinning=True, fixed=True)
             self._crop_sessions: dict = {}
         else:
             log.log(logging.WARNING if incremental else logging.INFO,
@@ -654,10 +735,13 @@ class IncrementalClassifier:
 
     # ---- sessions ---------------------------------------------------------------------
 
-    def _session(self, model, spinning=False) -> _Session:
+    def _session(self, model, spinning=False, fixed=False) -> _Session:
+        """A session; ``fixed``: a graph derived from the model's own (full, clean or
+        remainder), which keeps the batch size the model's input may declare."""
         if self.float16:
             model = to_float16(model)
-        return _Session(model, self.device, self.threads, spinning)
+        return _Session(model, self.device, self.threads, spinning,
+                        self._fixed_batch if fixed else None)
 
     def _crop_session(self, index: int, channels: int):
         step = self.analysis.steps[index]
@@ -670,6 +754,7 @@ class IncrementalClassifier:
 
     # ---- plain calls ------------------------------------------------------------------
 
+    @_locked
     def __call__(self, batch) -> dict:
         """Full forward pass.
 
@@ -688,6 +773,10 @@ class IncrementalClassifier:
         if self.incremental and len(batch) == 1:
             return {o: v.copy() for o, v in self._set_clean(np.ascontiguousarray(batch[0])).items()}
         name = self._full.inputs[0]
+        if not len(batch):  # the shapes of the outputs, from one image of zeros
+            one = self._full.run({name: np.zeros((1, *batch.shape[1:]), np.float32)},
+                                 self.outputs)
+            return {o: np.empty((0, *v.shape[1:]), v.dtype) for o, v in zip(self.outputs, one)}
         parts = [self._full.run({name: batch[i:i + self.batch_size]}, self.outputs)
                  for i in range(0, len(batch), self.batch_size)]
         return {o: np.concatenate([p[k] for p in parts]) if parts else np.empty((0,))
@@ -701,12 +790,19 @@ class IncrementalClassifier:
         if key != self._clean_key:
             values = self._clean_session.run({self.analysis.input_name: x[None]},
                                              self._clean_names)
-            self._clean = {self.analysis.input_name: x}
+            self._clean = {self.analysis.input_name: x.copy()}  # not the caller's buffer
             self._clean.update({n: v[0] for n, v in zip(self._clean_names, values)})
             self._padded: dict = {}
             self._device_clean: dict = {}
             self._clean_key = key
         return {o: self._clean[o][None] for o in self.outputs}
+
+    @_locked
+    def clear_cache(self) -> None:
+        """Forget the clean image's cached activations (sessions and plans are kept), so that
+        the next evaluation pays for its clean forward pass again (benchmarks)."""
+        self._clean_key = None
+        self._clean, self._padded, self._device_clean = {}, {}, {}
 
     def _padded_hwc(self, name: str, pads, value: float) -> np.ndarray:
         """The clean map of ``name`` as (H, W, C) with ``pads`` of ``value`` around it."""
@@ -738,7 +834,7 @@ class IncrementalClassifier:
         frontier = _frontier(a, cut)
         wanted = [t for t in self.outputs if t not in set(frontier)]
         rem, feeds = _remainder_model(a, cut, frontier, shapes, wanted, self.device_paste)
-        rem_session = self._session(rem) if rem is not None else None
+        rem_session = self._session(rem, fixed=True) if rem is not None else None
         scales = {i: self._average_scale(i, geo) for i, s in enumerate(a.steps[:cut])
                   if s.average is not None}
         plan = _Plan(geo, report, rem_session, feeds, wanted, scales)
@@ -748,6 +844,7 @@ class IncrementalClassifier:
             log.info("automatic batch size %d", self.batch_size)
         return plan
 
+    @_locked
     def report(self, input_shape, window=(10, 10)) -> dict:
         """The cost model's plan for inputs of ``input_shape`` (C, H, W) and a window size.
 
@@ -794,6 +891,7 @@ class IncrementalClassifier:
         scale = np.divide(full, crop, out=np.zeros_like(full), where=crop > 0)
         return None if np.allclose(scale, 1.0, rtol=0, atol=1e-7) else scale.astype(np.float32)
 
+    @_locked
     def evaluate_windows(self, x, top_left, patches) -> dict:
         """Outputs for copies of ``x`` with one window replaced, exactly, incrementally.
 
@@ -856,8 +954,9 @@ class IncrementalClassifier:
                 feeds = {}
                 for t in plan.remainder_inputs:
                     feeds.update(self._device_feeds(t, crops[t]))
+                batched = [t for t in feeds if not t.endswith("__clean")]
                 _store(result, idx, len(patches),
-                       dict(zip(plan.wanted, plan.remainder.run(feeds, plan.wanted))))
+                       dict(zip(plan.wanted, plan.remainder.run(feeds, plan.wanted, batched))))
                 continue
             # the full maps of several batches go through the remainder together: its fully
             # connected layers read their weights once per run

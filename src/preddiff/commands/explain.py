@@ -253,22 +253,36 @@ MIN_INCREMENTAL_REDUCTION = 1.5
 
 def _use_incremental(model: _Model, args, window: int) -> str:
     """Swap ``model.classifier`` for an :class:`~preddiff.incremental.IncrementalClassifier`
-    when the graph allows it and the cost model says it is faster; returns a one-line note."""
+    when the graph allows it and the cost model says it is faster; returns a one-line note.
+
+    Any failure while planning (a graph onnxruntime or the planner cannot handle) keeps the
+    plain classifier, with the reason in the note and the log."""
     if args.no_incremental:
         return "incremental inference off (--no-incremental)"
-    from ..incremental import IncrementalClassifier, supported, theoretical_macs
+    import logging
 
-    source = model.extra["onnx"]
-    ok, reason = supported(source, [model.blob])
-    if not ok:
-        return f"incremental inference off: {reason}"
-    report = theoretical_macs(source, model.input_shape, (window, window), outputs=[model.blob])
-    reduction = report["macs_full"] / max(report["macs_planned"], 1.0)
-    if reduction < MIN_INCREMENTAL_REDUCTION:
-        return (f"incremental inference off: planned multiply-add reduction {reduction:.2f}x "
-                f"< {MIN_INCREMENTAL_REDUCTION}x")
-    model.classifier = IncrementalClassifier(source, outputs=[model.blob],
-                                             device=args.device, threads=args.threads)
+    from ..incremental import IncrementalClassifier, supported, theoretical_macs
+    from ..incremental_plan import load_model
+
+    try:
+        source = load_model(model.extra["onnx"])  # parsed once for the three uses below
+        ok, reason = supported(source, [model.blob])
+        if not ok:
+            return f"incremental inference off: {reason}"
+        report = theoretical_macs(source, model.input_shape, (window, window),
+                                  outputs=[model.blob])
+        reduction = report["macs_full"] / max(report["macs_planned"], 1.0)
+        if reduction < MIN_INCREMENTAL_REDUCTION:
+            return (f"incremental inference off: planned multiply-add reduction "
+                    f"{reduction:.2f}x < {MIN_INCREMENTAL_REDUCTION}x")
+        classifier = IncrementalClassifier(source, outputs=[model.blob], device=args.device,
+                                           threads=args.threads)
+    except Exception as exc:  # noqa: BLE001 - the plain classifier is always a safe choice
+        why = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+        logging.getLogger(__name__).warning("incremental inference off, evaluating full "
+                                            "images: %s", why)
+        return f"incremental inference off: it could not be planned ({why})"
+    model.classifier = classifier
     return f"incremental inference on: planned multiply-add reduction {reduction:.1f}x"
 
 
