@@ -39,7 +39,12 @@ while [ $# -gt 0 ]; do
         --check) mode=--check ;;
         --record) mode=--record ;;
         --force|--reuse-cache) extra+=("$1") ;;
-        --figures) extra+=(--figures "$2"); shift ;;
+        --figures)
+            if [ $# -lt 2 ] || [ -z "$2" ]; then
+                echo "run_all.sh: --figures needs a comma-separated list, e.g. --figures fig1,fig3" >&2
+                exit 64
+            fi
+            extra+=(--figures "$2"); shift ;;
         -h|--help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "run_all.sh: unknown option $1 (try --help)" >&2; exit 64 ;;
     esac

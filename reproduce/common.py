@@ -431,8 +431,16 @@ def compare(result_path: Path, reference_path: Path, tolerance: float = TOLERANC
         return Comparison(VERDICT_UNVERIFIED, None, [f"{NO_REFERENCE} ({reference_path.name})"])
     if not result_path.is_file():
         return Comparison(VERDICT_FAIL, None, [f"no result file {result_path}"])
-    got, got_params, _ = load_npz(result_path)
-    ref, ref_params, _ = load_npz(reference_path)
+    try:
+        ref, ref_params, _ = load_npz(reference_path)
+    except Exception as exc:  # noqa: BLE001 - a damaged reference is a failure, not a crash
+        return Comparison(VERDICT_FAIL, None, [f"cannot read the reference {reference_path}: "
+                                               f"{type(exc).__name__}: {exc}"])
+    try:
+        got, got_params, _ = load_npz(result_path)
+    except Exception as exc:  # noqa: BLE001
+        return Comparison(VERDICT_FAIL, None, [f"cannot read the result {result_path}: "
+                                               f"{type(exc).__name__}: {exc}"])
     messages = []
     if got_params != ref_params:
         messages.append("parameters differ from the reference's: " + _diff_keys(got_params, ref_params))
@@ -686,6 +694,31 @@ def _digit_index(name: str) -> int:
     return int(index)
 
 
+_POOL_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def _pool_files(folder, exclude) -> list[Path]:
+    """The image files of a ``pool_dir`` folder, sorted, without the explained images."""
+    return sorted(p for p in Path(folder).expanduser().iterdir()
+                  if p.suffix.lower() in _POOL_SUFFIXES and p.stem not in exclude)
+
+
+def pool_fingerprint(folder, exclude) -> list:
+    """``[[name, bytes, mtime_ns], ...]`` of the images of a ``pool_dir`` folder.
+
+    Part of the cache key of every explanation that samples from the folder: its path alone
+    would let a cached explanation be reused after images were added, removed or replaced.
+    Cheap (no file is read), and conservative (touching a file invalidates the cache).
+    """
+    if not Path(folder).expanduser().is_dir():
+        raise ValueError(f"pool_dir {folder}: not a folder (give a folder of jpg/png images)")
+    out = []
+    for path in _pool_files(folder, exclude):
+        stat = path.stat()
+        out.append([path.name, int(stat.st_size), int(stat.st_mtime_ns)])
+    return out
+
+
 def pool_for(run: Run, model: Model, exclude: list[str]) -> tuple[np.ndarray, list[str]]:
     """The images the samplers learn from, preprocessed: ``(pool (M, C, H, W) float32, names)``.
 
@@ -707,8 +740,7 @@ def pool_for(run: Run, model: Model, exclude: list[str]) -> tuple[np.ndarray, li
 
         prep = _preprocessor(run, model)
         _, h, w = model.manifest.input_shape
-        files = sorted(p for p in Path(folder).expanduser().iterdir()
-                       if p.suffix.lower() in (".jpg", ".jpeg", ".png") and p.stem not in exclude)
+        files = _pool_files(folder, exclude)
         arrays, names = [], []
         for path in files:
             rgb = load_image(path)
@@ -773,16 +805,21 @@ def explain(run: Run, model: Model, image: Input, *, sampler: str, window: int,
     """
     exclude = [image.name] if exclude is None else list(exclude)
     cfg = run.config
+    # ``incremental`` too: the engine's checkpoint records which classifier made it and refuses
+    # another, so runs with and without it must not share a cache entry or a checkpoint file.
     keys = ("padding", "num_samples", "stride", "seed", "num_patches", "colour",
-            "marginal_order", "preprocess", "laplace_n", "pool_dir")
+            "marginal_order", "preprocess", "laplace_n", "pool_dir", "incremental")
     params = {
         "kind": "prediction_difference", "model": model.name, "onnx_sha256": model.sha256,
         "image": image.name, "input_sha256": _input_hash(image), "sampler": sampler,
         "window": int(window), "units": dict(units), "exclude": sorted(exclude),
         **{k: cfg[k] for k in keys if k in cfg}, "preddiff": _preddiff_version(),
     }
+    if cfg.get("pool_dir") and model.name != "lenet":  # LeNet always samples from the digits
+        params["pool_files"] = pool_fingerprint(cfg["pool_dir"], exclude)
 
     tag = f"pda-{model.name}-{_safe(image.name)}-{sampler}-k{window}"
+    checkpoint = run.cache_dir / f"{tag}-{params_hash(params)}.ckpt.npz"
 
     def compute():
         from preddiff import prediction_difference
@@ -796,13 +833,15 @@ def explain(run: Run, model: Model, image: Input, *, sampler: str, window: int,
         clf = model.classifier(blobs, batch_size=int(cfg["batch_size"]),
                                incremental=bool(cfg.get("incremental", True)))
         run.cache_dir.mkdir(parents=True, exist_ok=True)
+        if run.force:  # recompute means from scratch, not from an interrupted run's windows
+            checkpoint.unlink(missing_ok=True)
         start = time.perf_counter()
         result = prediction_difference(
             image.x, clf, smp, window=int(window), stride=int(cfg["stride"]),
             num_samples=num_samples, blobs=blobs, batch_size=int(cfg["batch_size"]),
             rng=seeds(cfg)["explanation"], laplace_n=int(cfg.get("laplace_n", 100000)),
             # hours per image at paper scale: a crash resumes where it stopped
-            checkpoint=run.cache_dir / f"{tag}-{params_hash(params)}.ckpt.npz",
+            checkpoint=checkpoint,
             progress=run.progress)
         out = {"seconds": np.float64(time.perf_counter() - start),
                "num_samples": np.int64(num_samples)}
@@ -910,6 +949,39 @@ def subplots(rows: int, cols: int, size: float = 1.8, *, extra_height: float = 0
     return fig, axes
 
 
+def text_width(text: str, fontsize: float) -> float:
+    """Width in inches of one line of ``text`` at ``fontsize`` points, as Agg renders it."""
+    from matplotlib.backends.backend_agg import RendererAgg
+    from matplotlib.font_manager import FontProperties
+
+    width, _, _ = RendererAgg(1, 1, 72).get_text_width_height_descent(
+        text, FontProperties(size=fontsize), ismath=False)
+    return width / 72.0
+
+
+def wrap_to_width(text: str, width_inches: float, fontsize: float) -> str:
+    """``text`` with each line broken between words so that it fits ``width_inches`` at
+    ``fontsize`` points (measured, not estimated); existing line breaks are kept."""
+    out = []
+    for line in text.split("\n"):
+        current = ""
+        for word in line.split(" "):
+            trial = f"{current} {word}" if current else word
+            if current and text_width(trial, fontsize) > width_inches:
+                out.append(current)
+                current = word
+            else:
+                current = trial
+        out.append(current)
+    return "\n".join(out)
+
+
+def suptitle(fig, text: str, fontsize: float = 10) -> None:
+    """The figure's title, wrapped to the figure's width so that it is never cut off (long
+    model labels such as ``vgg16 (random weights, channels / 16, seed 0)``, few columns)."""
+    fig.suptitle(wrap_to_width(text, 0.97 * fig.get_figwidth(), fontsize), fontsize=fontsize)
+
+
 def show_image(ax, image, *, title: str | None = None, ylabel: str | None = None) -> None:
     """The input image (H, W, 3) in [0, 1]."""
     ax.imshow(np.clip(image, 0, 1), interpolation="nearest")
@@ -979,8 +1051,15 @@ def signed_colorbar(fig, axes, relative_to: str = "max |map|", *, cax=None) -> N
         bar.set_label(f"relevance / {relative_to}", fontsize=7)
         bar.ax.tick_params(labelsize=7)
         return
-    bar = fig.colorbar(mappable, ax=np.asarray(axes).ravel().tolist(), location="bottom",
-                       shrink=0.5, aspect=40, pad=0.01)
-    bar.set_ticks([-1, 0, 1], labels=[f"−{relative_to}: evidence against", "0",
-                                      f"+{relative_to}: evidence for"])
+    axes = np.asarray(axes).ravel().tolist()
+    bar = fig.colorbar(mappable, ax=axes, location="bottom", shrink=0.5, aspect=40, pad=0.01)
+    left = min(ax.get_position().x0 for ax in axes)
+    right = max(ax.get_position().x1 for ax in axes)
+    if 0.5 * (right - left) * fig.get_figwidth() < 2.0:
+        # a bar under one or two columns: the long tick labels would run into each other
+        bar.set_ticks([-1, 0, 1], labels=["against", "0", "for"])
+        bar.set_label(f"relevance / {relative_to}", fontsize=8)
+    else:
+        bar.set_ticks([-1, 0, 1], labels=[f"−{relative_to}: evidence against", "0",
+                                          f"+{relative_to}: evidence for"])
     bar.ax.tick_params(labelsize=8)

@@ -17,6 +17,8 @@ the other 1,796 digits).
 """
 from __future__ import annotations
 
+import textwrap
+
 from . import common
 
 FIGURE = "fig1"
@@ -62,8 +64,10 @@ def plot(run: common.Run, rows: list[dict]):
     for r, row in enumerate(rows):
         model, image = row["model"], row["image"]
         label = common.short_label(model.labels[row["class"]])
-        common.show_image(axes[r, 0], image.display,
-                          ylabel=f"{model.label}\n{image.title}\ntop: {label}, p = {row['prob']:.2f}")
+        # wrapped: a long label (random weights in a dry run) must not run past the row
+        ylabel = "\n".join(textwrap.fill(part, 26) for part in (
+            model.label, image.title, f"top: {label}, p = {row['prob']:.2f}"))
+        common.show_image(axes[r, 0], image.display, ylabel=ylabel)
         common.show_unsigned(axes[r, 1], row["sensitivity"])
         common.show_signed(axes[r, 2], row["marginal"])
         common.show_overlay(axes[r, 3], image.display, row["marginal"])
@@ -76,9 +80,10 @@ def plot(run: common.Run, rows: list[dict]):
         titles[2] += f", S={'/'.join(map(str, used))}"
     for c, title in enumerate(titles):
         axes[0, c].set_title(title, fontsize=9)
-    fig.suptitle(f"Fig. 1 — top class in {rows[0]['model'].output!r}: sensitivity (penultimate) vs "
-                 f"prediction difference, k={cfg['window']}, l={cfg['padding']}, "
-                 f"S={cfg['num_samples']}, stride {cfg['stride']} ({run.scale} scale)", fontsize=10)
+    title = (f"Fig. 1 — top class in {rows[0]['model'].output!r}: sensitivity (penultimate) vs "
+             f"prediction difference, k={cfg['window']}, l={cfg['padding']}, "
+             f"S={cfg['num_samples']}, stride {cfg['stride']} ({run.scale} scale)")
+    common.suptitle(fig, title, fontsize=10)
     common.signed_colorbar(fig, axes)
     return fig
 

@@ -65,10 +65,10 @@ def plot(run: common.Run, items: list[dict]):
                 common.show_signed(axes[r, c + 1], relevance,
                                    title=f"{common.short_label(model.labels[cls])}\n{unit}")
     cfg = run.config
-    fig.suptitle(f"Fig. 2 — top-{top} classes, penultimate vs output layer:\n{items[0]['model'].label}, "
-                 f"conditional, k={cfg['window']}, l={cfg['padding']}, S={cfg['num_samples']}, "
-                 f"stride {cfg['stride']} "
-                 f"({run.scale} scale)", fontsize=10)
+    title = (f"Fig. 2 — top-{top} classes, penultimate vs output layer:\n"
+             f"{items[0]['model'].label}, conditional, k={cfg['window']}, l={cfg['padding']}, "
+             f"S={cfg['num_samples']}, stride {cfg['stride']} ({run.scale} scale)")
+    common.suptitle(fig, title, fontsize=10)
     common.signed_colorbar(fig, axes[:, 1:])
     return fig
 

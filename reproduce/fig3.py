@@ -9,6 +9,8 @@ Smoke scale: the real Caffe LeNet on one digit, k = 1, 2, 4, 7 (a 28×28 input),
 """
 from __future__ import annotations
 
+import textwrap
+
 from . import common
 
 FIGURE = "fig3"
@@ -41,7 +43,8 @@ def plot(run: common.Run, result: dict):
     model, image = result["model"], result["image"]
     fig, axes = common.subplots(2, len(windows) + 1, size=2.2)
     label = common.short_label(model.labels[result["class"]])
-    common.show_image(axes[0, 0], image.display, title=f"{image.title}\ntop: {label}, p = {result['prob']:.2f}")
+    common.show_image(axes[0, 0], image.display, title="\n".join(
+        textwrap.fill(part, 24) for part in (image.title, f"top: {label}, p = {result['prob']:.2f}")))
     axes[1, 0].axis("off")
     for c, (window, relevance) in enumerate(zip(windows, result["maps"])):
         common.show_signed(axes[0, c + 1], relevance, title=f"window {window}×{window}")
@@ -49,9 +52,9 @@ def plot(run: common.Run, result: dict):
     axes[0, 1].set_ylabel("relevance", fontsize=8)
     axes[1, 1].set_ylabel("overlay", fontsize=8)
     cfg = run.config
-    fig.suptitle(f"Fig. 3 — window size: {model.label}, conditional, l={cfg['padding']}, "
-                 f"S={cfg['num_samples']}, {label} in {model.output!r} ({run.scale} scale)",
-                 fontsize=10)
+    title = (f"Fig. 3 — window size: {model.label}, conditional, l={cfg['padding']}, "
+             f"S={cfg['num_samples']}, {label} in {model.output!r} ({run.scale} scale)")
+    common.suptitle(fig, title, fontsize=10)
     common.signed_colorbar(fig, axes[:, 1:])
     return fig
 

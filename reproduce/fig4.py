@@ -53,9 +53,10 @@ def plot(run: common.Run, items: list[dict]):
     k = int(cfg["window"])
     axes[1, 0].set_ylabel("sensitivity map", fontsize=8)
     axes[2, 0].set_ylabel(f"prediction difference\nconditional, {k}×{k}", fontsize=8)
-    fig.suptitle(f"Fig. 4 — top {percent:g} % of |relevance| (white) for the top class in "
-                 f"{items[0]['model'].penultimate!r} ({items[0]['model'].label}, S={cfg['num_samples']}, "
-                 f"{run.scale} scale)", fontsize=10)
+    title = (f"Fig. 4 — top {percent:g} % of |relevance| (white) for the top class in "
+             f"{items[0]['model'].penultimate!r}\n({items[0]['model'].label}, "
+             f"S={cfg['num_samples']}, {run.scale} scale)")
+    common.suptitle(fig, title, fontsize=10)
     return fig
 
 

@@ -81,9 +81,10 @@ def plot(run: common.Run, result: dict):
             else:
                 ax.axis("off")
     model = result["model"]
-    fig.suptitle(f"Fig. 5 — feature-map relevance (activation difference, one colour scale per "
-                 f"layer): {model.label},\nconditional, k={cfg['window']}, l={cfg['padding']}, "
-                 f"S={cfg['num_samples']}, stride {cfg['stride']} ({run.scale} scale)", fontsize=10)
+    title = (f"Fig. 5 — feature-map relevance (activation difference, one colour scale per "
+             f"layer): {model.label},\nconditional, k={cfg['window']}, l={cfg['padding']}, "
+             f"S={cfg['num_samples']}, stride {cfg['stride']} ({run.scale} scale)")
+    common.suptitle(fig, title, fontsize=10)
     return fig
 
 

@@ -140,3 +140,35 @@ def test_explanation_figure(tmp_path, rng):
     assert paths[0].stat().st_size > 1000
     with pytest.raises(InvalidArgument, match="empty"):
         plot.explanation_figure(image, {})
+
+
+def _released_overlay(x, c, gray_factor_bg=0.3):
+    """A transcription of the released code's ``get_overlayed_image`` (utils_visualise.py):
+    Matplotlib's 256-entry ``seismic`` on ``[-max|c|, max|c|]``, HSV hue and saturation × 0.8
+    from the heatmap, value from the greyed, lightened image."""
+    import matplotlib as mpl
+    from skimage import color
+
+    if np.ndim(x) == 2:  # MNIST
+        x = 1 - np.dstack((x, x, x)) * gray_factor_bg
+    if np.ndim(x) == 3:
+        x = color.rgb2gray(x)
+        x = 1 - (1 - x) * 0.5
+        x = np.dstack((x, x, x))
+    limit = np.max(np.abs(c))
+    mask = mpl.cm.ScalarMappable(norm=mpl.colors.Normalize(-limit, limit),
+                                 cmap=mpl.colormaps["seismic"]).to_rgba(c)[:, :, :3]
+    hsv, mask_hsv = color.rgb2hsv(x), color.rgb2hsv(mask)
+    hsv[..., 0] = mask_hsv[..., 0]
+    hsv[..., 1] = mask_hsv[..., 1] * 0.8
+    return color.hsv2rgb(hsv)
+
+
+@pytest.mark.parametrize("shape", [(16, 18, 3), (16, 18)])
+def test_overlay_matches_a_transcription_of_the_released_code(rng, shape):
+    """Equal up to the colour table (257 entries with an exact white instead of seismic's
+    256): at most about one table step, ~0.01."""
+    image = rng.uniform(size=shape)
+    relevance = rng.standard_normal(shape[:2]) * 3.0
+    np.testing.assert_allclose(plot.overlay(image, relevance),
+                               _released_overlay(image, relevance), atol=0.015)

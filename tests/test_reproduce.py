@@ -214,3 +214,295 @@ def test_check_exit_status_is_unverified_without_references(tmp_path, monkeypatc
     assert check.main(["--scale", "smoke", "--no-run", "--figures", "fig1"]) == check.EXIT_UNVERIFIED
     out = capsys.readouterr().out
     assert "UNVERIFIED" in out and "no reference recorded" in out and "PASS" not in out
+
+
+# --------------------------------------------------------------------------- review fixes
+def test_compare_fails_on_an_unreadable_reference_or_result(tmp_path, maps):
+    ref = _reference(tmp_path, maps, {"lenet/digits:0": 3})
+    result = _result(tmp_path, maps, {"lenet/digits:0": 3})
+    damaged = tmp_path / "damaged.npz"
+    damaged.write_bytes(b"not an npz file")
+    cmp = common.compare(result, damaged)
+    assert cmp.verdict == "FAIL" and any("cannot read the reference" in m for m in cmp.messages)
+    cmp = common.compare(damaged, ref)
+    assert cmp.verdict == "FAIL" and any("cannot read the result" in m for m in cmp.messages)
+
+
+def test_paper_scale_parameters_follow_the_paper():
+    """k = 10, l = 2, S = 20, stride 1 (paper §4) and each figure's own specifics."""
+    from reproduce import fig1, fig2, fig3, fig4, fig5, fig6
+
+    goose, cat = "n01855672_8202", "chelsea"
+    for module in (fig1, fig2, fig3, fig4, fig5, fig6):
+        cfg = module.CONFIG["paper"]
+        assert cfg["padding"] == 2 and cfg["num_samples"] == 20 and cfg["stride"] == 1, module
+        assert cfg["weights"] == "zoo" and cfg["seed"] == 0 and cfg["num_patches"] == 25000
+        assert cfg["colour"] == "per-channel" and cfg["preprocess"] == "crop"
+        assert cfg.get("laplace_n", 100000) == 100000
+    cfg = fig1.CONFIG["paper"]
+    assert cfg["window"] == 10 and cfg["models"] == ["alexnet", "googlenet", "vgg16"]
+    assert cat in cfg["images"] and len(cfg["images"]) >= 3
+    cfg = fig2.CONFIG["paper"]
+    assert cfg["model"] == "alexnet" and cfg["window"] == 10 and cfg["top"] == 3
+    cfg = fig3.CONFIG["paper"]
+    assert cfg["model"] == "alexnet" and cfg["windows"] == [1, 4, 7, 10] and cfg["image"] == goose
+    cfg = fig4.CONFIG["paper"]
+    assert cfg["model"] == "alexnet" and cfg["window"] == 1 and cfg["percent"] == 5.0
+    cfg = fig5.CONFIG["paper"]
+    assert cfg["model"] == "googlenet" and cfg["window"] == 10 and cfg["image"] == cat
+    assert cfg["layers"] == ["conv1/7x7_s2", "inception_3a/output", "inception_5b/output"]
+    cfg = fig6.CONFIG["paper"]
+    assert cfg["model"] == "googlenet" and cfg["window"] == 10 and cfg["num_maps"] == 4
+    assert cfg["blob"] == "inception_3a/output" and cfg["images"][0] == cat
+    assert len(cfg["images"]) >= 4
+
+
+class _Manifest:
+    labels = tuple(f"n{i:08d} a class name long enough to be truncated, synonym" for i in range(10))
+    penultimate, output = "fc8", "prob"
+
+
+def _stub_model(name="vgg16"):
+    return common.Model(name=name, path=Path(f"{name}.onnx"), manifest=_Manifest(),
+                        source="random weights, channels / 16, seed 0", sha256="0" * 64)
+
+
+def _stub_input(name, size=12):
+    return common.Input(name, np.zeros((3, size, size), np.float32),
+                        np.full((size, size, 3), 0.5))
+
+
+def test_fig6_explains_the_first_image_once(monkeypatch):
+    """With maps chosen automatically, the first image's maps come from Fig. 5's explanation
+    of it; it used to be explained a second time (hours at paper scale)."""
+    from reproduce import fig6
+
+    blob, calls = "inception_3a/output", []
+
+    def explain(run, model, image, *, sampler, window, units, exclude=None):
+        calls.append((image.name, dict(units)))
+        want = units[blob]
+        kept = np.arange(20, 4, -1)[:want] if isinstance(want, int) else np.asarray(want)
+        rel = np.stack([np.full((12, 12), float(u)) for u in kept])
+        return {f"units/{blob}": kept, f"relevance/{blob}": rel}
+
+    monkeypatch.setattr(common, "load_model", lambda run, name: _stub_model("googlenet"))
+    monkeypatch.setattr(common, "load_inputs",
+                        lambda run, model, names: [_stub_input(n) for n in names])
+    monkeypatch.setattr(common, "explain", explain)
+    cfg = json.loads(json.dumps(fig6.CONFIG["smoke"]))
+    run = common.Run(figure="fig6", scale="smoke", config=cfg, argv=["test"])
+    result = fig6.compute(run)
+    names = [name for name, _ in calls]
+    assert names.count(cfg["images"][0]) == 1, calls
+    assert sorted(names) == sorted(cfg["images"])
+    assert result["units"] == [20, 19, 18, 17]
+    for row in result["rows"]:
+        assert [float(m[0, 0]) for m in row["maps"]] == [20.0, 19.0, 18.0, 17.0]
+    # explicitly chosen maps: every image is explained for exactly those maps
+    calls.clear()
+    cfg["maps"] = [3, 7]
+    fig6.compute(common.Run(figure="fig6", scale="smoke", config=cfg, argv=["test"]))
+    assert [u for _, u in calls] == [{blob: [3, 7]}] * len(cfg["images"])
+
+
+def test_explain_cache_key_follows_the_pool_folder_contents(tmp_path):
+    """A cached explanation sampled from ``pool_dir`` is not reused once the folder's images
+    change (the path alone used to be the key)."""
+    folder = tmp_path / "pool"
+    folder.mkdir()
+    for name in ("a.jpg", "b.png", "chelsea.jpg", "notes.txt"):
+        (folder / name).write_bytes(b"x" * 10)
+    cfg = {**json.loads(json.dumps(importlib.import_module("reproduce.fig1").CONFIG["smoke"])),
+           "pool_dir": str(folder)}
+    run = _run(tmp_path, cfg)
+    seen = []
+    run.cached = lambda name, params, compute: seen.append(json.loads(common.canonical(params)))
+    model, image = _stub_model("googlenet"), _stub_input("chelsea")
+
+    def key():
+        common.explain(run, model, image, sampler="conditional", window=4, units={"prob": [1]})
+        return seen[-1]
+
+    first = key()
+    assert [f[0] for f in first["pool_files"]] == ["a.jpg", "b.png"]  # explained image left out
+    assert key() == first
+    (folder / "c.jpg").write_bytes(b"y" * 10)
+    assert key() != first
+    (folder / "c.jpg").unlink()
+    (folder / "b.png").write_bytes(b"z" * 12)  # replaced by another image
+    assert key()["pool_files"] != first["pool_files"]
+    (folder / "notes.txt").write_text("not an image")  # ignored, as by the pool itself
+    run.config["pool_dir"] = str(tmp_path / "missing")
+    with pytest.raises(ValueError, match="missing"):
+        key()
+
+
+def test_force_discards_an_interrupted_runs_checkpoint(tmp_path, monkeypatch):
+    """``--force`` recomputes from scratch: it must not resume the windows an earlier,
+    interrupted run (possibly of older code) left in its checkpoint."""
+    import preddiff
+
+    monkeypatch.setenv("PREDDIFF_HOME", str(tmp_path / "home"))
+    real = preddiff.prediction_difference
+    found = []
+
+    def interrupted(*args, checkpoint=None, **kwargs):
+        Path(checkpoint).write_bytes(b"windows of an interrupted run")
+        raise KeyboardInterrupt
+
+    def spy(*args, checkpoint=None, **kwargs):
+        found.append(Path(checkpoint).exists())
+        return real(*args, checkpoint=checkpoint, **kwargs)
+
+    from reproduce import fig3
+
+    argv = ["--scale", "smoke", "--no-progress", "--out-dir", str(tmp_path / "out"),
+            "--cache-dir", str(tmp_path / "cache"), "--set", "windows=[7]",
+            "--set", "num_patches=300", "--set", "num_samples=2"]
+    monkeypatch.setattr(preddiff, "prediction_difference", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        fig3.main(argv)
+    assert len(list((tmp_path / "cache" / "smoke").glob("*.ckpt.npz"))) == 1
+    monkeypatch.setattr(preddiff, "prediction_difference", spy)
+    assert fig3.main(argv + ["--force"]) == 0
+    assert found == [False]
+
+
+def _texts_outside(fig):
+    """The texts of a rendered figure that run past its edges (cut off in the PNG) or overlap
+    another text (unreadable)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.text import Text
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    box = fig.bbox
+    problems, extents = [], []
+    for text in fig.findobj(Text):
+        if not text.get_visible() or not text.get_text().strip():
+            continue
+        extent = text.get_window_extent(renderer)
+        if (extent.x0 < box.x0 - 1 or extent.x1 > box.x1 + 1 or extent.y0 < box.y0 - 1
+                or extent.y1 > box.y1 + 1):
+            problems.append(text.get_text())
+        for other, other_extent in extents:
+            if (min(extent.x1, other_extent.x1) - max(extent.x0, other_extent.x0) > 1 and
+                    min(extent.y1, other_extent.y1) - max(extent.y0, other_extent.y0) > 1):
+                problems.append(f"{text.get_text()!r} overlaps {other!r}")
+        extents.append((text.get_text(), extent))
+    return problems
+
+
+def _paper_run(module, **overrides):
+    config = {**json.loads(json.dumps(module.CONFIG["paper"])), **overrides}
+    return common.Run(figure=module.FIGURE, scale="paper", config=config, argv=["test"])
+
+
+def test_figure_texts_are_not_cut_off_with_long_model_labels(rng):
+    """Random-weight dry runs label the model "vgg16 (random weights, channels / 16, seed 0)":
+    Fig. 1's row labels and Fig. 4's title used to run past the figure's edges; every title
+    must fit whatever the number of columns."""
+    from reproduce import fig1, fig2, fig3, fig4, fig5, fig6
+
+    model = _stub_model()
+
+    def signed():
+        return rng.standard_normal((12, 12))
+
+    image = _stub_input("n02917067_1599")
+    for n in (1, 3):
+        rows = [{"model": model, "image": image, "class": 3, "prob": 0.5,
+                 "marginal_samples": 6, "sensitivity": np.abs(signed()), "marginal": signed(),
+                 "conditional": signed()} for _ in range(n)]
+        assert _texts_outside(fig1.plot(_paper_run(fig1), rows)) == [], n
+    for n in (1, 2, 4):
+        items = [{"model": model, "image": image, "class": 3, "sensitivity": np.abs(signed()),
+                  "pda": signed()} for _ in range(n)]
+        assert _texts_outside(fig4.plot(_paper_run(fig4), items)) == [], n
+    for top in (1, 2, 3):
+        classes = [3, 4, 5][:top]
+        items = [{"model": model, "image": image, "classes": classes, "layers": ("fc8", "prob"),
+                  "values": {"fc8": [12.3] * top, "prob": [0.4] * top},
+                  "maps": {"fc8": [signed()] * top, "prob": [signed()] * top}}]
+        assert _texts_outside(fig2.plot(_paper_run(fig2, top=top), items)) == [], top
+    for windows in ([10], [7, 10], [1, 4, 7, 10]):
+        result = {"model": model, "image": image, "class": 3, "prob": 0.5,
+                  "maps": [signed() for _ in windows]}
+        assert _texts_outside(fig3.plot(_paper_run(fig3, windows=windows), result)) == []
+    layers = {layer: {"units": list(range(16)), "maps": np.stack([signed()] * 16), "count": 64}
+              for layer in fig5.LAYERS}
+    result = {"model": model, "image": image, "layers": layers}
+    assert _texts_outside(fig5.plot(_paper_run(fig5), result)) == []
+    for units in ([1], [1, 2], [1, 2, 3, 4]):
+        result = {"model": model, "units": units,
+                  "rows": [{"image": image, "maps": [signed() for _ in units]}] * 2}
+        assert _texts_outside(fig6.plot(_paper_run(fig6), result)) == [], units
+
+
+def test_figure_sensitivity_is_value_seeded_on_the_penultimate_blob(tmp_path, monkeypatch):
+    """The figures' sensitivity map is the released code's: the gradient of the class's unit
+    in the penultimate blob (LeNet: ``ip2``), seeded with the unit's own value."""
+    from preddiff.graph import Graph
+    from preddiff.sensitivity import sensitivity_gradient
+
+    monkeypatch.setenv("PREDDIFF_HOME", str(tmp_path / "home"))
+    run = _run(tmp_path, dict(importlib.import_module("reproduce.fig1").CONFIG["smoke"]))
+    model = common.load_model(run, "lenet")
+    (image,) = common.load_inputs(run, model, ["digits:3"])
+    assert model.penultimate == "ip2"
+    got = common.sensitivity(run, model, image, 3)
+    graph = Graph(model.path)
+    score = graph.forward(image.x[None], keep="ip2")["ip2"][0, 3]
+    assert abs(abs(score) - 1) > 0.5  # so that the seed makes a visible difference
+    plain = np.abs(sensitivity_gradient(image.x, graph, 3, "ip2", seed="one")).max(axis=0)
+    np.testing.assert_allclose(got, abs(score) * plain, rtol=1e-4, atol=1e-6 * plain.max())
+    on_prob = np.abs(sensitivity_gradient(image.x, graph, 3, "prob")).max(axis=0)
+    assert not np.allclose(got, on_prob, rtol=1e-2)
+
+
+def test_run_all_refuses_figures_without_a_list():
+    import subprocess
+
+    out = subprocess.run([str(ROOT / "run_all.sh"), "--figures"], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 64 and "--figures needs" in out.stderr
+
+
+def test_a_run_with_the_other_classifier_does_not_trip_over_a_checkpoint(tmp_path, monkeypatch):
+    """The engine's checkpoint records the classifier that made it and refuses another; an
+    interrupted run without ``incremental`` used to block a rerun with it (same cache key)."""
+    pytest.importorskip("preddiff.incremental")
+    from preddiff.classifier import OnnxClassifier
+
+    from reproduce import fig3
+
+    monkeypatch.setenv("PREDDIFF_HOME", str(tmp_path / "home"))
+    real_call, calls = OnnxClassifier.__call__, []
+
+    def flaky(self, batch):
+        calls.append(len(batch))
+        if len(calls) > 4:  # after the clean passes and a few batches of windows
+            raise KeyboardInterrupt
+        return real_call(self, batch)
+
+    argv = ["--scale", "smoke", "--no-progress", "--out-dir", str(tmp_path / "out"),
+            "--cache-dir", str(tmp_path / "cache"), "--set", "windows=[7]",
+            "--set", "num_patches=300", "--set", "num_samples=2", "--set", "batch_size=20"]
+    monkeypatch.setattr(OnnxClassifier, "__call__", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        fig3.main(argv + ["--set", "incremental=false"])
+    assert len(list((tmp_path / "cache" / "smoke").glob("*.ckpt.npz"))) == 1
+    monkeypatch.setattr(OnnxClassifier, "__call__", real_call)
+    assert fig3.main(argv + ["--set", "incremental=true"]) == 0
+
+
+def test_wrap_to_width_keeps_every_word_and_fits():
+    text = "Fig. 4 — top 5 % of |relevance| (white) for the top class in 'fc8'\n(alexnet, S=20)"
+    for width in (1.5, 3.0, 20.0):
+        wrapped = common.wrap_to_width(text, width, 10)
+        assert wrapped.split() == text.split()
+        assert all(common.text_width(line, 10) <= width or " " not in line
+                   for line in wrapped.split("\n"))
+    assert common.wrap_to_width(text, 20.0, 10) == text  # fits: only the given line break
