@@ -64,7 +64,6 @@ assert src in pathlib.Path(preddiff.__file__).resolve().parents
 PY
 then
     echo "== installing preddiff into .venv (pip install -e .)"
-    python -m pip install --quiet --upgrade pip
     python -m pip install --quiet -e .
 fi
 
