@@ -188,11 +188,13 @@ def _write(path, text: str) -> None:
     atomic_write_text(path, text)
 
 
-def _machine() -> str:
-    """This machine in words (for the timings)."""
+def _machine(providers) -> str:
+    """This machine in words (for the timings), with the onnxruntime execution provider(s)
+    that actually ran the networks (``Comparison.providers``), not the ones installed."""
     v = common.versions()
+    ran = ", ".join(providers) if providers else "no network run, every image from the cache"
     return (f"{v.get('processor') or v.get('machine')}, {v.get('cpu_count')} CPU cores, "
-            f"onnxruntime {v.get('onnxruntime')} ({v.get('onnxruntime_providers', '?')})")
+            f"onnxruntime {v.get('onnxruntime')} ({ran})")
 
 
 def section(name: str, result, seconds: float, reused: int = 0) -> str:
@@ -202,7 +204,8 @@ def section(name: str, result, seconds: float, reused: int = 0) -> str:
         else ""
     return (f"## {name}\n\n"
             + "".join(f"- {k}: {v}\n" for k, v in result.settings.items())
-            + f"- time: {seconds:.0f} s on {_machine()}{cache}\n\n"
+            + f"- time: {seconds:.0f} s on {_machine(result.providers)}"
+            f"{cache}\n\n"
             + result.markdown() + "\n")
 
 
@@ -231,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     lenet = compute_lenet(run)
     seconds = time.perf_counter() - start
     run.timings["lenet"] = round(seconds, 1)
+    providers_used = {"lenet": lenet.providers}
     parts.append(section("LeNet digits", lenet, seconds,
                          sum(1 for n in run.reused if n.startswith(f"{FIGURE}-lenet-"))))
     _write(out / f"{FIGURE}.csv", csv_text(lenet.rows, lenet.settings_text()))
@@ -254,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         seconds = time.perf_counter() - start
         run.timings[name] = round(seconds, 1)
+        providers_used[name] = result.providers
         parts.append(section(name, result, seconds,
                              sum(1 for n in run.reused if n.startswith(f"{FIGURE}-{name}-"))))
         _write(out / f"{FIGURE}_{name}.csv", csv_text(result.rows, result.settings_text()))
@@ -264,7 +269,9 @@ def main(argv: list[str] | None = None) -> int:
         parts.append("## Zoo networks\n\nnot run at this scale (paper scale only).\n")
 
     _write(out / f"{FIGURE}.md", "\n".join(parts))
-    common.write_config(run, images=[f"digits:{i}" for i in lenet.image_ids])
+    # versions.onnxruntime_providers lists what onnxruntime offers; this is what ran
+    common.write_config(run, images=[f"digits:{i}" for i in lenet.image_ids],
+                        extra={"onnxruntime_providers_used": providers_used})
     print(lenet.markdown())
     print(f"{FIGURE}: wrote {out}/{FIGURE}.md, .csv, _curves.png, _randomisation.png, .json "
           f"(computed {len(run.computed)}, reused {len(run.reused)} cached)")

@@ -466,6 +466,7 @@ def test_compare_reports_every_method_fill_and_randomisation_stage(rng):
                         num_samples=3, stride=2, step=0.25, num_draws=1, num_patches=200,
                         progress=False, device="cpu")
     assert result.stage_names == ["fc", "conv1"]
+    assert result.providers == ["CPUExecutionProvider"]  # what ran, not what is installed
     keys = {(r["method"], r["fill"], r["metric"]) for r in result.rows}
     for m in ("pda-marginal", "pda-conditional", "occlusion", "sensitivity", "random"):
         for f in ev.FILLS:
@@ -490,6 +491,15 @@ def test_cli_evaluate_writes_the_table(tmp_path, capsys):
     table = (tmp_path / "evaluation.md").read_text()
     assert "PDA conditional" in table and "sensitivity map" in table
     assert "mean (constant" in table  # the fill is reported with the numbers
+    import json
+
+    import onnxruntime
+
+    used = json.loads((tmp_path / "evaluation.json").read_text())["onnxruntime_providers_used"]
+    assert len(used) == 1 and used[0] in onnxruntime.get_available_providers()
+    time_line = next(line for line in table.splitlines() if line.startswith("Time:"))
+    assert used[0] in time_line
+    assert not any(p in time_line for p in onnxruntime.get_available_providers() if p not in used)
 
 
 def test_cli_evaluate_rejects_a_bad_digit_count_in_one_line(tmp_path, capsys):
@@ -522,3 +532,173 @@ def test_reproduce_evaluation_writes_table_and_plots_and_reuses_its_cache(tmp_pa
     stamp = [p.stat().st_mtime_ns for p in cached]
     assert evaluation.main(argv) == 0  # a rerun reuses the per-digit cache
     assert [p.stat().st_mtime_ns for p in cached] == stamp
+
+
+# ------------------------------------------------------------------------------- review additions
+def test_joint_conditional_fill_conditions_on_all_channels_and_on_earlier_overlapping_tiles(rng):
+    # A (nearly) rank-1 Gaussian over 2x2 patches of 2 channels, joint, values ordered
+    # (channel, row, column): every patch is a * u[channel, row] whatever its column. Keep
+    # one pixel (both channels) of a 2x3 image: the first tile (columns 0-1) must be filled
+    # with a * u from it, and the second, overlapping tile (columns 1-2) has no kept pixel
+    # and must condition on the values the first tile filled into column 1.
+    u = rng.normal(size=(2, 2))
+    v = np.repeat(u[:, :, None], 2, axis=2).ravel()
+    cov = np.outer(v, v) + 1e-6 * np.eye(8)
+    fill = ev.ConditionalFill(np.zeros((1, 8)), cov[None], 2, channels=2)
+    x = 1.7 * np.repeat(u[:, :, None], 3, axis=2)
+    keep = np.zeros((1, 2, 3), bool)
+    keep[0, 0, 0] = True
+    np.testing.assert_array_equal(ev.tile_origins(3, 2), [0, 1])
+    removed = np.where(keep[0], x, 50.0)  # a removed pixel's value must not be read
+    out = fill(removed, keep, rng)[0]
+    np.testing.assert_allclose(out, x, atol=0.02)
+
+
+def test_map_similarity_compares_magnitudes_or_signed_maps_as_asked(rng):
+    a = rng.normal(size=(12, 12))
+    rho_abs, ssim_abs = ev.map_similarity(a, -a, absolute=True)
+    rho_signed, ssim_signed = ev.map_similarity(a, -a, absolute=False)
+    assert rho_abs == pytest.approx(1.0) and ssim_abs == pytest.approx(1.0)
+    assert rho_signed == pytest.approx(-1.0) and ssim_signed < 0.9
+
+
+def test_cascading_randomisation_changes_the_outputs_onnxruntime_computes(rng):
+    # Not only the initializers: the re-randomised models must run and predict differently.
+    model = two_layer_onnx(rng)
+    x = rng.normal(size=(5, 1, 4, 4)).astype(np.float32)
+    p0 = ev.ModelView(model, device="cpu").classifier(x)["prob"]
+    for name, stage in ev.cascading_randomisation(model, 0):
+        p = ev.ModelView(stage, device="cpu").classifier(x)["prob"]
+        assert np.abs(p - p0).max() > 1e-2, name
+
+
+def linear_image_onnx(weights, bias, shape):
+    """As :func:`linear_onnx`, taking images of ``shape`` (C, H, W)."""
+    from onnx import TensorProto, helper
+
+    model = linear_onnx(weights, bias)
+    del model.graph.input[:]
+    model.graph.input.append(helper.make_tensor_value_info("data", TensorProto.FLOAT,
+                                                           [None, *shape]))
+    return model
+
+
+def test_standard_methods_explain_the_given_unit_with_the_same_windows_and_a_seeded_random_map(
+        rng):
+    from preddiff.occlusion import occlusion
+    from preddiff.samplers import ConditionalGaussianSampler
+
+    w = rng.normal(size=(4, 36))
+    model = ev.ModelView(linear_image_onnx(w, np.zeros(4), (1, 6, 6)), device="cpu")
+    pool = rng.random((30, 1, 6, 6)).astype(np.float32)
+    sampler = ConditionalGaussianSampler.fit(pool, 2, 1, num_patches=200, rng=0)
+    methods = {m.key: m for m in ev.standard_methods(pool=pool, sampler=sampler, window=2,
+                                                     stride=2, num_samples=2, grey=0.25)}
+    x = rng.random((1, 6, 6)).astype(np.float32)
+    # sensitivity of a linear model: |S_u| |W_u|, so the map is |W_u| up to scale
+    for unit in (1, 3):
+        s = methods["sensitivity"].explain(model, x, unit, 0)
+        np.testing.assert_allclose(s / s.max(), np.abs(w[unit]).reshape(6, 6)
+                                   / np.abs(w[unit]).max(), rtol=1e-4, atol=1e-6)
+    # occlusion: the grey patch with PDA's window and stride
+    want = literal_occlusion(x, model.classifier, 2, 2, 0.25)[3]
+    np.testing.assert_allclose(methods["occlusion"].explain(model, x, 3, 0), want, atol=1e-4)
+    np.testing.assert_allclose(
+        methods["occlusion"].explain(model, x, 3, 0),
+        occlusion(x, model.classifier, window=2, stride=2, value=0.25).relevance["prob"][3])
+    # random map: a function of the seed only (so the sanity check must flag it)
+    other = ev.ModelView(linear_image_onnx(-w, np.ones(4), (1, 6, 6)), device="cpu")
+    r = methods["random"].explain(model, x, 3, 7)
+    np.testing.assert_array_equal(r, methods["random"].explain(other, x, 0, 7))
+    assert not np.array_equal(r, methods["random"].explain(model, x, 3, 8))
+
+
+def _import_reproduce_evaluation():
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    if str(root) not in sys.path:  # reproduce/ lives in the repository, not the package
+        sys.path.insert(0, str(root))
+    from reproduce import evaluation
+
+    return evaluation
+
+
+def test_reproduce_evaluation_time_line_names_the_provider_that_ran(monkeypatch):
+    # The report's timing must name the execution provider that ran the networks, not the
+    # list onnxruntime offers (onnxruntime-gpu offers CUDA on a machine without a GPU).
+    evaluation = _import_reproduce_evaluation()
+    monkeypatch.setattr(evaluation.common, "versions", lambda: {
+        "processor": "Test CPU", "cpu_count": "2", "onnxruntime": "9.9",
+        "onnxruntime_providers": "FakeGPUExecutionProvider,CPUExecutionProvider"})
+    result = ev.Comparison([], [0, 1], [], {}, [], [], {"seed": 0}, 1.0,
+                           ["CPUExecutionProvider"])
+    line = next(t for t in evaluation.section("LeNet", result, 3.0).splitlines()
+                if t.startswith("- time:"))
+    assert line == "- time: 3 s on Test CPU, 2 CPU cores, onnxruntime 9.9 (CPUExecutionProvider)"
+    cached = ev.Comparison([], [0], [], {}, [], [], {}, 0.0, [])
+    line = next(t for t in evaluation.section("LeNet", cached, 0.0, reused=1).splitlines()
+                if t.startswith("- time:"))
+    assert "FakeGPU" not in line and "no network run" in line
+
+
+def test_reproduce_evaluation_evaluates_a_zoo_net_when_its_weights_are_present(tmp_path,
+                                                                                monkeypatch):
+    # The real zoo weights cannot be downloaded here: a narrow random-weight AlexNet (the
+    # exact architecture, channels / 16, through the real Caffe -> ONNX converter) stands in
+    # for them, with tiny settings, so that the "weights present" branch runs end to end.
+    import json
+
+    import onnx
+
+    from preddiff import zoo
+    from preddiff.caffe.writer import random_onnx
+
+    evaluation = _import_reproduce_evaluation()
+    path = tmp_path / "alexnet-narrow.onnx"
+    onnx.save(random_onnx("alexnet", factor=16, seed=0), str(path))
+    real_ensure_onnx = zoo.ensure_onnx
+    monkeypatch.setattr(zoo, "is_present", lambda name, **kwargs: True)
+    monkeypatch.setattr(zoo, "ensure_onnx", lambda name, outputs=None:
+                        path if name == "alexnet" else real_ensure_onnx(name, outputs))
+    argv = ["--scale", "smoke", "--set", 'zoo=["alexnet"]', "--set", "digits=1",
+            "--set", "stride=6", "--set", "num_samples=2", "--set", "num_draws=1",
+            "--set", "step=0.5", "--set", 'fills=["mean"]', "--set", 'zoo_images=["chelsea"]',
+            "--set", "zoo_window=4", "--set", "zoo_stride=56", "--set", "zoo_num_samples=2",
+            "--set", "zoo_num_patches=200", "--set", "zoo_stages=[]", "--no-progress",
+            "--out-dir", str(tmp_path / "fig"), "--cache-dir", str(tmp_path / "cache")]
+    assert evaluation.main(argv) == 0
+    out = tmp_path / "fig" / "smoke"
+    text = (out / "evaluation.md").read_text()
+    zoo_part = text.split("## alexnet", 1)[1]
+    assert "weights absent" not in zoo_part
+    assert "mean (constant 0 per channel)" in zoo_part  # the training mean, 0 after subtraction
+    assert "| mean | PDA conditional |" in zoo_part
+    assert "down to conv1" in zoo_part  # the cascade reached the first layer
+    rows = (out / "evaluation_alexnet.csv").read_text()
+    assert "deletion_auc" in rows and "spearman_abs@conv1" in rows
+    record = json.loads((out / "evaluation.json").read_text())
+    assert set(record["onnxruntime_providers_used"]) == {"lenet", "alexnet"}
+    assert (out / "evaluation_alexnet_curves.png").is_file()
+
+
+def test_a_fills_curves_do_not_depend_on_the_other_fills_evaluated(rng):
+    # `preddiff evaluate --fill conditional` must give the conditional numbers of a run with
+    # every fill: the fill's random stream is keyed by its name, not by its list position.
+    from preddiff.samplers import ConditionalGaussianSampler
+
+    pool = rng.random((40, 1, 8, 8)).astype(np.float32)
+    view = ev.ModelView(small_cnn(rng), device="cpu")
+    sampler = ConditionalGaussianSampler.fit(pool, 2, 1, num_patches=200, rng=0)
+    fills = {"marginal": ev.MarginalFill(pool),
+             "conditional": ev.ConditionalFill.from_sampler(sampler)}
+    methods = [ev.Method("random", "random map", True,
+                         lambda model, x, unit, seed: ev.random_map(np.shape(x)[1:], seed))]
+    x = rng.random((1, 8, 8)).astype(np.float32)
+    kw = {"seed": 0, "step": 0.25, "num_draws": 2}
+    both = ev.evaluate_image(x, 3, view, methods, fills, **kw)
+    alone = ev.evaluate_image(x, 3, view, methods, {"conditional": fills["conditional"]}, **kw)
+    for kind in ("deletion", "insertion", "negative"):
+        key = f"curve/conditional/random/{kind}"
+        np.testing.assert_array_equal(alone[key], both[key])

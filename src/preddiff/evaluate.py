@@ -918,6 +918,12 @@ class ModelView:
         return self._classifier
 
     @property
+    def provider(self) -> str | None:
+        """The onnxruntime execution provider that runs :attr:`classifier` (e.g.
+        ``"CPUExecutionProvider"``), or None while no session was opened (nothing ran)."""
+        return None if self._classifier is None else self._classifier.provider
+
+    @property
     def graph(self):
         if self._graph is None:
             from .graph import Graph
@@ -1002,6 +1008,18 @@ def method_seed(seed: int, image_id: int, index: int) -> int:
                .generate_state(1, np.uint64)[0] >> 1)
 
 
+def fill_stream(name: str) -> int:
+    """The key of the random stream of fill ``name`` in :func:`evaluate_image`: 1000 + its
+    position in :data:`FILLS` for the built-in fills, a hash of the name for others. It
+    depends on the name only, so a fill's curves do not change with the other fills run
+    beside it (``--fill conditional`` alone gives the numbers of a run with every fill)."""
+    if name in FILLS:
+        return 1000 + FILLS.index(name)
+    import zlib
+
+    return 2000 + zlib.crc32(str(name).encode("utf-8"))
+
+
 def evaluate_image(x, image_id: int, model: ModelView, methods: Sequence[Method],
                    fills: Mapping[str, Fill], *, stages: Sequence[tuple[str, ModelView]] = (),
                    seed: int = 0, step: float = 0.05, negative_fraction: float = 0.1,
@@ -1011,8 +1029,9 @@ def evaluate_image(x, image_id: int, model: ModelView, methods: Sequence[Method]
     The explained class is the model's top class. For each method: its map; for each fill:
     the mean deletion, insertion and (signed maps) negative-first deletion curves; for each
     randomisation stage: Spearman and SSIM on ``|map|`` and on the signed map. The fill draws
-    use a stream that depends on (seed, image, fill) only, so every method meets the same
-    donor images and noise (common random numbers: differences come from the orderings).
+    use a stream that depends on (seed, image, fill name) only (:func:`fill_stream`), so
+    every method meets the same donor images and noise (common random numbers: differences
+    come from the orderings), and a fill's numbers do not depend on which other fills run.
 
     Returns
     -------
@@ -1033,8 +1052,8 @@ def evaluate_image(x, image_id: int, model: ModelView, methods: Sequence[Method]
         s = method_seed(seed, image_id, j)
         relevance = np.asarray(method.explain(model, x, unit, s), dtype=np.float64)
         out[f"map/{method.key}"] = relevance
-        for f, (fill_name, fill) in enumerate(fills.items()):
-            rng = np.random.default_rng([int(seed), int(image_id), 1000 + f])
+        for fill_name, fill in fills.items():
+            rng = np.random.default_rng([int(seed), int(image_id), fill_stream(fill_name)])
             scores = evaluate_map(x, relevance, model.classifier, unit, fill,
                                   signed=method.signed, step=step,
                                   negative_fraction=negative_fraction, num_draws=num_draws,
@@ -1194,6 +1213,11 @@ class Comparison:
     settings : dict
         Every parameter, for the record.
     seconds : float
+    providers : list of str
+        The onnxruntime execution providers that actually ran the networks in this call
+        (``ModelView.provider``; e.g. ``["CPUExecutionProvider"]``), not the ones the
+        installed onnxruntime merely offers; empty when no network ran (every image came
+        from the ``per_image`` cache).
     """
 
     results: list
@@ -1204,6 +1228,7 @@ class Comparison:
     rows: list
     settings: dict
     seconds: float
+    providers: list = field(default_factory=list)
 
     def markdown(self) -> str:
         return markdown_tables(self.rows, self.methods, self.fills, self.stage_names)
@@ -1324,9 +1349,11 @@ def compare(images, image_ids: Sequence[int], model, pool, *, window: int = 4,
                           f"SSIM of maps normalised by max|map|" if randomise else "not run"),
         "seed": seed,
     }
+    providers = sorted({v.provider for v in [view] + [sv for _, sv in stage_views]
+                        if v.provider is not None})
     return Comparison(results, [int(i) for i in image_ids], methods,
                       {k: v.describe() for k, v in fill_objects.items()}, stage_names, rows,
-                      settings, time.perf_counter() - started)
+                      settings, time.perf_counter() - started, providers)
 
 
 def _ranges(ids) -> str:

@@ -90,6 +90,7 @@ def _command(args: argparse.Namespace, fills) -> str:
 
 def run(args: argparse.Namespace) -> int:
     import onnx
+    import onnxruntime
 
     from .. import zoo
     from ..errors import InvalidArgument
@@ -113,8 +114,9 @@ def run(args: argparse.Namespace) -> int:
                      describe_model="Caffe LeNet (bundled weights) on the bundled UCI digits")
     seconds = time.perf_counter() - started
     command = _command(args, fills)
+    ran = ", ".join(result.providers) or "no network run"
     header = (f"Command: `{command}`\n\nSettings: {result.settings_text()}.\n\n"
-              f"Time: {seconds:.0f} s.\n\n")
+              f"Time: {seconds:.0f} s (onnxruntime {onnxruntime.__version__}, {ran}).\n\n")
     table = result.markdown()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -122,7 +124,8 @@ def run(args: argparse.Namespace) -> int:
     atomic_write_text(out / "evaluation.csv", csv_text(result.rows, result.settings_text()))
     atomic_write_text(out / "evaluation.json", json.dumps(
         {"command": command, "settings": result.settings, "fills": result.fills,
-         "randomised_layers": result.stage_names, "seconds": round(seconds, 1)}, indent=1)
+         "randomised_layers": result.stage_names, "seconds": round(seconds, 1),
+         "onnxruntime_providers_used": result.providers}, indent=1)
         + "\n")
     _atomic_npz(out / "evaluation.npz", result.arrays())
     print(table)
