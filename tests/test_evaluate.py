@@ -702,3 +702,43 @@ def test_a_fills_curves_do_not_depend_on_the_other_fills_evaluated(rng):
     for kind in ("deletion", "insertion", "negative"):
         key = f"curve/conditional/random/{kind}"
         np.testing.assert_array_equal(alone[key], both[key])
+
+
+def test_cli_evaluate_resumes_an_interrupted_run_identically(tmp_path, monkeypatch, capsys):
+    """A run interrupted after the first digit resumes from OUT/evaluation-progress/: the
+    finished digit is not recomputed, and the table equals an uninterrupted run's."""
+    import preddiff.evaluate as ev
+    from preddiff.cli import main
+
+    argv = ["evaluate", "--digits", "2", "--stride", "6", "--samples", "2", "--draws", "1",
+            "--step", "0.25", "--fill", "mean", "--no-randomisation", "--no-progress"]
+    assert main([*argv, "--out", str(tmp_path / "fresh")]) == 0
+    fresh = (tmp_path / "fresh" / "evaluation.csv").read_text()
+
+    real = ev.evaluate_image
+    calls = []
+
+    def crash_on_second(*args, **kwargs):
+        calls.append(args[1])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ev, "evaluate_image", crash_on_second)
+    assert main([*argv, "--out", str(tmp_path / "run")]) == 130
+    assert (tmp_path / "run" / "evaluation-progress" / "digit0.npz").is_file()
+    calls.clear()
+    monkeypatch.setattr(ev, "evaluate_image", lambda *a, **k: (calls.append(a[1]), real(*a, **k))[1])
+    assert main([*argv, "--out", str(tmp_path / "run")]) == 0
+    assert calls == [1]  # digit 0 came from the progress folder
+    assert (tmp_path / "run" / "evaluation.csv").read_text() == fresh
+    assert not (tmp_path / "run" / "evaluation-progress").exists()
+    # a digit saved with other settings is recomputed, not reused
+    calls.clear()
+    monkeypatch.setattr(ev, "evaluate_image", crash_on_second)
+    assert main([*argv, "--out", str(tmp_path / "other")]) == 130
+    assert (tmp_path / "other" / "evaluation-progress" / "digit0.npz").is_file()
+    calls.clear()
+    monkeypatch.setattr(ev, "evaluate_image", lambda *a, **k: (calls.append(a[1]), real(*a, **k))[1])
+    assert main([*argv, "--seed", "1", "--out", str(tmp_path / "other")]) == 0
+    assert calls == [0, 1]

@@ -88,6 +88,34 @@ def _command(args: argparse.Namespace, fills) -> str:
     return " ".join(parts + ["--out", str(args.out)])
 
 
+PROGRESS_DIR = "evaluation-progress"
+
+
+def _resumable(out: Path, settings: dict):
+    """``per_image`` hook of :func:`preddiff.evaluate.compare` that keeps each finished
+    image's numbers in ``OUT/evaluation-progress/`` (atomically), so an interrupted run started
+    again with the same arguments resumes; files written with other settings are recomputed."""
+    import numpy as np
+
+    folder = out / PROGRESS_DIR
+    key = json.dumps(settings, sort_keys=True)
+
+    def per_image(image_id, compute):
+        path = folder / f"digit{image_id}.npz"
+        if path.is_file():
+            try:
+                with np.load(path) as saved:
+                    if str(saved["__settings__"]) == key:
+                        return {k: saved[k] for k in saved.files if k != "__settings__"}
+            except (OSError, ValueError, KeyError, EOFError):
+                pass  # damaged or foreign: recompute
+        arrays = compute()
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, __settings__=np.array(key), **arrays)
+        return arrays
+    return per_image
+
+
 def run(args: argparse.Namespace) -> int:
     import onnx
     import onnxruntime
@@ -105,12 +133,18 @@ def run(args: argparse.Namespace) -> int:
     fills = tuple(dict.fromkeys(args.fill or FILLS))
     images, ids, pool = lenet_inputs(args.digits)
     model = onnx.load(os.fspath(zoo.ensure_onnx("lenet")))
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise InvalidArgument(f"--out {str(out)!r} is a file; give a folder")
+    settings = {k: getattr(args, k) for k in ("window", "padding", "samples", "stride", "step",
+                                              "draws", "seed", "no_randomisation")}
+    settings["fills"], settings["model_sha1"] = list(fills), zoo.manifest("lenet").sha1
     started = time.perf_counter()
     result = compare(images, ids, model, pool, window=args.window, padding=args.padding,
                      num_samples=args.samples, stride=args.stride, fills=fills, step=args.step,
                      num_draws=args.draws, randomise=not args.no_randomisation,
                      seed=args.seed, batch_size=args.batch_size, grey=0.0,
-                     progress=not args.no_progress,
+                     progress=not args.no_progress, per_image=_resumable(out, settings),
                      describe_model="Caffe LeNet (bundled weights) on the bundled UCI digits")
     seconds = time.perf_counter() - started
     command = _command(args, fills)
@@ -118,7 +152,6 @@ def run(args: argparse.Namespace) -> int:
     header = (f"Command: `{command}`\n\nSettings: {result.settings_text()}.\n\n"
               f"Time: {seconds:.0f} s (onnxruntime {onnxruntime.__version__}, {ran}).\n\n")
     table = result.markdown()
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "evaluation.md", header + table)
     atomic_write_text(out / "evaluation.csv", csv_text(result.rows, result.settings_text()))
@@ -128,6 +161,9 @@ def run(args: argparse.Namespace) -> int:
          "onnxruntime_providers_used": result.providers}, indent=1)
         + "\n")
     _atomic_npz(out / "evaluation.npz", result.arrays())
+    import shutil
+
+    shutil.rmtree(out / PROGRESS_DIR, ignore_errors=True)  # finished: nothing to resume
     print(table)
     print(f"wrote {out}/evaluation.md, .csv, .json, .npz ({seconds:.0f} s)", file=sys.stderr)
     return 0
