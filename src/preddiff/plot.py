@@ -92,13 +92,7 @@ def show_signed(ax, relevance, vmax=None, colorbar=False, *, title=None):
     limit = _symmetric_limit(relevance, vmax)
     image = ax.imshow(relevance, cmap=signed_cmap(), vmin=-limit, vmax=limit,
                       interpolation="nearest")
-    _no_ticks(ax)
-    if title:
-        ax.set_title(title, fontsize=8)
-    if colorbar:
-        bar = ax.figure.colorbar(image, ax=ax, shrink=0.8)
-        bar.ax.tick_params(labelsize=7)
-    return image
+    return _finish_panel(ax, image, title, colorbar)
 
 
 def show_unsigned(ax, values, vmax=None, colorbar=False, *, title=None):
@@ -120,6 +114,11 @@ def show_unsigned(ax, values, vmax=None, colorbar=False, *, title=None):
     values = _as_map(values, "values")
     limit = _symmetric_limit(values, vmax)
     image = ax.imshow(values, cmap="gray_r", vmin=0.0, vmax=limit, interpolation="nearest")
+    return _finish_panel(ax, image, title, colorbar)
+
+
+def _finish_panel(ax, image, title, colorbar):
+    """No ticks, an optional small title and colour bar; returns ``image``."""
     _no_ticks(ax)
     if title:
         ax.set_title(title, fontsize=8)

@@ -281,19 +281,27 @@ def _text(buf, field) -> str:
     return bytes(buf[field.start:field.end]).decode("utf-8")
 
 
-def _scan_layer(buf, outer) -> RawLayer:
+def _scan_string_typed_layer(buf, outer, message: str, numbers) -> RawLayer:
+    """Name, string type and blobs of a LayerParameter or V0LayerParameter (same layout,
+    other field numbers: ``numbers`` = (name, type, blobs))."""
+    name_no, type_no, blobs_no = numbers
     name, type_, blobs = "", "", []
     for field in FieldReader(buf, outer.start, outer.end):
-        if field.number == _LAYER_NAME:
-            _expect(field, LENGTH, "LayerParameter.name")
+        if field.number == name_no:
+            _expect(field, LENGTH, f"{message}.name")
             name = _text(buf, field)
-        elif field.number == _LAYER_TYPE:
-            _expect(field, LENGTH, "LayerParameter.type")
+        elif field.number == type_no:
+            _expect(field, LENGTH, f"{message}.type")
             type_ = _text(buf, field)
-        elif field.number == _LAYER_BLOBS:
-            _expect(field, LENGTH, "LayerParameter.blobs")
+        elif field.number == blobs_no:
+            _expect(field, LENGTH, f"{message}.blobs")
             blobs.append(_scan_blob(buf, field))
     return RawLayer(name, type_, blobs)
+
+
+def _scan_layer(buf, outer) -> RawLayer:
+    return _scan_string_typed_layer(buf, outer, "LayerParameter",
+                                    (_LAYER_NAME, _LAYER_TYPE, _LAYER_BLOBS))
 
 
 def _scan_v1_layer(buf, outer) -> RawLayer:
@@ -319,18 +327,8 @@ def _scan_v1_layer(buf, outer) -> RawLayer:
 
 
 def _scan_v0_layer(buf, outer) -> RawLayer:
-    name, type_, blobs = "", "", []
-    for field in FieldReader(buf, outer.start, outer.end):
-        if field.number == _V0_NAME:
-            _expect(field, LENGTH, "V0LayerParameter.name")
-            name = _text(buf, field)
-        elif field.number == _V0_TYPE:
-            _expect(field, LENGTH, "V0LayerParameter.type")
-            type_ = _text(buf, field)
-        elif field.number == _V0_BLOBS:
-            _expect(field, LENGTH, "V0LayerParameter.blobs")
-            blobs.append(_scan_blob(buf, field))
-    return RawLayer(name, type_, blobs)
+    return _scan_string_typed_layer(buf, outer, "V0LayerParameter",
+                                    (_V0_NAME, _V0_TYPE, _V0_BLOBS))
 
 
 def _scan_blob(buf, outer) -> RawBlob:
