@@ -1,5 +1,6 @@
 """The engine: hand-computed weights of evidence and activation differences, localisation,
 batch-size independence, the incremental-classifier hook, the result object, and errors."""
+import json
 import math
 
 import numpy as np
@@ -212,7 +213,8 @@ def test_evaluate_windows_hook(setup):
     hooked = prediction_difference(x, hooked_clf, MarginalSampler(pool), window=3, stride=2,
                                    num_samples=3, rng=5, batch_size=9, progress=False)
     assert hooked_clf.full_calls == 1  # only the unperturbed image
-    assert hooked_clf.window_calls == 2  # 3x2 windows, 3 per batch
+    # 3x3 windows (2 regular columns and one aligned to the last column), 3 per batch
+    assert hooked_clf.window_calls == 3
     np.testing.assert_array_equal(hooked.relevance["prob"], plain.relevance["prob"])
 
 
@@ -226,7 +228,10 @@ def test_explanation_contents(setup):
                               stride=2, num_samples=3, blobs=["prob", "logits"], rng=1,
                               progress=False)
     assert e.relevance["prob"].dtype == np.float64 and e.relevance["prob"].shape == (5, 7, 6)
-    assert e.counts[6].sum() == 0 and np.all(e.relevance["prob"][:, 6] == 0)
+    assert e.counts.min() >= 1 and e.edges == "cover"  # the edge row 5 covers row 6
+    drop = prediction_difference(x, clf, MarginalSampler(pool, order="first"), window=2,
+                                 stride=2, num_samples=3, rng=1, progress=False, edges="drop")
+    assert drop.counts[6].sum() == 0 and np.all(drop.relevance["prob"][:, 6] == 0)
     np.testing.assert_allclose(e.clean["prob"], clf(x[None])["prob"][0])
     assert (e.window, e.stride, e.num_samples, e.seed) == ((2, 2), 2, 3, 1)
     assert e.probability_blobs == ("prob",) and e.laplace_n == 100000
@@ -371,3 +376,40 @@ def test_load_rejects_damaged_files(setup, tmp_path, damage):
     path.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"")
     with pytest.raises(InvalidArgument, match="is not a saved Explanation"):
         Explanation.load(path)
+
+
+def test_save_keeps_only_the_named_units_compressed(setup, tmp_path):
+    x, pool, clf = setup
+    e = prediction_difference(x, clf, MarginalSampler(pool), window=2, num_samples=2,
+                              blobs=["prob", "logits"], rng=1, progress=False)
+    full, part = tmp_path / "full.npz", tmp_path / "part.npz"
+    e.save(full)
+    e.save(part, units={"prob": [3, 1]}, compress=True, dtype=np.float32)
+    back = Explanation.load(part)
+    assert back.units["prob"].tolist() == [1, 3] and back.relevance["prob"].shape == (2, 7, 6)
+    np.testing.assert_array_equal(back.relevance_of("prob", 3),
+                                  e.relevance["prob"][3].astype(np.float32))
+    assert back.units["logits"].tolist() == list(range(5))  # blobs not named keep all maps
+    np.testing.assert_array_equal(back.clean["prob"], e.clean["prob"])  # all clean values
+    with pytest.raises(InvalidArgument, match=r"unit 0 of blob 'prob' was not saved.*\[1, 3\]"):
+        back.relevance_of("prob", 0)
+    assert Explanation.load(full).units["prob"].tolist() == list(range(5))
+    with pytest.raises(InvalidArgument, match="unknown blob"):
+        e.save(part, units={"fc8": [0]})
+
+
+def test_load_of_a_file_without_units_or_edges(setup, tmp_path):
+    """Files written before units/edges existed load with all units and the regular grid."""
+    x, pool, clf = setup
+    e = prediction_difference(x, clf, MarginalSampler(pool), window=2, num_samples=2,
+                              rng=1, progress=False)
+    path = tmp_path / "old.npz"
+    e.save(path)
+    with np.load(path) as data:
+        arrays = {k: data[k] for k in data.files if not k.startswith("units_")}
+    meta = json.loads(str(arrays["meta"]))
+    del meta["edges"]
+    arrays["meta"] = np.array(json.dumps(meta))
+    np.savez(path, **arrays)
+    back = Explanation.load(path)
+    assert back.edges == "drop" and back.units["prob"].tolist() == list(range(5))

@@ -390,9 +390,13 @@ def literal_occlusion(x, classify, window, stride, value, laplace_n=100000):
         p = (p * laplace_n + 1) / (laplace_n + k)
         return np.log2(p / (1 - p))
 
+    def starts(length):  # every stride-th position, and the one aligned to the last pixel
+        out = list(range(0, length - window + 1, stride))
+        return out if out[-1] == length - window else out + [length - window]
+
     total, count = np.zeros((k, h, w)), np.zeros((h, w))
-    for r in range(0, h - window + 1, stride):
-        for s in range(0, w - window + 1, stride):
+    for r in starts(h):
+        for s in starts(w):
             occluded = x.copy()
             occluded[:, r:r + window, s:s + window] = value
             p = classify(occluded[None].astype(np.float32))["prob"][0]

@@ -140,8 +140,17 @@ def conditional_literal(sampler):
 # Algorithm 1, literally
 
 
+def literal_starts(length, k, stride, edges):
+    """Window starts along one axis: every stride-th position; with edges="cover" also the
+    one aligned to the last pixel when the stride does not reach it."""
+    starts = list(range(0, length - k + 1, stride))
+    if edges == "cover" and starts[-1] != length - k:
+        starts.append(length - k)
+    return starts
+
+
 def algorithm1(x, classifier, sample_window, window, stride, num_samples, blobs, probability,
-               seed, laplace_n):
+               seed, laplace_n, edges="cover"):
     kh, kw = window
     clean = {b: v[0] for b, v in classifier(x[None]).items()}
     relevance = {}
@@ -150,8 +159,8 @@ def algorithm1(x, classifier, sample_window, window, stride, num_samples, blobs,
         relevance[b] = np.zeros((units, H, W))
     counts = np.zeros((H, W))
     index = 0
-    for r in range(0, H - kh + 1, stride):
-        for c in range(0, W - kw + 1, stride):
+    for r in literal_starts(H, kh, stride, edges):
+        for c in literal_starts(W, kw, stride, edges):
             rng = np.random.default_rng(np.random.SeedSequence(entropy=seed, spawn_key=(index,)))
             index += 1
             samples = sample_window(x, r, c, kh, kw, num_samples, rng)
@@ -235,6 +244,39 @@ def test_engine_equals_algorithm1_convnet(data, kind, window, stride):
     if kind.startswith("conditional"):
         assert not any(any(j) for j in sampler.conditional_jitter.values())
     assert np.abs(got.relevance["prob"]).max() > 1e-3  # the comparison is not vacuous
+
+
+@pytest.mark.parametrize("window,stride", [(2, 2), (3, 2), ((2, 3), 2), ((3, 2), 3)])
+def test_engine_equals_algorithm1_regular_grid_only(data, window, stride):
+    """edges="drop" (released code): no edge-aligned windows, the last band uncovered."""
+    x, pool = data
+    window = window if isinstance(window, tuple) else (window, window)
+    classifier = TinyConvNet(np.random.default_rng(11))
+    sampler, literal = make_sampler("marginal-random", pool, window)
+    blobs = ("prob", "conv1")
+    expected, counts = algorithm1(x, classifier, literal, window, stride, 3, blobs, {"prob"},
+                                  SEED, LAPLACE_N, edges="drop")
+    got = prediction_difference(x, classifier, sampler, window=window, stride=stride,
+                                num_samples=3, blobs=blobs, rng=SEED, laplace_n=LAPLACE_N,
+                                batch_size=7, progress=False, edges="drop")
+    np.testing.assert_array_equal(got.counts, counts)
+    for b in blobs:
+        np.testing.assert_allclose(got.relevance[b], expected[b], rtol=0, atol=1e-10)
+    assert got.edges == "drop"
+
+
+def test_cover_reaches_every_pixel_where_drop_does_not(data):
+    """With a stride that does not divide H - k, only edges="cover" covers the last rows."""
+    x, pool = data
+    classifier = TinyConvNet(np.random.default_rng(11))
+    sampler, _ = make_sampler("marginal-random", pool, (3, 3))
+    kwargs = dict(window=3, stride=2, num_samples=2, blobs=("prob",), rng=SEED,
+                  progress=False)
+    assert (H - 3) % 2 or (W - 3) % 2, "the test needs a stride that does not divide H - k"
+    cover = prediction_difference(x, classifier, sampler, **kwargs)
+    drop = prediction_difference(x, classifier, sampler, edges="drop", **kwargs)
+    assert (cover.counts > 0).all()
+    assert (drop.counts == 0).any()
 
 
 @pytest.mark.parametrize("kind", SAMPLERS)

@@ -18,7 +18,8 @@ prediction difference of each requested blob is computed:
   feature map, one number per map (released code).
 
 A pixel's relevance is the average over the windows that contain it (§3.2); pixels no window
-covers get 0 and count 0. Accumulation is in float64.
+covers get 0 and count 0 (with the default ``edges="cover"`` there are none unless the stride
+exceeds the window). Accumulation is in float64.
 
 How it is fast
 --------------
@@ -65,7 +66,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from .checkpoint import Checkpoint, atomic_savez, json_array
 from .errors import InvalidArgument, PredDiffError
 from .samplers import WindowStreams, resolve_seed
-from .windows import coverage_counts, window_positions, window_shape, window_sum
+from .windows import check_edges, coverage_counts, window_positions, window_shape, window_sum
 
 __all__ = ["prediction_difference", "Explanation", "NonFiniteOutput", "weight_of_evidence"]
 
@@ -96,9 +97,9 @@ class Explanation:
         Number of windows that covered each pixel (0: relevance 0).
     x : ndarray of float32, shape (C, H, W)
         The explained (preprocessed) image.
-    window, stride, num_samples, blobs, probability_blobs, laplace_n, seed, batch_size
+    window, stride, num_samples, blobs, probability_blobs, laplace_n, seed, batch_size, edges
         The run's parameters (``seed`` is the integer seed used, also when a Generator was
-        given).
+        given; ``edges`` as in :func:`preddiff.windows.window_grid`).
     sampler : dict
         The sampler's description (``describe()``).
     timings : dict of str to float
@@ -107,6 +108,10 @@ class Explanation:
         times saved in its checkpoint.
     metadata : dict
         Free-form JSON-serialisable information (the CLI stores the model and version).
+    units : dict of str to ndarray of int64, shape (kept,)
+        Per blob, the unit indices ``relevance[blob]`` holds, in order. Complete after
+        :func:`prediction_difference`; an explanation saved with ``units=`` and loaded again
+        holds only the saved maps (:meth:`relevance_of` finds a unit's map by its index).
     """
 
     relevance: dict
@@ -124,6 +129,33 @@ class Explanation:
     batch_size: int
     timings: dict
     metadata: dict = field(default_factory=dict)
+    edges: str = "cover"
+    units: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        for blob, maps in self.relevance.items():
+            self.units.setdefault(blob, np.arange(len(maps), dtype=np.int64))
+
+    def relevance_of(self, blob: str, unit: int) -> np.ndarray:
+        """The map of one unit (class) of ``blob``, shape (H, W).
+
+        Raises
+        ------
+        InvalidArgument
+            When the blob is unknown, or the unit's map was not saved (the message lists the
+            saved units).
+        """
+        if blob not in self.relevance:
+            raise InvalidArgument(f"unknown blob {blob!r}; this explanation has "
+                                  f"{', '.join(self.relevance)}")
+        where = np.flatnonzero(self.units[blob] == int(unit))
+        if where.size == 0:
+            kept = self.units[blob].tolist()
+            raise InvalidArgument(
+                f"the map of unit {unit} of blob {blob!r} was not saved; this file holds units "
+                f"{kept[:20]}{' …' if len(kept) > 20 else ''} (explain with --classes "
+                f"{unit} or --save-all)")
+        return self.relevance[blob][int(where[0])]
 
     def top_classes(self, blob: str = "prob", n: int = 3) -> list[tuple[int, float]]:
         """The ``n`` units with the largest clean value of ``blob``.
@@ -147,21 +179,46 @@ class Explanation:
             "window": list(self.window), "stride": self.stride, "num_samples": self.num_samples,
             "laplace_n": self.laplace_n, "seed": self.seed, "sampler": self.sampler,
             "batch_size": self.batch_size, "timings": self.timings, "metadata": self.metadata,
+            "edges": self.edges,
         }
 
-    def save(self, path, *, dtype=np.float64) -> None:
+    def save(self, path, *, dtype=np.float64, units=None, compress=False) -> None:
         """Write the explanation to ``path`` (``.npz``, atomically; the name is used as given).
 
         Parameters
         ----------
         dtype : numpy dtype, optional
             Storage type of the relevance maps (float32 halves the file of a 1000-class map).
+        units : dict of str to sequence of int, optional
+            Per blob, the units (classes) whose maps to keep, e.g. ``{"prob": [281, 285]}``;
+            blobs not named keep every map. The clean outputs of all units are always kept.
+            One 224×224 map is 200 kB in float32, so a 1000-class blob is 200 MB in full.
+        compress : bool, optional
+            Write a compressed ``.npz`` (``np.savez_compressed``).
+
+        Raises
+        ------
+        InvalidArgument
+            A unit index outside the blob, or a unit whose map this explanation lacks.
         """
+        units = {} if units is None else dict(units)
+        unknown = [b for b in units if b not in self.relevance]
+        if unknown:
+            raise InvalidArgument(f"units names unknown blob(s) {unknown}; this explanation "
+                                  f"has {', '.join(self.relevance)}")
         arrays = {"meta": json_array(self._meta()), "x": self.x, "counts": self.counts}
         for i, blob in enumerate(self.blobs):
-            arrays[f"relevance_{i}"] = self.relevance[blob].astype(dtype, copy=False)
+            keep = self.units[blob]
+            maps = self.relevance[blob]
+            if blob in units:
+                wanted = np.unique(np.asarray(list(units[blob]), dtype=np.int64))
+                maps = np.stack([self.relevance_of(blob, int(u)) for u in wanted]) \
+                    if wanted.size else maps[:0]
+                keep = wanted
+            arrays[f"relevance_{i}"] = maps.astype(dtype, copy=False)
+            arrays[f"units_{i}"] = np.asarray(keep, dtype=np.int64)
             arrays[f"clean_{i}"] = self.clean[blob]
-        atomic_savez(path, **arrays)
+        atomic_savez(path, compress=compress, **arrays)
 
     @classmethod
     def load(cls, path) -> "Explanation":
@@ -171,6 +228,8 @@ class Explanation:
                 meta = json.loads(str(data["meta"]))
                 blobs = tuple(meta["blobs"])
                 relevance = {b: data[f"relevance_{i}"] for i, b in enumerate(blobs)}
+                units = {b: data[f"units_{i}"] for i, b in enumerate(blobs)
+                         if f"units_{i}" in data.files}
                 clean = {b: data[f"clean_{i}"] for i, b in enumerate(blobs)}
                 x, counts = data["x"], data["counts"]
         except (KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
@@ -183,7 +242,9 @@ class Explanation:
                    probability_blobs=tuple(meta["probability_blobs"]),
                    laplace_n=meta["laplace_n"], seed=meta["seed"], sampler=meta["sampler"],
                    batch_size=meta["batch_size"], timings=meta["timings"],
-                   metadata=meta.get("metadata", {}))
+                   metadata=meta.get("metadata", {}),
+                   # files written before edge coverage existed used the regular grid
+                   edges=meta.get("edges", "drop"), units=units)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -345,7 +406,7 @@ def prediction_difference(x, classifier, sampler, *, window, stride=1, num_sampl
                           blobs=("prob",), probability_blobs=None,
                           batch_size=DEFAULT_BATCH_SIZE, rng, laplace_n=100000,
                           checkpoint=None, checkpoint_interval=10.0, keep_checkpoint=False,
-                          progress=True) -> Explanation:
+                          progress=True, edges="cover") -> Explanation:
     """Prediction difference analysis of one image (Algorithm 1, §3.3 for hidden blobs).
 
     Parameters
@@ -363,9 +424,8 @@ def prediction_difference(x, classifier, sampler, *, window, stride=1, num_sampl
     stride : int, optional
         Step between window positions. 1 (default) covers every position from the top-left
         to the bottom-right corner, as in the paper; ``stride = k`` is the released code's
-        non-overlapping mode. Larger strides need fewer windows but give coarser maps, and
-        when ``H − kh`` (or ``W − kw``) is not a multiple of the stride the last rows
-        (columns) are never covered: their relevance is 0 and their count 0.
+        non-overlapping mode. Larger strides need fewer windows but give coarser maps.
+        When ``H − kh`` (or ``W − kw``) is not a multiple of the stride, see ``edges``.
     num_samples : int
         ``S`` samples per window (paper: 20; released code: 10).
     blobs : sequence of str, optional
@@ -397,6 +457,12 @@ def prediction_difference(x, classifier, sampler, *, window, stride=1, num_sampl
         is deleted once the result is computed.
     progress : bool, optional
         Show a tqdm progress bar (windows done, windows/s, ETA) on stderr.
+    edges : {"cover", "drop"}, optional
+        ``"cover"`` (default): when the stride does not reach the last rows (columns), add a
+        row (column) of windows aligned to the image's last row (column), so that every pixel
+        is covered (for ``stride <= k``). ``"drop"``: the regular grid only, as the released
+        code; the uncovered band gets relevance 0 and count 0. Identical for ``stride = 1``
+        and whenever the stride divides ``H − kh`` and ``W − kw``.
 
     Returns
     -------
@@ -424,7 +490,8 @@ def prediction_difference(x, classifier, sampler, *, window, stride=1, num_sampl
     started = time.perf_counter()
     x = _check_image(x)
     kh, kw = window_shape(window)
-    positions = window_positions(x.shape[1:], (kh, kw), stride)
+    edges = check_edges(edges)
+    positions = window_positions(x.shape[1:], (kh, kw), stride, edges=edges)
     stride = int(stride)
     num_samples = _check_positive(num_samples, "num_samples")
     batch_size = _check_positive(batch_size, "batch_size")
@@ -459,6 +526,9 @@ def prediction_difference(x, classifier, sampler, *, window, stride=1, num_sampl
             "laplace_n": laplace_n, "seed": seed, "sampler": sampler_desc,
             "classifier": _classifier_type(classifier), "n_windows": n_windows,
         }
+        if n_windows != len(window_positions(x.shape[1:], (kh, kw), stride, edges="drop")):
+            # only when edge windows were added: regular-grid runs keep their fingerprint
+            fingerprint["edges"] = edges
         store = Checkpoint(checkpoint, fingerprint, clean, checkpoint_interval)
         done = _resume(store, values, timings)
     previous_total = timings["total"]
@@ -497,8 +567,8 @@ def prediction_difference(x, classifier, sampler, *, window, stride=1, num_sampl
     finally:
         bar.close()
 
-    counts = coverage_counts(x.shape[1:], (kh, kw), stride)
-    relevance = {b: _relevance(values[b], counts, x.shape[1:], (kh, kw), stride)
+    counts = coverage_counts(x.shape[1:], (kh, kw), stride, edges=edges)
+    relevance = {b: _relevance(values[b], counts, x.shape[1:], (kh, kw), stride, edges)
                  for b in blobs}
     timings["total"] = previous_total + time.perf_counter() - started
     timings["outside"] = timings["total"] - timings["classifier"]
@@ -512,7 +582,7 @@ def prediction_difference(x, classifier, sampler, *, window, stride=1, num_sampl
         relevance=relevance, clean=clean, counts=counts, x=x, window=(kh, kw), stride=stride,
         num_samples=num_samples, blobs=blobs, probability_blobs=probability,
         laplace_n=laplace_n, seed=seed, sampler=sampler_desc, batch_size=batch_size,
-        timings=timings)
+        timings=timings, edges=edges)
 
 
 def _resume(store: Checkpoint, values: dict, timings: dict) -> int:
@@ -527,9 +597,9 @@ def _resume(store: Checkpoint, values: dict, timings: dict) -> int:
     return done
 
 
-def _relevance(values: np.ndarray, counts: np.ndarray, image_shape, window, stride):
+def _relevance(values: np.ndarray, counts: np.ndarray, image_shape, window, stride, edges):
     """Per-window values (windows, units) → the average over covering windows (units, H, W)."""
-    total = window_sum(values, image_shape, window, stride)
+    total = window_sum(values, image_shape, window, stride, edges=edges)
     # uncovered pixels are exactly 0 in the sum and stay so
     return np.divide(total, counts, out=total, where=counts > 0)
 

@@ -38,14 +38,16 @@ FORMAT = 1
 MAX_SAVE_FRACTION = 0.05
 
 
-def atomic_savez(path, **arrays) -> None:
-    """``np.savez`` to a temporary file next to ``path``, then rename it over ``path``.
+def atomic_savez(path, *, compress=False, **arrays) -> None:
+    """``np.savez`` (``np.savez_compressed`` with ``compress``) to a temporary file next to
+    ``path``, then rename it over ``path``.
 
     ``path`` is used exactly as given (no ``.npz`` is appended). A failure leaves any previous
     file untouched and no temporary file behind.
     """
+    save = np.savez_compressed if compress else np.savez
     with atomic_path(path, fsync=True) as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, **arrays)
+        save(handle, **arrays)
 
 
 def json_array(obj) -> np.ndarray:

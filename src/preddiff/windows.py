@@ -11,12 +11,17 @@ geometry of that procedure, independent of samplers and classifiers:
 - :func:`window_sum` adds per-window values over the pixels each window covers, with array
   operations (a separable box filter of the window grid) instead of a loop over windows.
 
-Window positions form a regular grid: top-left rows ``0, stride, 2·stride, …`` up to
-``H − kh`` and the same for columns. With ``stride = 1`` the windows run from the top-left to
-the bottom-right corner, ``(H − kh + 1)·(W − kw + 1)`` of them (paper). ``stride = kh = kw``
-is the released code's non-overlapping mode. Any other stride is allowed; the maps get coarser
-and, when ``(H − kh)`` is not a multiple of the stride, the last rows or columns are never
-covered (they get count 0 and relevance 0).
+Window positions form a grid: top-left rows ``0, stride, 2·stride, …`` up to ``H − kh`` and
+the same for columns. With ``stride = 1`` the windows run from the top-left to the
+bottom-right corner, ``(H − kh + 1)·(W − kw + 1)`` of them (paper). ``stride = kh = kw`` is the
+released code's non-overlapping mode. Any other stride is allowed; the maps get coarser.
+
+When ``H − kh`` is not a multiple of the stride, the regular grid stops short of the last rows
+(columns). ``edges="cover"`` (the default) adds one more row (column) of windows aligned to the
+image's last row (column), so every pixel is covered whenever ``stride <= k``;
+``edges="drop"`` keeps the regular grid only, as the released code did, and the uncovered band
+gets count 0 and relevance 0. A stride larger than the window leaves gaps between windows in
+either mode.
 """
 from __future__ import annotations
 
@@ -26,7 +31,12 @@ import numpy as np
 
 from .errors import InvalidArgument
 
-__all__ = ["window_shape", "window_grid", "window_positions", "coverage_counts", "window_sum"]
+__all__ = ["window_shape", "window_grid", "window_positions", "coverage_counts", "window_sum",
+           "EDGES"]
+
+#: Values of the ``edges`` argument: add windows aligned to the last row and column when the
+#: stride does not reach them (``"cover"``), or keep the regular grid only (``"drop"``).
+EDGES = ("cover", "drop")
 
 
 def _positive_int(value, name: str) -> int:
@@ -62,7 +72,22 @@ def window_shape(window) -> tuple[int, int]:
     return (k, k)
 
 
-def window_grid(image_shape, window, stride=1) -> tuple[np.ndarray, np.ndarray]:
+def check_edges(edges) -> str:
+    """Check the ``edges`` argument (one of :data:`EDGES`)."""
+    if not isinstance(edges, str) or edges not in EDGES:
+        raise InvalidArgument(f"edges must be one of {', '.join(map(repr, EDGES))}, "
+                              f"got {edges!r}")
+    return edges
+
+
+def _axis_starts(length: int, k: int, stride: int, edges: str) -> np.ndarray:
+    starts = np.arange(0, length - k + 1, stride, dtype=np.int64)
+    if edges == "cover" and starts[-1] != length - k:
+        starts = np.append(starts, np.int64(length - k))
+    return starts
+
+
+def window_grid(image_shape, window, stride=1, *, edges="cover") -> tuple[np.ndarray, np.ndarray]:
     """Top-left rows and columns of the window grid.
 
     Parameters
@@ -71,17 +96,30 @@ def window_grid(image_shape, window, stride=1) -> tuple[np.ndarray, np.ndarray]:
         ``(H, W)``.
     window : int or (int, int)
     stride : int, optional
+    edges : {"cover", "drop"}, optional
+        ``"cover"``: when ``H − kh`` is not a multiple of ``stride``, add the row ``H − kh``
+        (the same for columns), so the last rows are covered; ``"drop"``: the regular grid
+        only (released code).
 
     Returns
     -------
     rows : ndarray of int64, shape (Nr,)
-        ``0, stride, …`` up to ``H − kh``.
+        ``0, stride, …`` up to ``H − kh`` (and ``H − kh`` itself with ``edges="cover"``),
+        strictly increasing.
     cols : ndarray of int64, shape (Nc,)
 
     Raises
     ------
     InvalidArgument
-        When the window is larger than the image or the stride is not a positive integer.
+        When the window is larger than the image, the stride is not a positive integer or
+        ``edges`` is unknown.
+
+    Examples
+    --------
+    >>> [a.tolist() for a in window_grid((7, 6), 2, 2)]
+    [[0, 2, 4, 5], [0, 2, 4]]
+    >>> [a.tolist() for a in window_grid((7, 6), 2, 2, edges="drop")]
+    [[0, 2, 4], [0, 2, 4]]
     """
     kh, kw = window_shape(window)
     stride = _positive_int(stride, "stride")
@@ -90,12 +128,11 @@ def window_grid(image_shape, window, stride=1) -> tuple[np.ndarray, np.ndarray]:
         raise InvalidArgument(
             f"window {kh}x{kw} is larger than the image {height}x{width}; "
             f"the window must fit inside the image")
-    rows = np.arange(0, height - kh + 1, stride, dtype=np.int64)
-    cols = np.arange(0, width - kw + 1, stride, dtype=np.int64)
-    return rows, cols
+    edges = check_edges(edges)
+    return (_axis_starts(height, kh, stride, edges), _axis_starts(width, kw, stride, edges))
 
 
-def window_positions(image_shape, window, stride=1) -> np.ndarray:
+def window_positions(image_shape, window, stride=1, *, edges="cover") -> np.ndarray:
     """Top-left corners of all windows, row-major.
 
     Parameters
@@ -104,6 +141,8 @@ def window_positions(image_shape, window, stride=1) -> np.ndarray:
         ``(H, W)``.
     window : int or (int, int)
     stride : int, optional
+    edges : {"cover", "drop"}, optional
+        See :func:`window_grid`.
 
     Returns
     -------
@@ -115,12 +154,12 @@ def window_positions(image_shape, window, stride=1) -> np.ndarray:
     >>> window_positions((3, 4), 2).tolist()
     [[0, 0], [0, 1], [0, 2], [1, 0], [1, 1], [1, 2]]
     """
-    rows, cols = window_grid(image_shape, window, stride)
+    rows, cols = window_grid(image_shape, window, stride, edges=edges)
     grid = np.stack(np.meshgrid(rows, cols, indexing="ij"), axis=-1)
     return grid.reshape(-1, 2)
 
 
-def coverage_counts(image_shape, window, stride=1) -> np.ndarray:
+def coverage_counts(image_shape, window, stride=1, *, edges="cover") -> np.ndarray:
     """How many windows contain each pixel (``counts`` of Algorithm 1).
 
     Returns
@@ -128,13 +167,13 @@ def coverage_counts(image_shape, window, stride=1) -> np.ndarray:
     ndarray of int64, shape (H, W)
     """
     kh, kw = window_shape(window)
-    rows, cols = window_grid(image_shape, window, stride)
+    rows, cols = window_grid(image_shape, window, stride, edges=edges)
     height, width = (int(n) for n in image_shape)
     # The grid is a product of row and column intervals, so the count factorises.
     return np.outer(_axis_counts(height, kh, rows), _axis_counts(width, kw, cols))
 
 
-def window_sum(values, image_shape, window, stride=1, *, chunk=64) -> np.ndarray:
+def window_sum(values, image_shape, window, stride=1, *, edges="cover", chunk=64) -> np.ndarray:
     """Sum per-window values over the pixels each window covers.
 
     ``out[u, y, x] = Σ_i values[i, u]`` over the windows ``i`` that contain pixel ``(y, x)``.
@@ -152,6 +191,8 @@ def window_sum(values, image_shape, window, stride=1, *, chunk=64) -> np.ndarray
     image_shape : (int, int)
     window : int or (int, int)
     stride : int, optional
+    edges : {"cover", "drop"}, optional
+        See :func:`window_grid`.
     chunk : int, optional
         Units processed at a time; the temporary memory is about ``2 · chunk · H · W``
         float64 values.
@@ -166,7 +207,7 @@ def window_sum(values, image_shape, window, stride=1, *, chunk=64) -> np.ndarray
     array([[[1., 3., 2.]]])
     """
     kh, kw = window_shape(window)
-    rows, cols = window_grid(image_shape, window, stride)
+    rows, cols = window_grid(image_shape, window, stride, edges=edges)
     height, width = (int(n) for n in image_shape)
     values = np.asarray(values, dtype=np.float64)
     n_r, n_c = rows.size, cols.size
@@ -174,8 +215,7 @@ def window_sum(values, image_shape, window, stride=1, *, chunk=64) -> np.ndarray
         raise InvalidArgument(
             f"values must have shape ({n_r * n_c}, units) for {n_r}x{n_c} windows, "
             f"got {values.shape}")
-    step = _positive_int(stride, "stride")
-    r_end, c_end = rows[-1] + 1, cols[-1] + 1
+    row_at, col_at = _spreader(rows), _spreader(cols)
     units = values.shape[1]
     out = np.empty((units, height, width))
     grid = values.reshape(n_r, n_c, units)
@@ -189,11 +229,24 @@ def window_sum(values, image_shape, window, stride=1, *, chunk=64) -> np.ndarray
         spread.fill(0.0)
         block.fill(0.0)
         for dy in range(kh):  # grid row i covers image rows r_i … r_i + kh − 1
-            spread[dy:dy + r_end:step] += part
+            spread[row_at(dy)] += part
         for dx in range(kw):
-            block[:, dx:dx + c_end:step] += spread
+            block[:, col_at(dx)] += spread
         out[u0:u0 + chunk] = block.transpose(2, 0, 1)
     return out
+
+
+def _spreader(starts: np.ndarray):
+    """``offset -> index`` of the image rows ``starts + offset``: a slice for a regular grid,
+    an index array when an edge-aligned start was added. The starts are distinct, so an
+    in-place addition through either adds each value exactly once."""
+    if starts.size == 1:
+        return lambda offset: slice(int(starts[0]) + offset, int(starts[0]) + offset + 1)
+    step = int(starts[1] - starts[0])
+    if np.all(np.diff(starts) == step):
+        end = int(starts[-1]) + 1
+        return lambda offset: slice(int(starts[0]) + offset, end + offset, step)
+    return lambda offset: starts + offset
 
 
 def _axis_counts(length: int, k: int, starts: np.ndarray) -> np.ndarray:
