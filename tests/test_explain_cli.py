@@ -28,7 +28,9 @@ def test_explain_digit(tmp_path, capsys):
     assert out.startswith("digits:7: 7 (p=")  # LeNet's top class for this 7
     assert " s (classifier " in out and "digit7_lenet.png" in out
     e = Explanation.load(tmp_path / "digit7_lenet.npz")
-    assert e.relevance["prob"].shape == (10, 28, 28)
+    # the maps of the three classes shown are kept (--save-all: all ten)
+    assert e.relevance["prob"].shape == (3, 28, 28) and e.clean["prob"].shape == (10,)
+    assert sorted(e.units["prob"].tolist()) == sorted(i for i, _, _ in e.metadata["top"])
     assert e.relevance["prob"].dtype == np.float32
     assert e.window == (4, 4) and e.stride == 3 and e.num_samples == 3 and e.seed == 0
     assert e.sampler["name"] == "ConditionalGaussianSampler" and e.sampler["padding"] == 2
@@ -169,7 +171,8 @@ def test_onnx_file_model(tmp_path, capsys):
     assert "class 0 (p=" in out or "class 1 (p=" in out or "class 2" in out or "class 3" in out
     e = Explanation.load(tmp_path / "img_tiny.npz")
     assert e.x.shape == (3, 12, 16) and float(e.x.max()) <= 1.0
-    assert e.relevance["out"].shape == (4, 12, 16)
+    assert e.relevance["out"].shape == (3, 12, 16)  # the --top 3 classes' maps
+    assert e.clean["out"].shape == (4,)
     assert e.probability_blobs == ("out",)  # produced by a Softmax node
     assert e.metadata["model_sha1"] == zoo.file_sha1(model)
 
@@ -209,7 +212,7 @@ def test_zoo_colour_net_with_default_pool(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     labels = zoo.labels("alexnet")
     e = Explanation.load(tmp_path / f"{image.stem}_alexnet.npz")
-    assert e.relevance["prob"].shape == (1000, 227, 227)
+    assert e.relevance["prob"].shape == (3, 227, 227) and e.clean["prob"].shape == (1000,)
     top = e.metadata["top"]
     assert out.startswith(f"{image}: {labels[top[0][0]]} (p=")
     assert e.metadata["pool_size"] == 6  # the 7 example images minus the explained one
@@ -333,7 +336,10 @@ def test_image_conversions_are_noted(tmp_path, capsys):
     assert explain(gray, "--model", model, "--input-size", "12x16", *FAST,
                    "--out", tmp_path / "c") == 0
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"preddiff: note: {gray} is grayscale: replicated to three RGB channels"]
+    assert err == [f"preddiff: note: {gray} is grayscale: replicated to three RGB channels",
+                   f"preddiff: note: {gray}: resized 28x28 to 18x18 and took the centre "
+                   "12x16 (--resize crop, torchvision's convention; --resize stretch keeps the "
+                   "whole image)"]
 
 
 # ----------------------------------------------------------------------------------------------

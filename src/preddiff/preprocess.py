@@ -247,3 +247,192 @@ class Preprocessor:
         if self.gray:
             image = np.repeat(image, 3, axis=-1)
         return np.clip(image, 0.0, 1.0).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# user ONNX files: resize policy and normalisation
+
+RESIZE_MODES = ("crop", "stretch")
+"""How :class:`OnnxPreprocessor` fits an image to the network input."""
+
+CROP_FRACTION = 0.875
+"""Input side ÷ resized short side for ``resize="crop"``: torchvision's ImageNet evaluation
+transform ``Resize(256)`` + ``CenterCrop(224)`` (224 / 256)."""
+
+NORMALIZATIONS = {"imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
+"""Named ``(mean, std)`` pairs on the [0, 1] scale, RGB order (torchvision's ImageNet values)."""
+
+
+def box_reduce(image: np.ndarray, size) -> np.ndarray:
+    """Integer box average of an (H, W[, C]) image down to at most twice ``size = (h, w)``.
+
+    The first stage of a large reduction: the Gaussian pre-filter of a one-stage anti-aliased
+    resize grows with the reduction factor, so a 12000×12000 photo reduced to 224×224 in one
+    stage takes minutes and gigabytes; averaging ``f × f`` blocks first (summed in float64
+    without a full-size float copy) takes about a second. The last ``H mod f`` rows (``W mod
+    f`` columns) are left out. Images less than 4× larger than ``size`` are returned as given.
+
+    Returns
+    -------
+    ndarray, shape (H // f, W // f[, C])
+        float64 on the input's scale (0–255 for uint8), or the input itself.
+    """
+    h, w = (int(n) for n in size)
+    fh, fw = image.shape[0] // (2 * h), image.shape[1] // (2 * w)
+    if min(fh, fw) < 2:
+        return image
+    nh, nw = image.shape[0] // fh, image.shape[1] // fw
+    blocks = image[:nh * fh, :nw * fw].reshape((nh, fh, nw, fw) + image.shape[2:])
+    return blocks.mean(axis=(1, 3), dtype=np.float64)
+
+
+def resize_image(image: np.ndarray, size) -> np.ndarray:
+    """Bilinear, anti-aliased resize (:func:`skimage.transform.resize`) of an (H, W, C) float
+    image to ``size = (h, w)``, after :func:`box_reduce` for a large reduction.
+
+    Returns
+    -------
+    ndarray of float64, shape (h, w, C)
+    """
+    from skimage.transform import resize
+
+    return resize(box_reduce(image, size), tuple(int(n) for n in size), order=1,
+                  anti_aliasing=True)
+
+
+def parse_channel_values(text: str, channels: int, name: str) -> tuple[float, ...]:
+    """``"0.485,0.456,0.406"`` → a tuple of ``channels`` floats (one value is repeated).
+
+    Raises
+    ------
+    InvalidArgument
+        Not numbers, or a count other than 1 or ``channels``.
+    """
+    try:
+        values = tuple(float(v) for v in str(text).split(","))
+    except ValueError:
+        raise InvalidArgument(f"{name} {text!r}: expected {channels} comma-separated numbers, "
+                              f"e.g. {'0.485,0.456,0.406' if channels == 3 else '0.5'}") from None
+    if len(values) == 1:
+        values = values * channels
+    if len(values) != channels or not all(np.isfinite(values)):
+        raise InvalidArgument(f"{name} {text!r}: expected {channels} finite value(s) for a "
+                              f"{channels}-channel input, got {len(values)}")
+    return values
+
+
+class OnnxPreprocessor:
+    """Image → input of a user's ONNX network: RGB (or gray) in [0, 1], fitted to the input
+    size, optionally normalised ``(x − mean) / std`` per channel.
+
+    Parameters
+    ----------
+    input_shape : (int, int, int)
+        ``(C, h, w)``, ``C`` 1 (gray) or 3 (RGB).
+    resize : {"crop", "stretch"}
+        ``"crop"`` (default): torchvision's convention — resize so the image covers
+        ``(h, w) / CROP_FRACTION`` keeping its aspect ratio (for a square input: the short
+        side to ``h / 0.875``, e.g. 256 for 224), then take the centre ``h × w``.
+        ``"stretch"``: resize the whole image to ``h × w`` (distorts the aspect ratio).
+        An image already of size ``h × w`` is used as it is in both modes.
+    mean, std : sequence of float, optional
+        Per-channel normalisation on the [0, 1] scale, RGB order (``NORMALIZATIONS`` has
+        torchvision's ImageNet values). Without them the input is in [0, 1].
+
+    Attributes
+    ----------
+    last_fit : str or None
+        What the last call did to the image size, for the printout (``None``: nothing).
+    """
+
+    def __init__(self, input_shape, *, resize: str = "crop", mean=None, std=None):
+        c, h, w = (int(n) for n in input_shape)
+        if c not in (1, 3):
+            raise InvalidArgument(f"input with {c} channels; 1 (gray) or 3 (RGB) are handled")
+        if resize not in RESIZE_MODES:
+            raise InvalidArgument(f"resize {resize!r}: expected one of {', '.join(RESIZE_MODES)}")
+        self.input_shape, self.resize = (c, h, w), resize
+        self.mean = np.zeros(c) if mean is None else np.asarray(mean, dtype=np.float64)
+        self.std = np.ones(c) if std is None else np.asarray(std, dtype=np.float64)
+        for name, value in (("mean", self.mean), ("std", self.std)):
+            if value.shape != (c,):
+                raise InvalidArgument(f"{name} has {value.size} value(s); the input has {c} "
+                                      "channel(s)")
+        if np.any(self.std <= 0):
+            raise InvalidArgument(f"std {self.std.tolist()} must be positive")
+        self.normalized = mean is not None or std is not None
+        self.last_fit = None
+
+    def describe(self) -> dict:
+        """The settings, JSON-serialisable (stored in the ``.npz`` metadata)."""
+        return {"resize": self.resize, "crop_fraction": CROP_FRACTION,
+                "mean": self.mean.tolist(), "std": self.std.tolist()}
+
+    def fit(self, image: np.ndarray, source=None) -> np.ndarray:
+        """Fit an (H, W, C) image to the input size; sets :attr:`last_fit`.
+
+        ``source``: the (H, W) of the original image when ``image`` was box-reduced from it
+        (for the message)."""
+        _, h, w = self.input_shape
+        height, width = source or image.shape[:2]
+        self.last_fit = None
+        if image.shape[:2] == (h, w):
+            return image
+        nh, nw = self._fitted_size(height, width)
+        image = resize_image(image, (nh, nw))
+        if self.resize == "stretch":
+            self.last_fit = f"stretched {height}x{width} to {h}x{w} (--resize stretch)"
+            return image
+        top, left = int(round((nh - h) / 2)), int(round((nw - w) / 2))
+        self.last_fit = (f"resized {height}x{width} to {nh}x{nw} and took the centre {h}x{w} "
+                         "(--resize crop, torchvision's convention; --resize stretch keeps "
+                         "the whole image)")
+        return image[top:top + h, left:left + w]
+
+    def _fitted_size(self, height: int, width: int) -> tuple[int, int]:
+        """Size the image is resized to before the centre crop (the input size to stretch)."""
+        _, h, w = self.input_shape
+        if self.resize == "stretch" or (height, width) == (h, w):
+            return h, w
+        scale = max(h / height, w / width) / CROP_FRACTION
+        # torchvision's Resize truncates the long side; its CenterCrop rounds the offsets
+        return max(h, int(height * scale)), max(w, int(width * scale))
+
+    def __call__(self, image: np.ndarray, *, what: str = "image") -> np.ndarray:
+        """Preprocess one image.
+
+        Parameters
+        ----------
+        image : ndarray, shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4)
+            uint8 in 0–255 or float in [0, 1].
+
+        Returns
+        -------
+        ndarray of float32, shape (C, h, w)
+        """
+        c, h, w = self.input_shape
+        image = np.asarray(image)
+        source = image.shape[:2]
+        if image.dtype == np.uint8:  # reduce a huge photo before any full-size float copy
+            reduced = box_reduce(image, self._fitted_size(*image.shape[:2]))
+            image = image if reduced is image else reduced / 255.0
+        image = _as_unit_float(image, what)
+        if image.ndim == 3 and image.shape[2] == 1:
+            image = image[:, :, 0]
+        if c == 1 and image.ndim == 3:
+            from skimage.color import rgb2gray
+
+            image = rgb2gray(image[:, :, :3])
+        if c == 3 and image.ndim == 2:
+            image = np.repeat(image[:, :, None], 3, axis=2)
+        if image.ndim == 2:
+            image = image[:, :, None]
+        image = self.fit(image[:, :, :c], source)
+        x = (image - self.mean) / self.std
+        return np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32)
+
+    def deprocess(self, x: np.ndarray) -> np.ndarray:
+        """Network input (C, h, w) → RGB (h, w, 3) in [0, 1] for display."""
+        x = np.moveaxis(np.asarray(x, dtype=np.float64), 0, -1) * self.std + self.mean
+        image = np.clip(x, 0.0, 1.0).astype(np.float32)
+        return np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image

@@ -15,9 +15,17 @@ and prints the top classes with their probabilities and the time taken.
 
 Models: ``lenet`` (the default; bundled weights and digits, no network needed), the Caffe zoo
 nets ``alexnet``, ``googlenet``, ``vgg16`` (weights from ``preddiff models fetch NAME``), or an
-ONNX file. For an ONNX file the preprocessing is only: RGB (or gray for a 1-channel input),
-scaled to [0, 1], resized to the input size — no mean subtraction, no channel swap; the input
-size comes from the model or, when the model leaves it free, from ``--input-size``.
+ONNX file. For an ONNX file the preprocessing is (:class:`preddiff.preprocess.OnnxPreprocessor`):
+RGB (or gray for a 1-channel input) scaled to [0, 1], fitted to the input size (``--resize
+crop``: torchvision's resize-and-centre-crop, the default; ``--resize stretch``), and
+normalised per channel when ``--mean``/``--std`` or ``--normalize imagenet`` is given; no
+channel swap. The input size comes from the model or, when the model leaves it free, from
+``--input-size``. ``--labels FILE`` (one name a line) or ``--labels imagenet`` names its
+classes.
+
+Output size: the ``.npz`` keeps the maps of the classes shown (``--top``) and of those named
+with ``--classes``, compressed (a few MB for a 224×224 ImageNet explanation); ``--save-all``
+keeps every class (200 MB for 1000 classes at 224×224).
 
 IMAGE is an image file, or ``digits:N`` for the N-th bundled digit (LeNet or a 1-channel ONNX
 model).
@@ -97,6 +105,28 @@ def register(subparsers) -> None:
                    help="do not save progress (by default OUT/<name>_<model>.ckpt.npz, "
                    "deleted after success; a rerun with the same arguments resumes from it)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--classes", default=None, metavar="C1,C2",
+                   help="classes (indices, or names when labels are known) to plot, print "
+                   "and keep in the .npz besides the --top ones")
+    p.add_argument("--save-all", action="store_true",
+                   help="keep the maps of every class in the .npz (default: the --top classes "
+                   "and --classes only)")
+    g = p.add_argument_group("ONNX files (--model FILE.onnx)")
+    g.add_argument("--labels", default=None, metavar="FILE|imagenet",
+                   help="class names, one a line in output order; 'imagenet': the 1000 "
+                   "ILSVRC-2012 names the package ships")
+    g.add_argument("--resize", choices=("crop", "stretch"), default=None,
+                   help="fit images to the input: crop (default; resize keeping the aspect "
+                   "ratio so the input is 87.5%% of it, then centre crop: torchvision's "
+                   "Resize(256)+CenterCrop(224)) or stretch (the whole image, distorted)")
+    g.add_argument("--mean", default=None, metavar="R,G,B",
+                   help="subtract this per-channel mean (on the [0, 1] scale) before the "
+                   "network, for models that do not normalise inside the graph")
+    g.add_argument("--std", default=None, metavar="R,G,B",
+                   help="then divide by this per-channel standard deviation")
+    g.add_argument("--normalize", choices=("imagenet",), default=None,
+                   help="imagenet: --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 "
+                   "(torchvision)")
     p.add_argument("--no-incremental", action="store_true",
                    help="evaluate full perturbed images (by default exact incremental inference "
                    "is used when the network allows it and its cost model predicts a gain)")
@@ -120,6 +150,7 @@ class _Model:
     sha1: str
     default_pool: Callable           # exclude -> pool (M, C, H, W)
     extra: dict = field(default_factory=dict)
+    preprocessor: object = None      # OnnxPreprocessor of an ONNX file (its last_fit is printed)
 
 
 def _zoo_model(name: str, args) -> _Model:
@@ -180,26 +211,10 @@ def _onnx_model(path: Path, args) -> _Model:
                               f"input {height}x{width}")
     # a probability blob: produced by a Softmax node (its weight of evidence is meaningful)
     softmax = blob in softmax_outputs
+    pre = _onnx_preprocessor(args, (channels, height, width))
 
     def preprocess(image, what="image"):
-        from skimage.color import rgb2gray
-        from skimage.transform import resize
-
-        image = np.asarray(image)
-        image = image.astype(np.float64) / 255.0 if image.dtype == np.uint8 \
-            else image.astype(np.float64)
-        if channels == 1 and image.ndim == 3:
-            image = rgb2gray(image[:, :, :3])
-        if channels == 3 and image.ndim == 2:
-            image = np.repeat(image[:, :, None], 3, axis=2)
-        image = image.reshape(image.shape[0], image.shape[1], -1)[:, :, :channels]
-        if image.shape[:2] != (height, width):
-            image = resize(image, (height, width), order=1, anti_aliasing=True)
-        return np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)
-
-    def deprocess(x):
-        image = np.clip(np.moveaxis(np.asarray(x, np.float32), 0, -1), 0, 1)
-        return np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image
+        return pre(image, what=what)
 
     def default_pool(exclude):
         if channels == 1:
@@ -212,8 +227,58 @@ def _onnx_model(path: Path, args) -> _Model:
 
     return _Model(name=path.stem, classifier=classifier, blob=blob, probability=softmax,
                   input_shape=(channels, height, width), preprocess=preprocess,
-                  deprocess=deprocess, labels=[], sha1=file_sha1(path),
-                  default_pool=default_pool, extra={"onnx": str(path)})
+                  deprocess=pre.deprocess, labels=_read_labels(args.labels),
+                  sha1=file_sha1(path), default_pool=default_pool,
+                  extra={"onnx": str(path), "preprocessing": pre.describe()},
+                  preprocessor=pre)
+
+
+def _onnx_preprocessor(args, input_shape):
+    from ..errors import InvalidArgument
+    from ..preprocess import NORMALIZATIONS, OnnxPreprocessor, parse_channel_values
+
+    channels = input_shape[0]
+    mean = std = None
+    if args.normalize is not None:
+        if args.mean is not None or args.std is not None:
+            raise InvalidArgument(f"--normalize {args.normalize} sets the mean and std; give "
+                                  "either --normalize or --mean/--std")
+        mean, std = NORMALIZATIONS[args.normalize]
+        if channels == 1:
+            raise InvalidArgument(f"--normalize {args.normalize} is for RGB inputs; this model "
+                                  "takes 1 channel: give --mean and --std")
+    if args.mean is not None:
+        mean = parse_channel_values(args.mean, channels, "--mean")
+    if args.std is not None:
+        std = parse_channel_values(args.std, channels, "--std")
+    return OnnxPreprocessor(input_shape, resize=args.resize or "crop", mean=mean, std=std)
+
+
+def _read_labels(spec) -> list:
+    """``--labels``: a file with one name a line, or ``imagenet`` (the bundled ILSVRC names)."""
+    from ..errors import InvalidArgument
+
+    if spec is None:
+        return []
+    if spec == "imagenet":
+        from .. import zoo
+
+        return list(zoo.manifest("alexnet").labels)
+    path = Path(spec)
+    if not path.is_file():
+        raise InvalidArgument(f"--labels {spec!r}: no such file (give a text file with one "
+                              "class name a line, or 'imagenet')")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidArgument(f"--labels {spec!r}: cannot read it as UTF-8 text "
+                              f"({type(exc).__name__})") from None
+    labels = [line.strip() for line in lines]
+    while labels and not labels[-1]:
+        labels.pop()
+    if not labels:
+        raise InvalidArgument(f"--labels {spec!r} is empty; expected one class name a line")
+    return labels
 
 
 def _load_model(args) -> _Model:
@@ -371,12 +436,46 @@ def _sampler(args, pool, window):
 # output
 
 
-def _unit_names(model: _Model, explanation) -> list[str]:
-    units = explanation.relevance[model.blob].shape[0]
+def _unit_names(model: _Model, units: int) -> list[str]:
     if model.labels and len(model.labels) == units:
         return model.labels
     kind = "class" if model.probability else "unit"
     return [f"{kind} {i}" for i in range(units)]
+
+
+def _count_units(model: _Model, x) -> int:
+    """Units (classes) of the explained blob, from one forward pass of the image."""
+    import numpy as np
+
+    out = np.asarray(model.classifier(x[None])[model.blob])
+    return int(out.shape[1]) if out.ndim >= 2 else 1
+
+
+def _parse_classes(text, names: list[str], units: int, labelled: bool) -> list[int]:
+    """``--classes 281,tiger cat`` → unit indices (names need labels)."""
+    from ..errors import InvalidArgument
+
+    if text is None:
+        return []
+    index = {name: i for i, name in enumerate(names)} if labelled else {}
+    chosen = []
+    for item in (part.strip() for part in str(text).split(",")):
+        if not item:
+            continue
+        if item.lstrip("-").isdigit():
+            unit = int(item)
+        elif item in index:
+            unit = index[item]
+        else:
+            hint = ("a class index or a name from --labels" if labelled else
+                    "a class index (names need labels: --labels FILE|imagenet)")
+            raise InvalidArgument(f"--classes: unknown class {item!r}; give {hint}")
+        if not 0 <= unit < units:
+            raise InvalidArgument(f"--classes: class {unit} is out of range; the blob has "
+                                  f"{units} units (0-{units - 1})")
+        if unit not in chosen:
+            chosen.append(unit)
+    return chosen
 
 
 def _figure(model: _Model, explanation, top, names, stem: Path) -> Path:
@@ -416,7 +515,16 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidArgument(f"--input-size applies to ONNX files only; {args.model} takes "
                               f"{'x'.join(map(str, zoo.manifest(args.model).input_shape[1:]))} "
                               "inputs")
+    if args.model in zoo.MODEL_NAMES:
+        given = [f"--{name.replace('_', '-')}" for name in ("labels", "resize", "mean", "std",
+                                                             "normalize")
+                 if getattr(args, name) is not None]
+        if given:
+            raise InvalidArgument(
+                f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to ONNX files "
+                f"only; {args.model} has its own labels and preprocessing (--policy)")
     model = _load_model(args)
+    classes = None  # unit indices of --classes, checked on the first image
     window = args.window if args.window is not None else (4 if model.input_shape[0] == 1 else 10)
     window_grid(model.input_shape[1:], window, args.stride)  # a bad window fails first
     note = _use_incremental(model, args, window)
@@ -425,7 +533,19 @@ def run(args: argparse.Namespace) -> int:
     for spec in args.images:
         started = time.perf_counter()
         name, x, exclude, source = _load_input(spec, model)
+        fit = getattr(model.preprocessor, "last_fit", None)
+        if fit:
+            print(f"preddiff: note: {spec}: {fit}", file=sys.stderr)
         window_grid(x.shape[1:], window, args.stride)  # a bad window fails before the fit
+        if classes is None:
+            units = _count_units(model, x) if (args.labels or args.classes) else None
+            if args.labels and units != len(model.labels):
+                raise InvalidArgument(
+                    f"--labels {args.labels}: {len(model.labels)} names, but blob "
+                    f"{model.blob!r} has {units} units; give one name a line for each unit")
+            labelled = bool(model.labels) and len(model.labels) == units
+            classes = _parse_classes(args.classes, _unit_names(model, units or 0), units or 0,
+                                     labelled) if args.classes else []
         pool = _pool(args, model, exclude, source)
         sampler = _sampler(args, pool, window)
         stem = args.out / f"{name}_{model.name}"
@@ -436,26 +556,41 @@ def run(args: argparse.Namespace) -> int:
             probability_blobs=(model.blob,) if model.probability else (),
             batch_size=_batch_size(args, incremental), rng=args.seed, checkpoint=checkpoint,
             keep_checkpoint=True, progress=not args.no_progress)
-        names = _unit_names(model, explanation)
+        units = explanation.relevance[model.blob].shape[0]
+        names = _unit_names(model, units)
         top = explanation.top_classes(model.blob, args.top)
+        clean = explanation.clean[model.blob]
+        clean = clean.reshape(units, -1).mean(axis=1) if clean.ndim > 1 else clean
+        shown = top + [(i, float(clean[i])) for i in classes if i not in dict(top)]
         explanation.metadata.update({
             "image": spec, "model": model.name, "model_sha1": model.sha1,
             "blob": model.blob, "preddiff_version": __version__, "pool_size": int(len(pool)),
             "padding": args.padding if args.sampler == "conditional" else None,
             "top": [[i, names[i], v] for i, v in top], "argv": sys.argv[1:],
+            "classes": [[i, names[i], v] for i, v in shown[len(top):]],
+            "labels": list(model.labels) or None,
+            "saved_units": "all" if args.save_all else sorted(i for i, _ in shown),
             "seconds_with_sampler_fit": time.perf_counter() - started,
             "provider": getattr(model.classifier, "provider", None), "incremental": note,
             **model.extra,
         })
         npz = stem.with_name(stem.name + ".npz")
-        explanation.save(npz, dtype=np.float32)
-        png = _figure(model, explanation, top, names, stem)
+        explanation.save(npz, dtype=np.float32, compress=True,
+                         units=None if args.save_all else {model.blob: [i for i, _ in shown]})
+        png = _figure(model, explanation, shown, names, stem)
         if checkpoint is not None:
             checkpoint.unlink(missing_ok=True)
         seconds = time.perf_counter() - started
         label = "p" if model.probability else model.blob
         tops = ", ".join(f"{names[i]} ({label}={v:.3f})" for i, v in top)
         print(f"{spec}: {tops}")
+        if shown[len(top):]:
+            print("  also: " + ", ".join(f"{names[i]} ({label}={v:.3f})"
+                                         for i, v in shown[len(top):]))
+        uncovered = int((explanation.counts == 0).sum())
+        if uncovered:
+            print(f"  note: {uncovered} pixels lie in no window (stride {args.stride} > window "
+                  f"{window}): their relevance is 0", file=sys.stderr)
         provider = getattr(model.classifier, "provider", None) or "?"
         print(f"  {seconds:.1f} s (classifier {explanation.timings['classifier']:.1f} s on "
               f"{provider.replace('ExecutionProvider', '')}; {note}); wrote {npz} and {png}")
