@@ -34,24 +34,20 @@ RESIZE_TO = 256
 
 
 def load_image(path: str | Path) -> np.ndarray:
-    """Read an image file as RGB.
+    """Read an image file as RGB, as a viewer shows it (:func:`preddiff.inputs.read_image`).
 
     Returns
     -------
     ndarray of uint8, shape (H, W, 3)
-        Grayscale files are replicated to three channels, an alpha channel is dropped (each
-        with a warning), 16-bit files are rescaled to 0–255.
+        The EXIF orientation is applied; CMYK, palette and 16-bit files are converted;
+        grayscale files are replicated to three channels, an alpha channel is dropped (each
+        with a warning).
     """
-    import skimage.io
     from skimage.util import img_as_ubyte
 
-    path = Path(path)
-    if not path.is_file():
-        raise InvalidArgument(f"image file {str(path)!r} does not exist")
-    try:
-        image = skimage.io.imread(path)
-    except Exception as exc:  # unreadable or not an image
-        raise InvalidArgument(f"cannot read {str(path)!r} as an image: {exc}") from exc
+    from .inputs import read_image
+
+    image = read_image(path)
     if image.dtype != np.uint8:
         if np.issubdtype(image.dtype, np.floating) and image.size and (
                 not np.isfinite(image).all() or image.min() < 0 or image.max() > 1):
@@ -192,6 +188,10 @@ class Preprocessor:
             Network input: BGR (or gray), times ``manifest.scale``, minus the mean.
         """
         image = np.asarray(image)
+        if self.policy == "resize":
+            from .inputs import shrink
+
+            image = shrink(image, (RESIZE_TO, RESIZE_TO), what=what)
         if self.gray:
             if image.ndim == 3 and image.shape[2] == 1:
                 image = image[:, :, 0]

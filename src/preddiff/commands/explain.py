@@ -185,7 +185,9 @@ def _onnx_model(path: Path, args) -> _Model:
         from skimage.color import rgb2gray
         from skimage.transform import resize
 
-        image = np.asarray(image)
+        from ..inputs import shrink
+
+        image = shrink(np.asarray(image), (height, width), what=what)
         image = image.astype(np.float64) / 255.0 if image.dtype == np.uint8 \
             else image.astype(np.float64)
         if channels == 1 and image.ndim == 3:
@@ -301,10 +303,7 @@ def _load_input(spec: str, model: _Model):
         if model.input_shape[0] != 1:
             raise InvalidArgument(f"{spec}: bundled digits are gray 28x28 images, for LeNet "
                                   f"or a 1-channel ONNX model, not {model.name}")
-        try:
-            index = int(spec.split(":", 1)[1])
-        except ValueError:
-            raise InvalidArgument(f"{spec!r}: expected digits:N with an integer N") from None
+        index = _digit_index(spec)
         image, _ = digit(index)
         return f"digit{index}", model.preprocess(image[0]), index, None
     path = Path(spec)
@@ -314,12 +313,32 @@ def _load_input(spec: str, model: _Model):
     notes = [" ".join(str(w.message).split()) for w in caught
              if issubclass(w.category, UserWarning)]
     gray_file = any("is grayscale" in note for note in notes)
-    if not (gray_file and model.input_shape[0] == 1):
-        # a conversion happened (gray → RGB, RGBA → RGB, colour → gray): say so, one line
-        # each; a gray file for a gray network (read as RGB, then back to gray) is no news
-        for note in notes:
-            print(f"preddiff: note: {note}", file=sys.stderr)
+    if gray_file and model.input_shape[0] == 1:
+        # a gray file for a gray network (read as RGB, then back to gray) is no news
+        notes = [n for n in notes if "is grayscale" not in n and "is in colour" not in n]
+    # a conversion happened (gray → RGB, RGBA → RGB, colour → gray, EXIF orientation,
+    # CMYK, a large image box-filtered): say so, one line each
+    for note in notes:
+        print(f"preddiff: note: {note}", file=sys.stderr)
     return path.stem, x, path.stem, path.resolve()
+
+
+def _digit_index(spec: str) -> int:
+    """``digits:N`` → N, which must name one of the bundled digits (no negative indices)."""
+    from ..digits import load_digits
+    from ..errors import InvalidArgument
+
+    count = len(load_digits()[0])
+    text = spec.split(":", 1)[1]
+    try:
+        index = int(text)
+    except ValueError:
+        raise InvalidArgument(f"{spec!r}: expected digits:N with an integer N in "
+                              f"0..{count - 1}") from None
+    if not 0 <= index < count:
+        raise InvalidArgument(f"{spec!r}: N is out of range; use 0..{count - 1} (there are "
+                              f"{count} bundled digits)")
+    return index
 
 
 def _pool(args, model: _Model, exclude, source) -> "np.ndarray":

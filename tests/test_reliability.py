@@ -1,0 +1,185 @@
+"""Issue 11: nothing silently wrong, nothing lost — bad images, outputs, caches, concurrency.
+
+Command-line cases run the real ``preddiff`` in a subprocess (``python -m preddiff``), as a
+user would, and check the exit status and that stderr is one clear line (no traceback).
+"""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from preddiff import Explanation
+from test_explain_cli import free_size_onnx
+
+FAST = ["--window", "4", "--stride", "3", "--samples", "3", "--patches", "2000",
+        "--no-progress", "--device", "cpu", "--threads", "1"]
+ONNX_FAST = ["--window", "4", "--stride", "4", "--samples", "2", "--no-progress",
+             "--device", "cpu", "--threads", "1", "--no-incremental"]
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    """A PREDDIFF_HOME shared by the module's runs (LeNet converted once)."""
+    return tmp_path_factory.mktemp("home")
+
+
+def cli(*argv, home=None, env=None, timeout=300, **kwargs):
+    """Run ``python -m preddiff ARGV``; returns the CompletedProcess (text stdout/stderr)."""
+    environ = dict(os.environ, MPLBACKEND="Agg")
+    if home is not None:
+        environ["PREDDIFF_HOME"] = str(home)
+    environ.update(env or {})
+    return subprocess.run([sys.executable, "-m", "preddiff", *map(str, argv)],
+                          capture_output=True, text=True, env=environ, timeout=timeout,
+                          **kwargs)
+
+
+def explain(*argv, **kwargs):
+    """``preddiff explain ARGV`` in a subprocess."""
+    return cli("explain", *argv, **kwargs)
+
+
+def one_error_line(proc, *fragments):
+    """The run failed with one ``preddiff: error:`` line holding every fragment."""
+    err = proc.stderr.strip()
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert err.startswith("preddiff: error: "), err
+    for fragment in fragments:
+        assert fragment in err, (fragment, err)
+    return err
+
+
+def save(path, array, **kwargs):
+    from PIL import Image
+
+    Image.fromarray(array).save(path, **kwargs)
+    return path
+
+
+def colour_image(height=24, width=32):
+    """Smooth colour bands: distinct R, G, B (so a channel mix-up shows), JPEG-friendly."""
+    image = np.zeros((height, width, 3), np.uint8)
+    image[:, : width // 3] = (220, 30, 30)
+    image[:, width // 3 : 2 * width // 3] = (30, 200, 40)
+    image[:, 2 * width // 3 :] = (40, 50, 210)
+    return image
+
+
+# ----------------------------------------------------------------------------------------------
+# 1-3: silently wrong results
+
+
+def test_1_cmyk_jpeg_is_converted_to_rgb(tmp_path, home):
+    from PIL import Image
+
+    rgb = colour_image()
+    path = tmp_path / "cmyk.jpg"
+    Image.fromarray(rgb).convert("CMYK").save(path, quality=100)
+    model = free_size_onnx(tmp_path / "tiny.onnx")
+    proc = explain(path, "--model", model, "--input-size", "24x32", *ONNX_FAST, "--out", tmp_path,
+               home=home)
+    assert proc.returncode == 0, proc.stderr
+    assert "is CMYK: converted to RGB" in proc.stderr and "alpha" not in proc.stderr
+    x = Explanation.load(tmp_path / "cmyk_tiny.npz").x
+    assert np.abs(x - rgb.transpose(2, 0, 1) / 255.0).max() < 0.08
+
+
+@pytest.mark.parametrize("mode", ["LA", "P-transparent", "I;16"])
+def test_1_other_pil_modes_are_read_as_what_they_show(tmp_path, mode):
+    from PIL import Image
+
+    from preddiff.preprocess import load_image
+
+    gray = np.tile(np.arange(0, 240, 10, dtype=np.uint8), (20, 1))  # (20, 24)
+    path = tmp_path / "img.png"
+    if mode == "LA":
+        image = Image.fromarray(np.dstack([gray, np.full_like(gray, 128)]), "LA")
+        expected = np.dstack([gray] * 3)
+    elif mode == "P-transparent":
+        rgb = colour_image(20, 24)
+        image = Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=8)
+        image.info["transparency"] = 0
+        expected = rgb
+    else:
+        image = Image.fromarray(gray.astype(np.uint16) * 257)
+        assert image.mode.startswith("I;16")
+        expected = np.dstack([gray] * 3)
+    image.save(path)
+    with pytest.warns(UserWarning):
+        got = load_image(path)
+    assert got.shape == expected.shape and got.dtype == np.uint8
+    assert np.abs(got.astype(int) - expected).max() <= 2
+
+
+def test_2_exif_orientation_is_applied_and_noted(tmp_path, home):
+    from PIL import Image
+
+    upright = colour_image(24, 32)  # as the viewer shows it: 24 rows, 32 columns
+    stored = np.rot90(upright, 1)  # the camera's sensor rows (32 × 24)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to view
+    path = tmp_path / "phone.jpg"
+    Image.fromarray(np.ascontiguousarray(stored)).save(path, quality=100, subsampling=0,
+                                                        exif=exif)
+    model = free_size_onnx(tmp_path / "tiny.onnx")
+    proc = explain(path, "--model", model, "--input-size", "24x32", *ONNX_FAST, "--out", tmp_path,
+               home=home)
+    assert proc.returncode == 0, proc.stderr
+    assert "EXIF orientation 6" in proc.stderr
+    x = Explanation.load(tmp_path / "phone_tiny.npz").x
+    assert np.abs(x - upright.transpose(2, 0, 1) / 255.0).max() < 0.08
+
+
+def test_3_negative_digit_index_is_an_error(tmp_path, home):
+    proc = explain("digits:-1", *FAST, "--out", tmp_path, home=home)
+    one_error_line(proc, "'digits:-1'", "0..1796")
+    assert not list(tmp_path.iterdir())
+
+
+# ----------------------------------------------------------------------------------------------
+# 9, 12: what the image is; huge photos
+
+
+@pytest.mark.parametrize("kind", ["directory", "device"])
+def test_9_directory_or_device_as_image_says_what_it_is(tmp_path, home, kind):
+    if kind == "device" and not os.path.exists("/dev/zero"):
+        pytest.skip("no /dev/zero")
+    target = tmp_path if kind == "directory" else "/dev/zero"
+    proc = explain(target, *FAST, "--out", tmp_path / "out", home=home)
+    one_error_line(proc, "a directory" if kind == "directory" else "a character device",
+                   "not an image file")
+
+
+def test_12_large_image_is_box_filtered_first_and_noted(tmp_path, home):
+    rng = np.random.default_rng(5)
+    big = np.repeat(np.repeat(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8), 30, 0), 30, 1)
+    path = save(tmp_path / "big.png", big)  # 1200 × 1200
+    model = free_size_onnx(tmp_path / "tiny.onnx")
+    proc = explain(path, "--model", model, "--input-size", "16x16", *ONNX_FAST,
+               "--out", tmp_path, home=home)
+    assert proc.returncode == 0, proc.stderr
+    assert "is 1200×1200: box-filtered to 32×32 before resizing to 16×16" \
+        in proc.stderr
+
+
+def test_12_staged_resize_matches_direct_resize():
+    from skimage.transform import resize
+
+    from preddiff.inputs import shrink
+
+    yy, xx = np.mgrid[0:1100, 0:1000] / 1000.0
+    smooth = np.dstack([np.sin(3 * yy), np.cos(2 * xx), yy * xx]) * 0.5 + 0.5
+    image = np.round(smooth * 255).astype(np.uint8)
+    direct = resize(image / 255.0, (20, 25), order=1, anti_aliasing=True)
+    with pytest.warns(UserWarning, match="box-filtered to 40×50"):
+        reduced = shrink(image, (20, 25))
+    staged = resize(reduced / 255.0, (20, 25), order=1, anti_aliasing=True)
+    # the filters differ (box + narrow Gaussian against one wide Gaussian): close, not equal
+    assert np.abs(staged - direct).mean() < 0.01 and np.abs(staged - direct).max() < 0.06
+    small = image[:500, :500]
+    assert shrink(small, (20, 25)) is small  # ordinary images: unchanged
