@@ -183,3 +183,91 @@ def test_12_staged_resize_matches_direct_resize():
     assert np.abs(staged - direct).mean() < 0.01 and np.abs(staged - direct).max() < 0.06
     small = image[:500, :500]
     assert shrink(small, (20, 25)) is small  # ordinary images: unchanged
+
+
+# ----------------------------------------------------------------------------------------------
+# 4-7: lost or overwritten work
+
+
+def test_4_same_stem_images_get_their_own_outputs(tmp_path, home):
+    rng = np.random.default_rng(6)
+    png = save(tmp_path / "ok.png", rng.integers(0, 255, (28, 28), dtype=np.uint8))
+    jpg = save(tmp_path / "ok.jpg", rng.integers(0, 255, (28, 28), dtype=np.uint8))
+    out = tmp_path / "out"
+    proc = explain(png, jpg, *FAST, "--out", out, home=home)
+    assert proc.returncode == 0, proc.stderr
+    assert "ok-png_lenet.npz" in proc.stderr and "ok-jpg_lenet.npz" in proc.stderr
+    a, b = (Explanation.load(out / f"ok-{ext}_lenet.npz") for ext in ("png", "jpg"))
+    assert a.metadata["image"] == str(png) and b.metadata["image"] == str(jpg)
+    assert not np.array_equal(a.x, b.x)
+    assert not (out / "ok_lenet.npz").exists()
+
+
+def test_5_one_bad_image_stops_nothing_half_way(tmp_path, home):
+    zero = tmp_path / "zero.jpg"
+    zero.write_bytes(b"")
+    missing = tmp_path / "missing.png"
+    out = tmp_path / "out"
+    proc = explain("digits:1", zero, "digits:2", missing, *FAST, "--out", out, home=home)
+    one_error_line(proc, "2 of 4 images cannot be explained (nothing was computed)",
+                   f"{str(zero)!r} is empty", f"{str(missing)!r} does not exist")
+    assert not list(out.glob("*.npz"))  # was: digit1 explained, then the run stopped
+    proc = explain("digits:1", "digits:2", *FAST, "--out", out, home=home)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == [
+        "digit1_lenet.npz", "digit1_lenet.png", "digit2_lenet.npz", "digit2_lenet.png"]
+
+
+def test_6_concurrent_run_into_the_same_output_is_refused(tmp_path, home):
+    from preddiff.lock import OutputLock
+
+    out = tmp_path / "out"
+    out.mkdir()
+    held = OutputLock(out / "digit4_lenet").acquire()  # a run (this process) computing it
+    try:
+        proc = explain("digits:3", "digits:4", *FAST, "--out", out, home=home)
+        one_error_line(proc, f"{out / 'digit4_lenet'}.npz is being computed by another "
+                       f"preddiff run (pid {os.getpid()} on ")
+        assert sorted(p.name for p in out.iterdir()) == [".digit4_lenet.lock"]
+    finally:
+        held.release()
+    proc = explain("digits:4", *FAST, "--out", out, home=home, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["digit4_lenet.npz", "digit4_lenet.png"]
+
+
+def test_6_two_real_runs_at_once(tmp_path, home):
+    """Two processes started together: one computes, the other is refused at once."""
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "preddiff", "explain", "digits:5", *FAST, "--out", str(out)]
+    environ = dict(os.environ, MPLBACKEND="Agg", PREDDIFF_HOME=str(home))
+    procs = [subprocess.Popen(argv + ["--seed", str(seed)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=environ)
+             for seed in (1, 2)]
+    results = [(p.wait(timeout=300), *p.communicate()) for p in procs]
+    codes = sorted(r[0] for r in results)
+    if codes == [0, 0]:
+        pytest.skip("the runs did not overlap on this machine")
+    assert codes == [0, 2], results
+    winner = next(r for r in results if r[0] == 0)
+    loser = next(r for r in results if r[0] == 2)
+    assert "is being computed by another preddiff run (pid " in loser[2]
+    seed = Explanation.load(out / "digit5_lenet.npz").seed
+    assert seed == (1 if results[0][0] == 0 else 2) and "wrote" in winner[1]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux /proc")
+def test_7_unwritable_out_is_refused_before_computing(tmp_path, home):
+    # /proc/self is a folder that nobody, not even root, can create files in
+    proc = explain("digits:1", *FAST, "--no-checkpoint", "--samples", "30", "--stride", "1",
+                   "--out", "/proc/self", home=home)
+    one_error_line(proc, "--out '/proc/self' is not writable", "nothing was computed")
+    assert "wrote" not in proc.stdout
+
+
+def test_7_output_path_that_is_a_folder_is_refused_first(tmp_path, home):
+    out = tmp_path / "out"
+    (out / "digit1_lenet.png").mkdir(parents=True)
+    proc = explain("digits:1", *FAST, "--out", out, home=home)
+    one_error_line(proc, f"output {str(out / 'digit1_lenet.png')!r} is a folder")
+    assert not (out / "digit1_lenet.npz").exists()

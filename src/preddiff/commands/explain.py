@@ -28,6 +28,7 @@ import argparse
 import sys
 import time
 import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -100,7 +101,7 @@ def register(subparsers) -> None:
     p.add_argument("--no-incremental", action="store_true",
                    help="evaluate full perturbed images (by default exact incremental inference "
                    "is used when the network allows it and its cost model predicts a gain)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=_run_with_locks)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -323,6 +324,59 @@ def _load_input(spec: str, model: _Model):
     return path.stem, x, path.stem, path.resolve()
 
 
+def _read_inputs(specs, model: _Model) -> list[tuple]:
+    """Read and preprocess every IMAGE before any work starts, each output name unique.
+
+    Returns ``[(spec, name, x, exclude, source), ...]`` (an IMAGE given twice once). Inputs
+    with the same stem (``ok.png ok.jpg``) get the extension in their name (``ok-png``,
+    ``ok-jpg``; a number when that is not enough), with a note. Every unusable input is
+    reported in one error, before anything is computed."""
+    from ..errors import InvalidArgument
+
+    jobs, problems = [], []
+    for spec in dict.fromkeys(specs):
+        try:
+            jobs.append([spec, *_load_input(spec, model)])
+        except (InvalidArgument, OSError) as exc:
+            problems.append(" ".join(str(exc).split()))
+    if problems:
+        raise InvalidArgument(f"{len(problems)} of {len(set(specs))} images cannot be explained "
+                              f"(nothing was computed): {'; '.join(problems)}")
+    counts = Counter(job[1] for job in jobs)
+    taken = set()
+    for job in jobs:
+        spec, stem = job[0], job[1]
+        name = stem
+        if counts[stem] > 1 and not spec.startswith("digits:") and Path(spec).suffix:
+            name = f"{stem}-{Path(spec).suffix.lstrip('.')}"
+        base, number = name, 2
+        while name in taken:
+            name, number = f"{base}-{number}", number + 1
+        if name != stem:
+            print(f"preddiff: note: {spec} has the same name as another image: its results "
+                  f"are {name}_{model.name}.npz and .png", file=sys.stderr)
+        taken.add(name)
+        job[1] = name
+    return [tuple(job) for job in jobs]
+
+
+def _claim_outputs(out: Path, names):
+    """Check ``out`` is writable and lock each ``out/<name>`` against a concurrent run."""
+    from ..lock import claim_outputs
+
+    return claim_outputs(out, [out / name for name in names])
+
+
+def _run_with_locks(args: argparse.Namespace) -> int:
+    """:func:`run`, releasing the output locks it took however it ends."""
+    try:
+        return run(args)
+    finally:
+        claim = getattr(args, "claim", None)
+        if claim is not None:
+            claim.release()
+
+
 def _digit_index(spec: str) -> int:
     """``digits:N`` → N, which must name one of the bundled digits (no negative indices)."""
     from ..digits import load_digits
@@ -441,9 +495,10 @@ def run(args: argparse.Namespace) -> int:
     note = _use_incremental(model, args, window)
     incremental = bool(getattr(model.classifier, "incremental", False))
     args.out.mkdir(parents=True, exist_ok=True)
-    for spec in args.images:
+    jobs = _read_inputs(args.images, model)  # every image checked before any work
+    args.claim = _claim_outputs(args.out, [f"{job[1]}_{model.name}" for job in jobs])
+    for spec, name, x, exclude, source in jobs:
         started = time.perf_counter()
-        name, x, exclude, source = _load_input(spec, model)
         window_grid(x.shape[1:], window, args.stride)  # a bad window fails before the fit
         pool = _pool(args, model, exclude, source)
         sampler = _sampler(args, pool, window)
