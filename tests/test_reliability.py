@@ -271,3 +271,36 @@ def test_7_output_path_that_is_a_folder_is_refused_first(tmp_path, home):
     proc = explain("digits:1", *FAST, "--out", out, home=home)
     one_error_line(proc, f"output {str(out / 'digit1_lenet.png')!r} is a folder")
     assert not (out / "digit1_lenet.npz").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# 8, 14: preddiff evaluate
+
+EVALUATE_FAST = ["--digits", "2", "--fill", "mean", "--no-randomisation", "--stride", "4",
+                 "--samples", "2", "--draws", "1", "--no-progress"]
+
+
+def test_8_damaged_evaluate_progress_is_recomputed(tmp_path, home):
+    out = tmp_path / "ev"
+    fresh = cli("evaluate", *EVALUATE_FAST, "--out", tmp_path / "fresh", home=home)
+    assert fresh.returncode == 0, fresh.stderr
+    progress = out / "evaluation-progress"
+    progress.mkdir(parents=True)
+    (progress / "digit0.npz").write_bytes(b"PK\x03\x04 truncated")
+    np.savez(progress / "digit1.npz", a=np.zeros(3))
+    (progress / "digit1.npz").write_bytes((progress / "digit1.npz").read_bytes()[:60])
+    proc = cli("evaluate", *EVALUATE_FAST, "--out", out, home=home)
+    assert proc.returncode == 0, proc.stderr  # was: zipfile.BadZipFile on every rerun
+    warnings = [line for line in proc.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 2 and all("is damaged" in w for w in warnings), proc.stderr
+    assert "Traceback" not in proc.stderr
+    with np.load(out / "evaluation.npz") as got, \
+            np.load(tmp_path / "fresh" / "evaluation.npz") as want:
+        assert sorted(got.files) == sorted(want.files)
+        for key in want.files:
+            assert np.array_equal(got[key], want[key]), key
+
+
+def test_14_evaluate_negative_seed_is_one_line(tmp_path, home):
+    proc = cli("evaluate", *EVALUATE_FAST, "--seed", "-1", "--out", tmp_path, home=home)
+    one_error_line(proc, "--seed must be a non-negative integer, got -1")
