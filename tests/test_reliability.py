@@ -304,3 +304,43 @@ def test_8_damaged_evaluate_progress_is_recomputed(tmp_path, home):
 def test_14_evaluate_negative_seed_is_one_line(tmp_path, home):
     proc = cli("evaluate", *EVALUATE_FAST, "--seed", "-1", "--out", tmp_path, home=home)
     one_error_line(proc, "--seed must be a non-negative integer, got -1")
+
+
+# ----------------------------------------------------------------------------------------------
+# 10, 11, 18a: ONNX files
+
+
+def test_10_zero_byte_onnx_is_named_empty(tmp_path, home):
+    empty = tmp_path / "empty.onnx"
+    empty.write_bytes(b"")
+    proc = explain("digits:1", *FAST, "--model", empty, "--out", tmp_path, home=home)
+    one_error_line(proc, f"ONNX model file {str(empty)!r} is empty (0 bytes): not an ONNX model")
+
+
+def test_10_protobuf_without_graph_is_not_an_onnx_model(tmp_path, home):
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x08\x07")  # a valid protobuf: ir_version = 7, nothing else
+    proc = explain("digits:1", *FAST, "--model", junk, "--out", tmp_path, home=home)
+    one_error_line(proc, f"{str(junk)!r} is not an ONNX model: it holds no graph")
+
+
+def test_11_input_size_too_large_for_memory_is_refused(tmp_path, home):
+    model = free_size_onnx(tmp_path / "tiny.onnx")
+    proc = explain("digits:1", *ONNX_FAST, "--model", model, "--input-size", "100000x100000",
+                   "--out", tmp_path, home=home)
+    one_error_line(proc, "--input-size 100000x100000: a batch of 256 images of "
+                   "3x100000x100000 float32 needs at least 28,833.7 GiB", "GiB is available")
+
+
+def test_18_messages_name_the_model_file_not_modelproto(tmp_path, home):
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(free_size_onnx(tmp_path / "tiny.onnx")))
+    model.graph.input.append(helper.make_tensor_value_info("extra", TensorProto.FLOAT, [1]))
+    path = tmp_path / "two_inputs.onnx"
+    onnx.save(model, str(path))
+    proc = explain("digits:1", *ONNX_FAST, "--model", path, "--input-size", "8x8",
+                   "--out", tmp_path, home=home)
+    one_error_line(proc, f"{path} has 2 graph inputs (data, extra)")
+    assert "<ModelProto>" not in proc.stderr

@@ -25,6 +25,7 @@ model).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import warnings
@@ -165,8 +166,7 @@ def _onnx_model(path: Path, args) -> _Model:
     blob = args.blob or next((o for o in graph_outputs if o in softmax_outputs),
                              graph_outputs[0] if graph_outputs else None)
     classifier = OnnxClassifier(model, outputs=[blob], batch_size=_batch_size(args),
-                                device=args.device, threads=args.threads)
-    classifier.source = str(path)
+                                device=args.device, threads=args.threads, name=str(path))
     channels, height, width = classifier.input_shape
     if channels not in (1, 3):
         raise InvalidArgument(f"{path} takes {channels} channels; preddiff explain handles "
@@ -176,6 +176,7 @@ def _onnx_model(path: Path, args) -> _Model:
         if size is None:
             raise InvalidArgument(f"{path} leaves its input size free: give --input-size HxW")
         height, width = size
+        _check_batch_memory(args, (channels, height, width))
     elif size is not None and size != (height, width):
         raise InvalidArgument(f"--input-size {size[0]}x{size[1]} differs from the model's "
                               f"input {height}x{width}")
@@ -217,6 +218,44 @@ def _onnx_model(path: Path, args) -> _Model:
                   input_shape=(channels, height, width), preprocess=preprocess,
                   deprocess=deprocess, labels=[], sha1=file_sha1(path),
                   default_pool=default_pool, extra={"onnx": str(path)})
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux: MemAvailable), or None."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _check_batch_memory(args, shape) -> None:
+    """Refuse an ``--input-size`` whose batch of perturbed float32 images cannot fit in the
+    memory available (the network's own activations come on top)."""
+    from ..errors import InvalidArgument
+
+    available = _available_memory()
+    channels, height, width = shape
+    batch = _batch_size(args)
+    need = (batch + 2) * channels * height * width * 4  # the batch, the image, its copy
+    if available is None or need <= available:
+        return
+    hint = ("a smaller --input-size or --batch-size"
+            if 3 * channels * height * width * 4 <= available else "a smaller --input-size")
+    raise InvalidArgument(
+        f"--input-size {height}x{width}: a batch of {batch} images of {channels}x{height}x"
+        f"{width} float32 needs at least {_gib(need)} of memory, and {_gib(available)} is "
+        f"available; give {hint}")
+
+
+def _gib(count: int) -> str:
+    return f"{count / 2**30:,.1f} GiB"
 
 
 def _load_model(args) -> _Model:
