@@ -344,3 +344,48 @@ def test_18_messages_name_the_model_file_not_modelproto(tmp_path, home):
                    "--out", tmp_path, home=home)
     one_error_line(proc, f"{path} has 2 graph inputs (data, extra)")
     assert "<ModelProto>" not in proc.stderr
+
+
+# ----------------------------------------------------------------------------------------------
+# 15, 16: the cache
+
+
+@pytest.mark.parametrize("kind", ["file", "unwritable"])
+def test_15_unusable_preddiff_home_still_runs_lenet(tmp_path, kind):
+    if kind == "file":
+        home = tmp_path / "home-is-a-file"
+        home.write_text("")
+        why = f"PREDDIFF_HOME={home} (not a folder: {home} is a file)"
+    else:
+        if not os.path.isdir("/proc/self"):
+            pytest.skip("needs Linux /proc")
+        home = "/proc/self/preddiff"  # cannot be created, not even by root
+        why = "PREDDIFF_HOME=/proc/self/preddiff (not writable)"
+    proc = explain("digits:1", *FAST, "--out", tmp_path / "out", home=home)
+    assert proc.returncode == 0, proc.stderr  # was: [Errno 20] / [Errno 2], no result
+    assert f"{why} cannot hold the converted lenet model" in proc.stderr
+    assert "using a temporary copy at " in proc.stderr and "Traceback" not in proc.stderr
+    assert (tmp_path / "out" / "digit1_lenet.npz").is_file()
+
+
+def test_15_fetch_names_preddiff_home(tmp_path):
+    home = tmp_path / "home-is-a-file"
+    home.write_text("")
+    source = tmp_path / "weights.caffemodel"
+    source.write_bytes(b"x")
+    proc = cli("models", "fetch", "alexnet", "--url", source.as_uri(), home=home)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert f"PREDDIFF_HOME={home} (not a folder: {home} is a file) cannot hold it" \
+        in proc.stderr, proc.stderr
+
+
+def test_16_truncated_cached_onnx_is_converted_again(tmp_path):
+    home = tmp_path / "home"
+    out = tmp_path / "out"
+    assert explain("digits:1", *FAST, "--out", out, home=home).returncode == 0
+    cached = home / "onnx" / "lenet.onnx"
+    whole = cached.read_bytes()
+    cached.write_bytes(whole[: len(whole) // 2])  # the sidecar is intact
+    proc = explain("digits:2", *FAST, "--out", out, home=home)
+    assert proc.returncode == 0, proc.stderr  # was: "cannot read ... as an ONNX model"
+    assert cached.read_bytes() == whole
