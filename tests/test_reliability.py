@@ -389,3 +389,68 @@ def test_16_truncated_cached_onnx_is_converted_again(tmp_path):
     proc = explain("digits:2", *FAST, "--out", out, home=home)
     assert proc.returncode == 0, proc.stderr  # was: "cannot read ... as an ONNX model"
     assert cached.read_bytes() == whole
+
+
+# ----------------------------------------------------------------------------------------------
+# 17: library API misuse
+
+
+def _api_call(classifier, x=None, **kwargs):
+    from preddiff import prediction_difference
+    from preddiff.samplers import MarginalSampler
+
+    x = np.random.default_rng(3).random((1, 6, 6)).astype(np.float32) if x is None else x
+    pool = np.random.default_rng(4).random((5, 1, 6, 6)).astype(np.float32)
+    return prediction_difference(x, classifier, MarginalSampler(pool), window=2, stride=2,
+                                 num_samples=2, blobs=("prob",), rng=0, progress=False,
+                                 **kwargs)
+
+
+def _softmax_classifier(units=lambda n: 3):
+    calls = []
+
+    def classifier(batch):
+        calls.append(len(batch))
+        k = units(len(calls))
+        scores = batch.reshape(len(batch), -1)[:, :k] * np.arange(1, k + 1)
+        e = np.exp(scores - scores.max(axis=1, keepdims=True))
+        return {"prob": e / e.sum(axis=1, keepdims=True)}
+    return classifier
+
+
+def test_17_classifier_none_is_named():
+    from preddiff.errors import PredDiffError
+
+    with pytest.raises(PredDiffError, match="classifier must be a callable .* got None"):
+        _api_call(None)
+
+
+def test_17_classifier_whose_units_change_is_named():
+    from preddiff.errors import PredDiffError
+
+    changing = _softmax_classifier(units=lambda call: 3 if call == 1 else 2)
+    with pytest.raises(PredDiffError, match=r"blob 'prob' with shape \(2,\) per image in batch "
+                       r"0 .* but \(3,\) on the unperturbed image"):
+        _api_call(changing)
+
+
+@pytest.mark.parametrize("value,message", [
+    (lambda n: np.float32(0.5), r"blob 'prob' with shape \(\) for a batch of 1 image"),
+    (lambda n: "prob", r"blob 'prob' as str on the unperturbed image"),
+    (lambda n: np.array(["a"] * n), r"blob 'prob' as ndarray of dtype <U1"),
+])
+def test_17_zero_d_or_string_outputs_are_named(value, message):
+    from preddiff.errors import PredDiffError
+
+    with pytest.raises(PredDiffError, match=message):
+        _api_call(lambda batch: {"prob": value(len(batch))})
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int64, bool])
+def test_17_integer_or_bool_images_are_refused(dtype):
+    from preddiff.errors import PredDiffError
+
+    x = (np.random.default_rng(3).random((1, 6, 6)) * 255).astype(dtype)
+    with pytest.raises(PredDiffError, match=f"x has dtype {np.dtype(dtype)}"):
+        _api_call(_softmax_classifier(), x=x)
+    assert _api_call(_softmax_classifier()).relevance["prob"].shape == (3, 6, 6)
