@@ -236,26 +236,6 @@ def test_6_concurrent_run_into_the_same_output_is_refused(tmp_path, home):
     assert sorted(p.name for p in out.iterdir()) == ["digit4_lenet.npz", "digit4_lenet.png"]
 
 
-def test_6_two_real_runs_at_once(tmp_path, home):
-    """Two processes started together: one computes, the other is refused at once."""
-    out = tmp_path / "out"
-    argv = [sys.executable, "-m", "preddiff", "explain", "digits:5", *FAST, "--out", str(out)]
-    environ = dict(os.environ, MPLBACKEND="Agg", PREDDIFF_HOME=str(home))
-    procs = [subprocess.Popen(argv + ["--seed", str(seed)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env=environ)
-             for seed in (1, 2)]
-    results = [(p.wait(timeout=300), *p.communicate()) for p in procs]
-    codes = sorted(r[0] for r in results)
-    if codes == [0, 0]:
-        pytest.skip("the runs did not overlap on this machine")
-    assert codes == [0, 2], results
-    winner = next(r for r in results if r[0] == 0)
-    loser = next(r for r in results if r[0] == 2)
-    assert "is being computed by another preddiff run (pid " in loser[2]
-    seed = Explanation.load(out / "digit5_lenet.npz").seed
-    assert seed == (1 if results[0][0] == 0 else 2) and "wrote" in winner[1]
-
-
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux /proc")
 def test_7_unwritable_out_is_refused_before_computing(tmp_path, home):
     # /proc/self is a folder that nobody, not even root, can create files in
@@ -454,3 +434,63 @@ def test_17_integer_or_bool_images_are_refused(dtype):
     with pytest.raises(PredDiffError, match=f"x has dtype {np.dtype(dtype)}"):
         _api_call(_softmax_classifier(), x=x)
     assert _api_call(_softmax_classifier()).relevance["prob"].shape == (3, 6, 6)
+
+
+# ----------------------------------------------------------------------------------------------
+# 13: Ctrl-C
+
+
+def _wait_for(path, text, process, timeout=120):
+    """Wait until ``path`` (a growing log) contains ``text``; fail if ``process`` ended."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and text in path.read_text(errors="replace"):
+            return
+        assert process.poll() is None, path.read_text(errors="replace")
+        time.sleep(0.05)
+    pytest.fail(f"{text!r} did not appear in {path}")
+
+
+def test_13_double_ctrl_c_is_one_line_and_keeps_the_checkpoint(tmp_path, home):
+    out = tmp_path / "out"
+    log = tmp_path / "stderr.txt"
+    argv = [sys.executable, "-m", "preddiff", "explain", "digits:3", "--window", "4",
+            "--stride", "1", "--samples", "400", "--patches", "2000", "--no-incremental",
+            "--batch-size", "400", "--device", "cpu", "--threads", "1", "--out", str(out)]
+    environ = dict(os.environ, MPLBACKEND="Agg", PREDDIFF_HOME=str(home))
+    with open(log, "w") as err:
+        process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, env=environ)
+        _wait_for(log, "win/s", process)  # the progress bar: windows are being computed
+        time.sleep(0.5)
+        for _ in range(15):  # Ctrl-C, then again and again while it stops
+            if process.poll() is not None:
+                break
+            process.send_signal(signal.SIGINT)
+            time.sleep(0.01)
+        code = process.wait(timeout=120)
+    lines = [line for line in log.read_text().replace("\r", "\n").splitlines()
+             if line.strip() and "prediction difference" not in line]
+    assert code == 130 and lines == ["preddiff: interrupted"], (code, lines)
+    with np.load(out / "digit3_lenet.ckpt.npz") as checkpoint:  # the finished windows kept
+        assert checkpoint.files
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="bash script")
+def test_13_run_all_ctrl_c_is_one_line(tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if not os.access(os.path.join(root, ".venv", "bin", "python"), os.X_OK):
+        pytest.skip("run_all.sh needs the checkout's .venv")
+    log, out = tmp_path / "stderr.txt", tmp_path / "stdout.txt"
+    with open(log, "w") as err, open(out, "w") as stdout:
+        process = subprocess.Popen(["./run_all.sh", "--smoke", "--figures", "fig1"], cwd=root,
+                                   stdout=stdout, stderr=err, start_new_session=True)
+        _wait_for(out, "== fig1", process, timeout=300)
+        time.sleep(8)  # inside the figure's computation
+        for _ in range(3):  # Ctrl-C at a terminal signals the whole process group
+            os.killpg(process.pid, signal.SIGINT)
+            time.sleep(0.05)
+        code = process.wait(timeout=120)
+    text = log.read_text()
+    assert code == 130, (code, text)
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text, text
+    assert text.count("interrupted") == 1 and text.strip().endswith("run_all.sh: interrupted")

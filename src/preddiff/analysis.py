@@ -50,10 +50,13 @@ bit for bit the result of an uninterrupted one with the same batch size.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import numbers
+import signal
 import sys
+import threading
 import time
 import types
 import zipfile
@@ -531,7 +534,8 @@ def prediction_difference(x, classifier, sampler, *, window, stride=1, num_sampl
         if store is not None:
             timings["total"] = previous_total + time.perf_counter() - started
             try:
-                store.save(done, values, timings)
+                with _sigint_deferred():  # a second Ctrl-C must not lose the finished work
+                    store.save(done, values, timings)
             except Exception:  # keep the previous checkpoint; report the original error
                 pass
         raise
@@ -554,6 +558,19 @@ def prediction_difference(x, classifier, sampler, *, window, stride=1, num_sampl
         num_samples=num_samples, blobs=blobs, probability_blobs=probability,
         laplace_n=laplace_n, seed=seed, sampler=sampler_desc, batch_size=batch_size,
         timings=timings)
+
+
+@contextlib.contextmanager
+def _sigint_deferred():
+    """Ignore Ctrl-C (SIGINT) inside the block, in the main thread; restore after it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _resume(store: Checkpoint, values: dict, timings: dict) -> int:

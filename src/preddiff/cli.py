@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
+import signal
 import sys
+import threading
 
 from . import __version__, commands
 from .errors import PredDiffError
@@ -38,6 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def ignore_interrupts() -> None:
+    """Ignore further Ctrl-C (SIGINT) in this process: called once the first one is being
+    handled, so that pressing it again while the checkpoint is saved and the interpreter
+    shuts down cannot print a traceback."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
     parser = build_parser()
@@ -48,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
+        ignore_interrupts()  # a second Ctrl-C must not turn the one line into a traceback
         if args.debug:
             raise
         print("preddiff: interrupted", file=sys.stderr)
