@@ -494,3 +494,68 @@ def test_13_run_all_ctrl_c_is_one_line(tmp_path):
     assert code == 130, (code, text)
     assert "Traceback" not in text and "KeyboardInterrupt" not in text, text
     assert text.count("interrupted") == 1 and text.strip().endswith("run_all.sh: interrupted")
+
+
+# ----------------------------------------------------------------------------------------------
+# 18, 19: misleading or missing words
+
+
+def test_18_bench_json_folder_is_refused_before_the_benchmark(tmp_path, home):
+    started = time.perf_counter()
+    proc = cli("bench", "--models", "lenet", "--quick", "--device", "cpu", "--json", tmp_path,
+               home=home)
+    one_error_line(proc, f"--json {str(tmp_path)!r} is a folder; give a file name")
+    assert time.perf_counter() - started < 60 and not proc.stdout
+
+
+def test_18_resumed_run_without_progress_bar_says_so(tmp_path, home):
+    out = tmp_path / "out"
+    log = tmp_path / "stderr.txt"
+    argv = ["digits:3", "--window", "4", "--stride", "1", "--samples", "200", "--patches",
+            "2000", "--no-incremental", "--batch-size", "200", "--device", "cpu",
+            "--threads", "1", "--out", str(out)]
+    environ = dict(os.environ, MPLBACKEND="Agg", PREDDIFF_HOME=str(home))
+    with open(log, "w") as err:
+        process = subprocess.Popen([sys.executable, "-m", "preddiff", "explain", *argv],
+                                   stdout=subprocess.DEVNULL, stderr=err, env=environ)
+        _wait_for(log, "win/s", process)
+        time.sleep(1.0)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=120) == 130
+    checkpoint = out / "digit3_lenet.ckpt.npz"
+    assert checkpoint.is_file()
+    proc = explain(*argv, "--no-progress", home=home)
+    assert proc.returncode == 0, proc.stderr
+    assert f"preddiff: note: resumed from {checkpoint}: the windows finished by the earlier " \
+        "run were not computed again" in proc.stderr
+    timing = proc.stdout.splitlines()[1]
+    assert " s this run, resumed (over all runs: prediction difference " in timing, timing
+    e = Explanation.load(out / "digit3_lenet.npz")
+    assert f"classifier {e.timings['classifier']:.1f} s on " in timing
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--sampler", "marginal", "--colour", "joint"],
+     "preddiff: warning: --colour applies to the conditional sampler only: ignored with "
+     "--sampler marginal"),
+    (["--sampler", "marginal", "--padding", "3"],
+     "preddiff: warning: --padding applies to the conditional sampler only: ignored with "
+     "--sampler marginal"),
+    (["--order", "first"],
+     "preddiff: warning: --order applies to the marginal sampler only: ignored with "
+     "--sampler conditional"),
+])
+def test_19_sampler_options_without_effect_are_warned(tmp_path, home, argv, message):
+    fast = [a for a in FAST if a not in ("--patches", "2000")]
+    proc = explain("digits:1", *fast, *argv, "--out", tmp_path, home=home)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.strip() == message
+
+
+def test_19_policy_with_an_onnx_model_is_an_error(tmp_path, home):
+    model = free_size_onnx(tmp_path / "tiny.onnx")
+    image = save(tmp_path / "img.png", colour_image())
+    proc = explain(image, "--model", model, "--input-size", "8x8", "--policy", "resize",
+                   *ONNX_FAST, "--out", tmp_path, home=home)
+    one_error_line(proc, "--policy applies to the zoo nets (alexnet, googlenet, vgg16, lenet) "
+                   f"only; images for {model} are resized to its input size")

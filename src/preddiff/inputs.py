@@ -4,8 +4,8 @@
 :func:`preddiff.preprocess.to_rgb` understands, applying what a viewer applies: the EXIF
 orientation (a phone photo taken upright is explained upright), CMYK → RGB, palette →
 RGB(A), gray + alpha → gray, 16-bit → 8-bit. Each conversion that changes what the network
-sees is announced with a :class:`UserWarning` (the command line prints it as a note). Files
-Pillow cannot decode (e.g. float TIFFs) are read with :func:`skimage.io.imread`.
+sees is announced with a :class:`UserWarning` (the command line prints it as a note). TIFF
+files Pillow cannot decode (e.g. 64-bit float) are read with :func:`skimage.io.imread`.
 
 :func:`shrink` reduces a very large image with a box filter by an integer factor before the
 anti-aliased resize of the preprocessing: :func:`skimage.transform.resize` smooths with a
@@ -25,6 +25,8 @@ from .errors import InvalidArgument
 
 #: Pillow modes read as they are: gray, RGB, RGBA (uint8).
 _DIRECT = {"L": None, "RGB": None, "RGBA": None}
+#: Files Pillow cannot decode that are tried with scikit-image (float TIFFs via tifffile).
+SKIMAGE_SUFFIXES = (".tif", ".tiff")
 #: Images with more pixels than this are box-reduced before an anti-aliased resize.
 SHRINK_ABOVE_PIXELS = 1 << 20
 
@@ -72,8 +74,8 @@ def read_image(path) -> np.ndarray:
     Parameters
     ----------
     path : str or Path
-        An image file Pillow reads (JPEG, PNG, BMP, GIF, TIFF, WebP, …); others are tried
-        with :func:`skimage.io.imread`.
+        An image file Pillow reads (JPEG, PNG, BMP, GIF, TIFF, WebP, …); TIFFs it cannot
+        decode (e.g. 64-bit float) are read with :func:`skimage.io.imread`.
 
     Returns
     -------
@@ -94,7 +96,10 @@ def read_image(path) -> np.ndarray:
             image.load()
             return _pixels(_upright(image, path), path)
     except UnidentifiedImageError:
-        pass  # a format Pillow does not know: scikit-image (tifffile, imageio) may
+        if path.suffix.lower() not in SKIMAGE_SUFFIXES:
+            raise InvalidArgument(f"cannot read {str(path)!r} as an image: not a file format "
+                                  "Pillow reads, or a damaged file") from None
+        # e.g. a float TIFF: scikit-image (tifffile) reads it
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise InvalidArgument(f"cannot read {str(path)!r} as an image: {exc}") from None
     import skimage.io

@@ -61,7 +61,7 @@ def register(subparsers) -> None:
                    "marginal (the window from other images)")
     p.add_argument("--window", type=int, default=None,
                    help="window size k (default 10; 4 for LeNet)")
-    p.add_argument("--padding", type=int, default=2,
+    p.add_argument("--padding", type=int, default=None,
                    help="conditional sampler: padding l around the window (default 2)")
     p.add_argument("--samples", type=int, default=10,
                    help="samples S per window (default 10, the released code; the paper: 20)")
@@ -73,15 +73,15 @@ def register(subparsers) -> None:
     p.add_argument("--pool", type=Path, default=None, metavar="DIR",
                    help="images the samplers learn from (default: the bundled images; for "
                    "LeNet the digits other than the explained one)")
-    p.add_argument("--colour", choices=("per-channel", "joint"), default="per-channel",
+    p.add_argument("--colour", choices=("per-channel", "joint"), default=None,
                    help="conditional sampler: one Gaussian per channel (released code; "
                    "default) or one over all channels (paper text)")
-    p.add_argument("--patches", type=int, default=25000,
+    p.add_argument("--patches", type=int, default=None,
                    help="conditional sampler: patches to fit on (default 25000)")
-    p.add_argument("--order", choices=("random", "first"), default="random",
+    p.add_argument("--order", choices=("random", "first"), default=None,
                    help="marginal sampler: random pool images per window (default), or the "
                    "first S (released code)")
-    p.add_argument("--policy", choices=("crop", "resize"), default="crop",
+    p.add_argument("--policy", choices=("crop", "resize"), default=None,
                    help="zoo nets: centre crop without resizing (released code; default) or "
                    "resize to 256 then crop")
     p.add_argument("--input-size", default=None, metavar="HxW",
@@ -264,6 +264,32 @@ def _load_model(args) -> _Model:
     if args.model in zoo.MODEL_NAMES:
         return _zoo_model(args.model, args)
     return _onnx_model(Path(args.model), args)
+
+
+#: Options that apply to one sampler or to the zoo nets only, and their defaults.
+SAMPLER_OPTIONS = {"conditional": {"padding": 2, "colour": "per-channel", "patches": 25000},
+                   "marginal": {"order": "random"}}
+ZOO_OPTIONS = {"policy": "crop"}
+
+
+def _options_that_apply(args) -> None:
+    """Say when an option is given where it has no effect: a sampler's options with the other
+    sampler (a warning: scripts switch samplers), ``--policy`` with an ONNX file (an error,
+    as ``--input-size`` with a zoo net); fill in the defaults."""
+    from .. import zoo
+    from ..errors import InvalidArgument
+
+    for sampler, options in SAMPLER_OPTIONS.items():
+        for name, default in options.items():
+            if getattr(args, name) is not None and args.sampler != sampler:
+                print(f"preddiff: warning: --{name} applies to the {sampler} sampler only: "
+                      f"ignored with --sampler {args.sampler}", file=sys.stderr)
+            if getattr(args, name) is None:
+                setattr(args, name, default)
+    if args.policy is not None and args.model not in zoo.MODEL_NAMES:
+        raise InvalidArgument(f"--policy applies to the zoo nets ({', '.join(zoo.MODEL_NAMES)}) "
+                              f"only; images for {args.model} are resized to its input size")
+    args.policy = args.policy or ZOO_OPTIONS["policy"]
 
 
 def _parse_size(text: str) -> tuple[int, int]:
@@ -483,6 +509,28 @@ def _sampler(args, pool, window):
 # output
 
 
+def _resumable(checkpoint) -> bool:
+    """Whether a checkpoint is there to resume from (checked before the run)."""
+    return checkpoint is not None and checkpoint.is_file()
+
+
+def _say_resumed(checkpoint) -> None:
+    """Say on stderr that the run resumed (also without a progress bar, which would show the
+    windows already done)."""
+    print(f"preddiff: note: resumed from {checkpoint}: the windows finished by the earlier "
+          "run were not computed again", file=sys.stderr)
+
+
+def _time_text(seconds: float, explanation, resumed: bool) -> str:
+    """``"12.3 s (classifier 10.1 s"``; for a resumed run the times over all its runs, so
+    that the classifier's share does not look larger than the whole."""
+    timings = explanation.timings
+    if not resumed:
+        return f"{seconds:.1f} s (classifier {timings['classifier']:.1f} s"
+    return (f"{seconds:.1f} s this run, resumed (over all runs: prediction difference "
+            f"{timings['total']:.1f} s, classifier {timings['classifier']:.1f} s")
+
+
 def _unit_names(model: _Model, explanation) -> list[str]:
     units = explanation.relevance[model.blob].shape[0]
     if model.labels and len(model.labels) == units:
@@ -528,6 +576,7 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidArgument(f"--input-size applies to ONNX files only; {args.model} takes "
                               f"{'x'.join(map(str, zoo.manifest(args.model).input_shape[1:]))} "
                               "inputs")
+    _options_that_apply(args)
     model = _load_model(args)
     window = args.window if args.window is not None else (4 if model.input_shape[0] == 1 else 10)
     window_grid(model.input_shape[1:], window, args.stride)  # a bad window fails first
@@ -543,12 +592,15 @@ def run(args: argparse.Namespace) -> int:
         sampler = _sampler(args, pool, window)
         stem = args.out / f"{name}_{model.name}"
         checkpoint = None if args.no_checkpoint else stem.with_name(stem.name + ".ckpt.npz")
+        resumed = _resumable(checkpoint)
         explanation = prediction_difference(
             x, model.classifier, sampler, window=window, stride=args.stride,
             num_samples=args.samples, blobs=(model.blob,),
             probability_blobs=(model.blob,) if model.probability else (),
             batch_size=_batch_size(args, incremental), rng=args.seed, checkpoint=checkpoint,
             keep_checkpoint=True, progress=not args.no_progress)
+        if resumed:
+            _say_resumed(checkpoint)
         names = _unit_names(model, explanation)
         top = explanation.top_classes(model.blob, args.top)
         explanation.metadata.update({
@@ -570,6 +622,6 @@ def run(args: argparse.Namespace) -> int:
         tops = ", ".join(f"{names[i]} ({label}={v:.3f})" for i, v in top)
         print(f"{spec}: {tops}")
         provider = getattr(model.classifier, "provider", None) or "?"
-        print(f"  {seconds:.1f} s (classifier {explanation.timings['classifier']:.1f} s on "
+        print(f"  {_time_text(seconds, explanation, resumed)} on "
               f"{provider.replace('ExecutionProvider', '')}; {note}); wrote {npz} and {png}")
     return 0
