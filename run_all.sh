@@ -28,6 +28,10 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 export MPLBACKEND=Agg
+# Ctrl-C: the Python scripts stop cleanly (their checkpoints saved) without a line of their
+# own; this script prints the one line and exits with status 130.
+export PREDDIFF_REPRODUCE_CHILD=1
+trap 'echo "run_all.sh: interrupted" >&2; exit 130' INT
 
 scale=paper
 mode=--check

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -45,8 +46,17 @@ def run_figure(figure: str, scale: str, extra: list[str]) -> tuple[int, float]:
     print(f"== {figure}: {' '.join(command[1:])}", flush=True)
     env = dict(os.environ)
     env.setdefault("MPLBACKEND", "Agg")
+    env[common.INTERRUPT_QUIET] = "1"  # on Ctrl-C this script says "interrupted", once
     start = time.perf_counter()
-    status = subprocess.run(command, cwd=paths.ROOT, env=env).returncode
+    with subprocess.Popen(command, cwd=paths.ROOT, env=env) as process:
+        try:
+            status = process.wait()
+        except KeyboardInterrupt:
+            # the figure script got the Ctrl-C too (or gets it now): let it save its progress
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            process.send_signal(signal.SIGINT)
+            process.wait()
+            raise
     return status, time.perf_counter() - start
 
 
@@ -208,4 +218,4 @@ def prepare_paper() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    common.run_main(main, "python -m reproduce.check")

@@ -1063,3 +1063,26 @@ def signed_colorbar(fig, axes, relative_to: str = "max |map|", *, cax=None) -> N
         bar.set_ticks([-1, 0, 1], labels=[f"−{relative_to}: evidence against", "0",
                                           f"+{relative_to}: evidence for"])
     bar.ax.tick_params(labelsize=8)
+
+
+INTERRUPT_QUIET = "PREDDIFF_REPRODUCE_CHILD"
+"""Environment variable set by ``run_all.sh`` and ``reproduce.check`` for the scripts they run:
+the parent prints the one "interrupted" line of a Ctrl-C, the children none."""
+
+
+def run_main(main: Callable[[], int], prog: str) -> None:
+    """Exit with ``main()``'s status; Ctrl-C exits with status 130 and one line, no traceback.
+
+    After the first Ctrl-C further ones are ignored (the script is already stopping). The
+    line is left out when :data:`INTERRUPT_QUIET` is set: the parent says it.
+    """
+    import signal
+
+    try:
+        code = main()
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if not os.environ.get(INTERRUPT_QUIET):
+            print(f"{prog}: interrupted", file=sys.stderr)
+        code = 130
+    sys.exit(code)

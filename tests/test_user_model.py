@@ -6,7 +6,7 @@ import pytest
 from preddiff import Explanation
 from preddiff.cli import main
 from preddiff.errors import InvalidArgument
-from preddiff.preprocess import CROP_FRACTION, NORMALIZATIONS, OnnxPreprocessor, box_reduce
+from preddiff.preprocess import CROP_FRACTION, NORMALIZATIONS, OnnxPreprocessor
 
 FAST = ["--window", "4", "--stride", "3", "--samples", "2", "--sampler", "marginal",
         "--no-progress", "--device", "cpu", "--threads", "1"]
@@ -101,16 +101,15 @@ def test_preprocessor_rejects(kwargs, message):
         OnnxPreprocessor((3, 8, 8), **kwargs)
 
 
-def test_huge_photo_is_box_reduced_first():
-    """A reduction by more than 4x averages blocks first (no full-size float copy)."""
-    image = np.zeros((1000, 1600, 3), np.uint8)
-    image[:, 800:] = 200
-    reduced = box_reduce(image, (100, 100))
-    assert reduced.shape == (200, 200, 3) and reduced.dtype == np.float64  # 5x5, 8x8 blocks
-    assert reduced[0, 0, 0] == 0 and reduced[0, -1, 0] == 200
-    assert box_reduce(image, (300, 500)) is image  # less than 4x: untouched
-    x = OnnxPreprocessor((3, 100, 100))(image)
+def test_huge_photo_is_box_filtered_first(recwarn):
+    """A photo many times the input is box-filtered to twice the fitted size first."""
+    image = np.zeros((3000, 4000, 3), np.uint8)
+    image[:, 2000:] = 200
+    pre = OnnxPreprocessor((3, 100, 100))
+    x = pre(image, what="big.jpg")
     assert x.shape == (3, 100, 100) and 0 <= x.min() and x.max() <= 200 / 255 + 1e-6
+    assert any("big.jpg" in str(w.message) for w in recwarn.list)
+    assert pre.last_fit.startswith("resized 3000x4000 to 114x152")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -51,10 +51,13 @@ bit for bit the result of an uninterrupted one with the same batch size.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import numbers
+import signal
 import sys
+import threading
 import time
 import types
 import zipfile
@@ -332,6 +335,11 @@ class _BlobReducer:
 
 def _check_image(x) -> np.ndarray:
     x = np.asarray(x)
+    if x.dtype.kind != "f":
+        raw = " (raw 0–255 pixels?)" if x.dtype.kind in "biu" else ""
+        raise InvalidArgument(
+            f"x has dtype {x.dtype}{raw}; expected the preprocessed floating-point image the "
+            "classifier takes, e.g. preddiff.preprocess.Preprocessor(model)(image)")
     if x.ndim != 3:
         raise InvalidArgument(f"x must be one preprocessed image of shape (C, H, W), got shape "
                               f"{x.shape}")
@@ -383,12 +391,43 @@ def _describe_sampler(sampler) -> dict:
     return {"name": f"{cls.__module__}.{cls.__qualname__}"}
 
 
+def _check_classifier(classifier) -> None:
+    if not callable(classifier):
+        raise InvalidArgument(
+            f"classifier must be a callable mapping a batch (N, C, H, W) to a dict {{blob name: "
+            f"array (N, ...)}}, e.g. preddiff.classifier.OnnxClassifier; got {classifier!r}")
+
+
 def _evaluate(classifier, batch) -> dict:
     outputs = classifier(batch)
     if not isinstance(outputs, dict):
         raise InvalidArgument(
             f"the classifier must return a dict {{blob name: array}}, got {type(outputs)}")
     return outputs
+
+
+def _check_blob_arrays(outputs: dict, blobs, count: int, units: dict | None, where: str):
+    """Each requested blob is a numeric array of ``count`` rows (and, after the first call,
+    of the per-image shape ``units[blob]`` it had on the unperturbed image)."""
+    for blob in blobs:
+        value = outputs[blob]
+        text = isinstance(value, (str, bytes))
+        dtype = None if text else np.asarray(value).dtype
+        if text or dtype.kind not in "biuf":
+            what = type(value).__name__ + ("" if text else f" of dtype {dtype}")
+            raise InvalidArgument(
+                f"the classifier returned blob {blob!r} as {what} {where}; expected a numeric "
+                "array with one row per image")
+        shape = np.shape(value)
+        if len(shape) == 0 or shape[0] != count:
+            raise InvalidArgument(
+                f"the classifier returned blob {blob!r} with shape {shape} for a batch of "
+                f"{count} image(s) {where}; expected ({count}, ...): one row per image")
+        if units is not None and shape[1:] != units[blob]:
+            raise PredDiffError(
+                f"the classifier returned blob {blob!r} with shape {shape[1:]} per image "
+                f"{where}, but {units[blob]} on the unperturbed image; its number of units "
+                "must not change between calls")
 
 
 def _check_finite(outputs: dict, blobs, where: str) -> None:
@@ -499,6 +538,7 @@ def prediction_difference(x, classifier, sampler, *, window, stride=1, num_sampl
     if not isinstance(laplace_n, numbers.Real) or isinstance(laplace_n, bool) or laplace_n < 0:
         raise InvalidArgument(f"laplace_n must be a number >= 0, got {laplace_n!r}")
     seed = resolve_seed(rng)
+    _check_classifier(classifier)
     sampler_desc = _describe_sampler(sampler)
     n_windows = len(positions)
 
@@ -511,8 +551,10 @@ def prediction_difference(x, classifier, sampler, *, window, stride=1, num_sampl
         raise InvalidArgument(
             f"unknown blob {', '.join(map(repr, missing))}; the classifier returns "
             f"{', '.join(map(repr, outputs)) or 'nothing'}")
+    _check_blob_arrays(outputs, blobs, 1, None, "on the unperturbed image")
     _check_finite(outputs, blobs, "on the unperturbed image")
     clean = {b: np.asarray(outputs[b], dtype=np.float64)[0] for b in blobs}
+    per_image = {b: clean[b].shape for b in blobs}
     reducers = {b: _BlobReducer(b, clean[b], b in probability, laplace_n) for b in blobs}
 
     values = {b: np.zeros((n_windows, reducers[b].units)) for b in blobs}
@@ -546,9 +588,11 @@ def prediction_difference(x, classifier, sampler, *, window, stride=1, num_sampl
             missing = [b for b in blobs if b not in outputs]
             if missing:
                 raise InvalidArgument(f"the classifier did not return blob(s) {missing}")
-            _check_finite(outputs, blobs, f"in batch {start // windows_per_batch} (windows "
-                          f"{start}–{stop - 1}, top-left {tuple(positions[start].tolist())} to "
-                          f"{tuple(positions[stop - 1].tolist())})")
+            where = (f"in batch {start // windows_per_batch} (windows {start}–{stop - 1}, "
+                     f"top-left {tuple(positions[start].tolist())} to "
+                     f"{tuple(positions[stop - 1].tolist())})")
+            _check_blob_arrays(outputs, blobs, (stop - start) * num_samples, per_image, where)
+            _check_finite(outputs, blobs, where)
             for b in blobs:
                 values[b][start:stop] = reducers[b](outputs[b], stop - start, num_samples)
             done = start = stop
@@ -560,7 +604,8 @@ def prediction_difference(x, classifier, sampler, *, window, stride=1, num_sampl
         if store is not None:
             timings["total"] = previous_total + time.perf_counter() - started
             try:
-                store.save(done, values, timings)
+                with _sigint_deferred():  # a second Ctrl-C must not lose the finished work
+                    store.save(done, values, timings)
             except Exception:  # keep the previous checkpoint; report the original error
                 pass
         raise
@@ -583,6 +628,19 @@ def prediction_difference(x, classifier, sampler, *, window, stride=1, num_sampl
         num_samples=num_samples, blobs=blobs, probability_blobs=probability,
         laplace_n=laplace_n, seed=seed, sampler=sampler_desc, batch_size=batch_size,
         timings=timings, edges=edges)
+
+
+@contextlib.contextmanager
+def _sigint_deferred():
+    """Ignore Ctrl-C (SIGINT) inside the block, in the main thread; restore after it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _resume(store: Checkpoint, values: dict, timings: dict) -> int:

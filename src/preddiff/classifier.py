@@ -50,18 +50,36 @@ def _cuda_device_count() -> int:
     return 0
 
 
-def _load_model(model):
+def _load_model(model, name: str | None = None):
+    """``(onnx.ModelProto, name for messages)`` of a model or a model file.
+
+    The name is ``name`` when given, else the file's path, else ``ONNX model '<graph name>'``.
+    An empty file, or one that parses as protobuf but holds no graph, is not an ONNX model.
+    """
     import onnx
 
     if isinstance(model, onnx.ModelProto):
-        return model, "<ModelProto>"
+        return model, name or f"ONNX model {model.graph.name or '(unnamed graph)'!r}"
     path = Path(model)
     if not path.is_file():
         raise InvalidArgument(f"ONNX model file {str(path)!r} does not exist")
+    if path.stat().st_size == 0:
+        raise PredDiffError(f"ONNX model file {str(path)!r} is empty (0 bytes): not an ONNX "
+                            "model (an interrupted copy or download?)")
     try:
-        return onnx.load(str(path)), str(path)
+        loaded = onnx.load(str(path))
     except Exception as exc:
         raise PredDiffError(f"cannot read {str(path)!r} as an ONNX model: {exc}") from exc
+    if not loaded.HasField("graph") or not (loaded.graph.node or loaded.graph.input):
+        raise PredDiffError(f"{str(path)!r} is not an ONNX model: it holds no graph "
+                            f"({path.stat().st_size:,} bytes)")
+    return loaded, name or str(path)
+
+
+def _is_model_proto(model) -> bool:
+    import onnx
+
+    return isinstance(model, onnx.ModelProto)
 
 
 class OnnxClassifier:
@@ -83,6 +101,9 @@ class OnnxClassifier:
         when it was asked for and does not); ``"cpu"`` never tries it.
     threads : int, optional
         onnxruntime's intra-op threads (default: its own choice, one per core).
+    name : str, optional
+        The model in messages (default: the file's path, or the graph's name for a
+        ``ModelProto``; pass the path a ``ModelProto`` was read from).
 
     Attributes
     ----------
@@ -105,14 +126,15 @@ class OnnxClassifier:
     """
 
     def __init__(self, model, *, outputs=None, batch_size: int = 64, device: str = "auto",
-                 threads: int | None = None):
+                 threads: int | None = None, name: str | None = None):
         if device not in DEVICES:
             raise InvalidArgument(f"unknown device {device!r}; expected one of {', '.join(DEVICES)}")
         if int(batch_size) < 1:
             raise InvalidArgument(f"batch_size must be a positive integer, got {batch_size}")
         if threads is not None and int(threads) < 1:
             raise InvalidArgument(f"threads must be a positive integer, got {threads}")
-        self._model, self.source = _load_model(model)
+        self._from_file = not _is_model_proto(model)
+        self._model, self.source = _load_model(model, name)
         self.batch_size = int(batch_size)
         self.device = device
         self.threads = threads
@@ -142,7 +164,7 @@ class OnnxClassifier:
         self.provider = None
         self._open_session()
         self._out_tail = None
-        if self.source != "<ModelProto>":
+        if self._from_file:
             self._model = None  # onnxruntime holds its own copy; with_outputs reloads the file
 
     def _check_outputs(self, outputs) -> list[str]:
@@ -272,7 +294,7 @@ class OnnxClassifier:
         """A new classifier on the same model returning ``outputs`` instead."""
         model = self._model if self._model is not None else self.source
         clone = OnnxClassifier(model, outputs=outputs, batch_size=self.batch_size,
-                               device=self.device, threads=self.threads)
+                               device=self.device, threads=self.threads, name=self.source)
         clone.source = self.source
         if hasattr(self, "manifest"):
             clone.manifest = self.manifest

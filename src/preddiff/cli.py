@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
+import signal
 import sys
+import threading
 
 from . import __version__, commands
 from .errors import PredDiffError
@@ -38,6 +40,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def ignore_interrupts():
+    """Ignore further Ctrl-C (SIGINT) in this process: called once the first one is being
+    handled, so that pressing it again while the interpreter shuts down cannot print a
+    traceback. Returns the previous handler (None outside the main thread: nothing done)."""
+    if threading.current_thread() is threading.main_thread():
+        return signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
     parser = build_parser()
@@ -48,10 +59,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        if args.debug:
-            raise
-        print("preddiff: interrupted", file=sys.stderr)
-        return 130
+        # a second Ctrl-C must not turn the one line into a traceback while the process ends;
+        # a call from Python (explicit argv, e.g. tests) gets its handler back
+        previous = ignore_interrupts()
+        try:
+            if args.debug:
+                raise
+            print("preddiff: interrupted", file=sys.stderr)
+            return 130
+        finally:
+            if argv is not None and previous is not None:
+                signal.signal(signal.SIGINT, previous)
     except (PredDiffError, OSError) as exc:
         if args.debug:
             raise

@@ -34,24 +34,20 @@ RESIZE_TO = 256
 
 
 def load_image(path: str | Path) -> np.ndarray:
-    """Read an image file as RGB.
+    """Read an image file as RGB, as a viewer shows it (:func:`preddiff.inputs.read_image`).
 
     Returns
     -------
     ndarray of uint8, shape (H, W, 3)
-        Grayscale files are replicated to three channels, an alpha channel is dropped (each
-        with a warning), 16-bit files are rescaled to 0–255.
+        The EXIF orientation is applied; CMYK, palette and 16-bit files are converted;
+        grayscale files are replicated to three channels, an alpha channel is dropped (each
+        with a warning).
     """
-    import skimage.io
     from skimage.util import img_as_ubyte
 
-    path = Path(path)
-    if not path.is_file():
-        raise InvalidArgument(f"image file {str(path)!r} does not exist")
-    try:
-        image = skimage.io.imread(path)
-    except Exception as exc:  # unreadable or not an image
-        raise InvalidArgument(f"cannot read {str(path)!r} as an image: {exc}") from exc
+    from .inputs import read_image
+
+    image = read_image(path)
     if image.dtype != np.uint8:
         if np.issubdtype(image.dtype, np.floating) and image.size and (
                 not np.isfinite(image).all() or image.min() < 0 or image.max() > 1):
@@ -192,6 +188,10 @@ class Preprocessor:
             Network input: BGR (or gray), times ``manifest.scale``, minus the mean.
         """
         image = np.asarray(image)
+        if self.policy == "resize":
+            from .inputs import shrink
+
+            image = shrink(image, (RESIZE_TO, RESIZE_TO), what=what)
         if self.gray:
             if image.ndim == 3 and image.shape[2] == 1:
                 image = image[:, :, 0]
@@ -263,32 +263,9 @@ NORMALIZATIONS = {"imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
 """Named ``(mean, std)`` pairs on the [0, 1] scale, RGB order (torchvision's ImageNet values)."""
 
 
-def box_reduce(image: np.ndarray, size) -> np.ndarray:
-    """Integer box average of an (H, W[, C]) image down to at most twice ``size = (h, w)``.
-
-    The first stage of a large reduction: the Gaussian pre-filter of a one-stage anti-aliased
-    resize grows with the reduction factor, so a 12000×12000 photo reduced to 224×224 in one
-    stage takes minutes and gigabytes; averaging ``f × f`` blocks first (summed in float64
-    without a full-size float copy) takes about a second. The last ``H mod f`` rows (``W mod
-    f`` columns) are left out. Images less than 4× larger than ``size`` are returned as given.
-
-    Returns
-    -------
-    ndarray, shape (H // f, W // f[, C])
-        float64 on the input's scale (0–255 for uint8), or the input itself.
-    """
-    h, w = (int(n) for n in size)
-    fh, fw = image.shape[0] // (2 * h), image.shape[1] // (2 * w)
-    if min(fh, fw) < 2:
-        return image
-    nh, nw = image.shape[0] // fh, image.shape[1] // fw
-    blocks = image[:nh * fh, :nw * fw].reshape((nh, fh, nw, fw) + image.shape[2:])
-    return blocks.mean(axis=(1, 3), dtype=np.float64)
-
-
 def resize_image(image: np.ndarray, size) -> np.ndarray:
     """Bilinear, anti-aliased resize (:func:`skimage.transform.resize`) of an (H, W, C) float
-    image to ``size = (h, w)``, after :func:`box_reduce` for a large reduction.
+    image to ``size = (h, w)``.
 
     Returns
     -------
@@ -296,8 +273,7 @@ def resize_image(image: np.ndarray, size) -> np.ndarray:
     """
     from skimage.transform import resize
 
-    return resize(box_reduce(image, size), tuple(int(n) for n in size), order=1,
-                  anti_aliasing=True)
+    return resize(image, tuple(int(n) for n in size), order=1, anti_aliasing=True)
 
 
 def parse_channel_values(text: str, channels: int, name: str) -> tuple[float, ...]:
@@ -399,7 +375,8 @@ class OnnxPreprocessor:
         return max(h, int(height * scale)), max(w, int(width * scale))
 
     def __call__(self, image: np.ndarray, *, what: str = "image") -> np.ndarray:
-        """Preprocess one image.
+        """Preprocess one image (a large one is first box-filtered by
+        :func:`preddiff.inputs.shrink`).
 
         Parameters
         ----------
@@ -410,12 +387,13 @@ class OnnxPreprocessor:
         -------
         ndarray of float32, shape (C, h, w)
         """
+        from .inputs import shrink
+
         c, h, w = self.input_shape
         image = np.asarray(image)
         source = image.shape[:2]
-        if image.dtype == np.uint8:  # reduce a huge photo before any full-size float copy
-            reduced = box_reduce(image, self._fitted_size(*image.shape[:2]))
-            image = image if reduced is image else reduced / 255.0
+        # a huge photo is box-filtered first (no full-size float copy, no giant Gaussian)
+        image = shrink(image, self._fitted_size(*source), what=what)
         image = _as_unit_float(image, what)
         if image.ndim == 3 and image.shape[2] == 1:
             image = image[:, :, 0]

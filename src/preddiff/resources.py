@@ -24,3 +24,19 @@ def cache_dir() -> Path:
     import pooch  # deferred: pooch pulls in requests
 
     return Path(pooch.os_cache("preddiff"))
+
+
+def describe_cache() -> str:
+    """The cache folder in messages: ``PREDDIFF_HOME=<path>`` when it is set, and what is
+    wrong with it when something is (a file, not writable, cannot be created)."""
+    folder = cache_dir()
+    name = (f"PREDDIFF_HOME={folder}" if os.environ.get("PREDDIFF_HOME")
+            else f"the cache folder {folder} (set PREDDIFF_HOME to use another)")
+    probe = folder
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{name} (not a folder: {probe} is a file)"
+    if not os.access(probe, os.W_OK):
+        return f"{name} (not writable)"
+    return name

@@ -36,14 +36,14 @@ import numpy as np
 
 from .errors import DownloadError, InvalidArgument, PredDiffError
 from .fileio import atomic_write_text, default_file_mode
-from .resources import MODELS_DIR, cache_dir
+from .resources import MODELS_DIR, cache_dir, describe_cache
 
 log = logging.getLogger(__name__)
 
 MODEL_NAMES = ("alexnet", "googlenet", "vgg16", "lenet")
 """The networks the zoo knows, in the order they are listed."""
 
-_SIDECAR_VERSION = 1
+_SIDECAR_VERSION = 2  # 2: the ONNX file's own size and sha1
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -327,8 +327,11 @@ def fetch(name: str, *, progress: bool = True, url: str | None = None) -> Path:
         # an ordinary new file, so that a shared cache stays readable
         os.chmod(dest, default_file_mode())
     except Exception as exc:  # requests, ValueError (hash), OSError: all become one message
+        reason = _download_reason(exc)
+        if isinstance(exc, OSError) and str(cache_dir()) in str(getattr(exc, "filename", "")):
+            reason = f"{describe_cache()} cannot hold it ({exc.strerror})"
         raise DownloadError(
-            f"could not download the {name} weights from {url}: {_download_reason(exc)}. "
+            f"could not download the {name} weights from {url}: {reason}. "
             f"Expected sha1 {m.sha1} ({m.size:,} bytes). To install them by hand, download the "
             f"file elsewhere and place it at {dest}{stale}"
         ) from exc
@@ -407,14 +410,33 @@ def _expected_record(name: str, outputs) -> dict:
 
 
 def onnx_is_current(name: str, outputs=None) -> bool:
-    """Whether the cached ONNX of ``name`` exists and was converted from the current weights
-    (sha1), prototxt and converter."""
+    """Whether the cached ONNX of ``name`` exists, was converted from the current weights
+    (sha1), prototxt and converter, and is the file that was written (its size and sha1, as
+    recorded in the sidecar: a truncated or damaged file is converted again)."""
     path = onnx_path(name, outputs)
     try:
         record = json.loads(_sidecar_path(path).read_text(encoding="utf-8"))
+        stat = path.stat()
     except (OSError, ValueError):
         return False
-    return path.is_file() and record == _expected_record(name, outputs)
+    if not isinstance(record, dict):
+        return False
+    own = {key: record.pop(key, None) for key in ("onnx_size", "onnx_sha1")}
+    if record != _expected_record(name, outputs) or own["onnx_size"] != stat.st_size:
+        return False
+    return _cached_sha1(path, stat) == own["onnx_sha1"]
+
+
+_SHA1_SEEN: dict = {}
+
+
+def _cached_sha1(path: Path, stat) -> str:
+    """:func:`file_sha1`, remembered per (path, size, mtime) for this process (hashing VGG16's
+    ONNX takes a second; a changed file has another size or mtime)."""
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _SHA1_SEEN:
+        _SHA1_SEEN[key] = file_sha1(path)
+    return _SHA1_SEEN[key]
 
 
 def ensure_onnx(name: str, outputs: str | list[str] | None = None) -> Path:
@@ -454,8 +476,30 @@ def ensure_onnx(name: str, outputs: str | list[str] | None = None) -> Path:
     for key in ("model", "weights_sha1", "prototxt_sha1", "converter"):
         entry = model.metadata_props.add()
         entry.key, entry.value = f"preddiff.{key}", str(record[key])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _sidecar_path(path).unlink(missing_ok=True)
-    save_onnx(model, path)
-    _write_json_atomic(_sidecar_path(path), record)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _sidecar_path(path).unlink(missing_ok=True)
+        save_onnx(model, path)
+        record.update(onnx_size=path.stat().st_size, onnx_sha1=file_sha1(path))
+        _write_json_atomic(_sidecar_path(path), record)
+    except OSError as exc:
+        # an unusable cache must not stop the run: convert to a temporary folder instead
+        fallback = _temporary_folder() / path.name
+        save_onnx(model, fallback)
+        log.warning("%s cannot hold the converted %s model (%s): using a temporary copy "
+                    "at %s, converted again on every run until the cache is fixed",
+                    describe_cache(), name, exc.strerror or exc, fallback)
+        return fallback
     return path
+
+
+@functools.lru_cache(maxsize=1)
+def _temporary_folder() -> Path:
+    """A folder for this process's converted models when the cache is unusable (removed at
+    exit)."""
+    import atexit
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="preddiff-onnx-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder

@@ -88,6 +88,24 @@ def add_arguments(p, default_json=None) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of weights, sampler and PDA")
 
 
+def _check_json_path(path: Path) -> None:
+    """``--json PATH`` (and ``PATH.txt``) can be written: not a folder, in a writable folder."""
+    from ..errors import InvalidArgument
+    from ..lock import check_writable
+
+    for target in (path, path.with_suffix(".txt")):
+        if target.is_dir():
+            raise InvalidArgument(f"--json {str(target)!r} is a folder; give a file name, "
+                                  f"e.g. {str(target / 'bench.json')!r}")
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InvalidArgument(f"--json {str(path)!r}: cannot create its folder "
+                              f"({exc.strerror})") from None
+    check_writable(parent, "--json folder")
+
+
 def run(args) -> int:
     """Run the benchmark, print the table, write the JSON; exit code 0."""
     from ..errors import InvalidArgument
@@ -100,6 +118,8 @@ def run(args) -> int:
     rounds = args.rounds if args.rounds is not None else (1 if args.quick else 2)
     if rounds < 1:
         raise InvalidArgument(f"--rounds must be at least 1, got {rounds}")
+    if args.json is not None:
+        _check_json_path(args.json)  # before the benchmark, not after it
     if Path(sys.argv[0]).name == "preddiff" and "bench" in sys.argv:
         command = " ".join(["preddiff", *sys.argv[1:]])
     else:

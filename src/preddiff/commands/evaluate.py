@@ -107,8 +107,10 @@ def _resumable(out: Path, settings: dict):
                 with np.load(path) as saved:
                     if str(saved["__settings__"]) == key:
                         return {k: saved[k] for k in saved.files if k != "__settings__"}
-            except (OSError, ValueError, KeyError, EOFError):
-                pass  # damaged or foreign: recompute
+            except Exception as exc:  # noqa: BLE001 - truncated zip, bad pickle, ...
+                reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+                print(f"preddiff: warning: {path} is damaged ({reason}): digit {image_id} is "
+                      "computed again", file=sys.stderr)
         arrays = compute()
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:
             np.savez(fh, __settings__=np.array(key), **arrays)
@@ -128,6 +130,8 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, name) < 1:
             raise InvalidArgument(f"--{name.replace('_', '-')} must be >= 1, "
                                   f"got {getattr(args, name)}")
+    if args.seed < 0:
+        raise InvalidArgument(f"--seed must be a non-negative integer, got {args.seed}")
     if args.padding < 0:
         raise InvalidArgument(f"--padding must be >= 0, got {args.padding}")
     fills = tuple(dict.fromkeys(args.fill or FILLS))

@@ -33,9 +33,11 @@ model).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -67,7 +69,7 @@ def register(subparsers) -> None:
                    "marginal (the window from other images)")
     p.add_argument("--window", type=int, default=None,
                    help="window size k (default 10; 4 for LeNet)")
-    p.add_argument("--padding", type=int, default=2,
+    p.add_argument("--padding", type=int, default=None,
                    help="conditional sampler: padding l around the window (default 2)")
     p.add_argument("--samples", type=int, default=10,
                    help="samples S per window (default 10, the released code; the paper: 20)")
@@ -79,15 +81,15 @@ def register(subparsers) -> None:
     p.add_argument("--pool", type=Path, default=None, metavar="DIR",
                    help="images the samplers learn from (default: the bundled images; for "
                    "LeNet the digits other than the explained one)")
-    p.add_argument("--colour", choices=("per-channel", "joint"), default="per-channel",
+    p.add_argument("--colour", choices=("per-channel", "joint"), default=None,
                    help="conditional sampler: one Gaussian per channel (released code; "
                    "default) or one over all channels (paper text)")
-    p.add_argument("--patches", type=int, default=25000,
+    p.add_argument("--patches", type=int, default=None,
                    help="conditional sampler: patches to fit on (default 25000)")
-    p.add_argument("--order", choices=("random", "first"), default="random",
+    p.add_argument("--order", choices=("random", "first"), default=None,
                    help="marginal sampler: random pool images per window (default), or the "
                    "first S (released code)")
-    p.add_argument("--policy", choices=("crop", "resize"), default="crop",
+    p.add_argument("--policy", choices=("crop", "resize"), default=None,
                    help="zoo nets: centre crop without resizing (released code; default) or "
                    "resize to 256 then crop")
     p.add_argument("--input-size", default=None, metavar="HxW",
@@ -130,7 +132,7 @@ def register(subparsers) -> None:
     p.add_argument("--no-incremental", action="store_true",
                    help="evaluate full perturbed images (by default exact incremental inference "
                    "is used when the network allows it and its cost model predicts a gain)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=_run_with_locks)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -195,8 +197,7 @@ def _onnx_model(path: Path, args) -> _Model:
     blob = args.blob or next((o for o in graph_outputs if o in softmax_outputs),
                              graph_outputs[0] if graph_outputs else None)
     classifier = OnnxClassifier(model, outputs=[blob], batch_size=_batch_size(args),
-                                device=args.device, threads=args.threads)
-    classifier.source = str(path)
+                                device=args.device, threads=args.threads, name=str(path))
     channels, height, width = classifier.input_shape
     if channels not in (1, 3):
         raise InvalidArgument(f"{path} takes {channels} channels; preddiff explain handles "
@@ -206,6 +207,7 @@ def _onnx_model(path: Path, args) -> _Model:
         if size is None:
             raise InvalidArgument(f"{path} leaves its input size free: give --input-size HxW")
         height, width = size
+        _check_batch_memory(args, (channels, height, width))
     elif size is not None and size != (height, width):
         raise InvalidArgument(f"--input-size {size[0]}x{size[1]} differs from the model's "
                               f"input {height}x{width}")
@@ -281,12 +283,83 @@ def _read_labels(spec) -> list:
     return labels
 
 
+def _available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux: MemAvailable), or None."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _check_batch_memory(args, shape) -> None:
+    """Refuse an ``--input-size`` whose batch of perturbed float32 images cannot fit in the
+    memory available (the network's own activations come on top)."""
+    from ..errors import InvalidArgument
+
+    available = _available_memory()
+    channels, height, width = shape
+    batch = _batch_size(args)
+    need = (batch + 2) * channels * height * width * 4  # the batch, the image, its copy
+    if available is None or need <= available:
+        return
+    hint = ("a smaller --input-size or --batch-size"
+            if 3 * channels * height * width * 4 <= available else "a smaller --input-size")
+    raise InvalidArgument(
+        f"--input-size {height}x{width}: a batch of {batch} images of {channels}x{height}x"
+        f"{width} float32 needs at least {_gib(need)} of memory, and {_gib(available)} is "
+        f"available; give {hint}")
+
+
+def _gib(count: int) -> str:
+    return f"{count / 2**30:,.1f} GiB"
+
+
 def _load_model(args) -> _Model:
     from .. import zoo
 
     if args.model in zoo.MODEL_NAMES:
         return _zoo_model(args.model, args)
     return _onnx_model(Path(args.model), args)
+
+
+#: Options that apply to one sampler or to the zoo nets only, and their defaults.
+SAMPLER_OPTIONS = {"conditional": {"padding": 2, "colour": "per-channel", "patches": 25000},
+                   "marginal": {"order": "random"}}
+ZOO_OPTIONS = {"policy": "crop"}
+
+
+def _options_that_apply(args) -> None:
+    """Say when an option is given where it has no effect: a sampler's options with the other
+    sampler (a warning: scripts switch samplers), ``--policy`` with an ONNX file (an error,
+    as ``--input-size`` with a zoo net); fill in the defaults."""
+    from .. import zoo
+    from ..errors import InvalidArgument
+
+    for sampler, options in SAMPLER_OPTIONS.items():
+        for name, default in options.items():
+            if getattr(args, name) is not None and args.sampler != sampler:
+                print(f"preddiff: warning: --{name} applies to the {sampler} sampler only: "
+                      f"ignored with --sampler {args.sampler}", file=sys.stderr)
+            if getattr(args, name) is None:
+                setattr(args, name, default)
+    if args.policy is not None and args.model not in zoo.MODEL_NAMES:
+        raise InvalidArgument(f"--policy applies to the zoo nets ({', '.join(zoo.MODEL_NAMES)}) "
+                              f"only; images for {args.model} are resized to its input size")
+    args.policy = args.policy or ZOO_OPTIONS["policy"]
+    if args.model in zoo.MODEL_NAMES:
+        given = [f"--{name}" for name in ("labels", "resize", "mean", "std", "normalize")
+                 if getattr(args, name) is not None]
+        if given:
+            raise InvalidArgument(
+                f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to ONNX files "
+                f"only; {args.model} has its own labels and preprocessing (--policy)")
 
 
 def _parse_size(text: str) -> tuple[int, int]:
@@ -366,10 +439,7 @@ def _load_input(spec: str, model: _Model):
         if model.input_shape[0] != 1:
             raise InvalidArgument(f"{spec}: bundled digits are gray 28x28 images, for LeNet "
                                   f"or a 1-channel ONNX model, not {model.name}")
-        try:
-            index = int(spec.split(":", 1)[1])
-        except ValueError:
-            raise InvalidArgument(f"{spec!r}: expected digits:N with an integer N") from None
+        index = _digit_index(spec)
         image, _ = digit(index)
         return f"digit{index}", model.preprocess(image[0]), index, None
     path = Path(spec)
@@ -379,12 +449,88 @@ def _load_input(spec: str, model: _Model):
     notes = [" ".join(str(w.message).split()) for w in caught
              if issubclass(w.category, UserWarning)]
     gray_file = any("is grayscale" in note for note in notes)
-    if not (gray_file and model.input_shape[0] == 1):
-        # a conversion happened (gray → RGB, RGBA → RGB, colour → gray): say so, one line
-        # each; a gray file for a gray network (read as RGB, then back to gray) is no news
-        for note in notes:
-            print(f"preddiff: note: {note}", file=sys.stderr)
+    if gray_file and model.input_shape[0] == 1:
+        # a gray file for a gray network (read as RGB, then back to gray) is no news
+        notes = [n for n in notes if "is grayscale" not in n and "is in colour" not in n]
+    # a conversion happened (gray → RGB, RGBA → RGB, colour → gray, EXIF orientation,
+    # CMYK, a large image box-filtered): say so, one line each
+    fit = getattr(model.preprocessor, "last_fit", None)
+    if fit:  # the resize of a user's ONNX model: which policy, from what size
+        notes.append(f"{path}: {fit}")
+    for note in notes:
+        print(f"preddiff: note: {note}", file=sys.stderr)
     return path.stem, x, path.stem, path.resolve()
+
+
+def _read_inputs(specs, model: _Model) -> list[tuple]:
+    """Read and preprocess every IMAGE before any work starts, each output name unique.
+
+    Returns ``[(spec, name, x, exclude, source), ...]`` (an IMAGE given twice once). Inputs
+    with the same stem (``ok.png ok.jpg``) get the extension in their name (``ok-png``,
+    ``ok-jpg``; a number when that is not enough), with a note. Every unusable input is
+    reported in one error, before anything is computed."""
+    from ..errors import InvalidArgument
+
+    jobs, problems = [], []
+    for spec in dict.fromkeys(specs):
+        try:
+            jobs.append([spec, *_load_input(spec, model)])
+        except (InvalidArgument, OSError) as exc:
+            problems.append(" ".join(str(exc).split()))
+    if problems:
+        raise InvalidArgument(f"{len(problems)} of {len(set(specs))} images cannot be explained "
+                              f"(nothing was computed): {'; '.join(problems)}")
+    counts = Counter(job[1] for job in jobs)
+    taken = set()
+    for job in jobs:
+        spec, stem = job[0], job[1]
+        name = stem
+        if counts[stem] > 1 and not spec.startswith("digits:") and Path(spec).suffix:
+            name = f"{stem}-{Path(spec).suffix.lstrip('.')}"
+        base, number = name, 2
+        while name in taken:
+            name, number = f"{base}-{number}", number + 1
+        if name != stem:
+            print(f"preddiff: note: {spec} has the same name as another image: its results "
+                  f"are {name}_{model.name}.npz and .png", file=sys.stderr)
+        taken.add(name)
+        job[1] = name
+    return [tuple(job) for job in jobs]
+
+
+def _claim_outputs(out: Path, names):
+    """Check ``out`` is writable and lock each ``out/<name>`` against a concurrent run."""
+    from ..lock import claim_outputs
+
+    return claim_outputs(out, [out / name for name in names])
+
+
+def _run_with_locks(args: argparse.Namespace) -> int:
+    """:func:`run`, releasing the output locks it took however it ends."""
+    try:
+        return run(args)
+    finally:
+        claim = getattr(args, "claim", None)
+        if claim is not None:
+            claim.release()
+
+
+def _digit_index(spec: str) -> int:
+    """``digits:N`` → N, which must name one of the bundled digits (no negative indices)."""
+    from ..digits import load_digits
+    from ..errors import InvalidArgument
+
+    count = len(load_digits()[0])
+    text = spec.split(":", 1)[1]
+    try:
+        index = int(text)
+    except ValueError:
+        raise InvalidArgument(f"{spec!r}: expected digits:N with an integer N in "
+                              f"0..{count - 1}") from None
+    if not 0 <= index < count:
+        raise InvalidArgument(f"{spec!r}: N is out of range; use 0..{count - 1} (there are "
+                              f"{count} bundled digits)")
+    return index
 
 
 def _pool(args, model: _Model, exclude, source) -> "np.ndarray":
@@ -434,6 +580,28 @@ def _sampler(args, pool, window):
 
 # ----------------------------------------------------------------------------------------------
 # output
+
+
+def _resumable(checkpoint) -> bool:
+    """Whether a checkpoint is there to resume from (checked before the run)."""
+    return checkpoint is not None and checkpoint.is_file()
+
+
+def _say_resumed(checkpoint) -> None:
+    """Say on stderr that the run resumed (also without a progress bar, which would show the
+    windows already done)."""
+    print(f"preddiff: note: resumed from {checkpoint}: the windows finished by the earlier "
+          "run were not computed again", file=sys.stderr)
+
+
+def _time_text(seconds: float, explanation, resumed: bool) -> str:
+    """``"12.3 s (classifier 10.1 s"``; for a resumed run the times over all its runs, so
+    that the classifier's share does not look larger than the whole."""
+    timings = explanation.timings
+    if not resumed:
+        return f"{seconds:.1f} s (classifier {timings['classifier']:.1f} s"
+    return (f"{seconds:.1f} s this run, resumed (over all runs: prediction difference "
+            f"{timings['total']:.1f} s, classifier {timings['classifier']:.1f} s")
 
 
 def _unit_names(model: _Model, units: int) -> list[str]:
@@ -515,14 +683,7 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidArgument(f"--input-size applies to ONNX files only; {args.model} takes "
                               f"{'x'.join(map(str, zoo.manifest(args.model).input_shape[1:]))} "
                               "inputs")
-    if args.model in zoo.MODEL_NAMES:
-        given = [f"--{name.replace('_', '-')}" for name in ("labels", "resize", "mean", "std",
-                                                             "normalize")
-                 if getattr(args, name) is not None]
-        if given:
-            raise InvalidArgument(
-                f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to ONNX files "
-                f"only; {args.model} has its own labels and preprocessing (--policy)")
+    _options_that_apply(args)
     model = _load_model(args)
     classes = None  # unit indices of --classes, checked on the first image
     window = args.window if args.window is not None else (4 if model.input_shape[0] == 1 else 10)
@@ -530,12 +691,10 @@ def run(args: argparse.Namespace) -> int:
     note = _use_incremental(model, args, window)
     incremental = bool(getattr(model.classifier, "incremental", False))
     args.out.mkdir(parents=True, exist_ok=True)
-    for spec in args.images:
+    jobs = _read_inputs(args.images, model)  # every image checked before any work
+    args.claim = _claim_outputs(args.out, [f"{job[1]}_{model.name}" for job in jobs])
+    for spec, name, x, exclude, source in jobs:
         started = time.perf_counter()
-        name, x, exclude, source = _load_input(spec, model)
-        fit = getattr(model.preprocessor, "last_fit", None)
-        if fit:
-            print(f"preddiff: note: {spec}: {fit}", file=sys.stderr)
         window_grid(x.shape[1:], window, args.stride)  # a bad window fails before the fit
         if classes is None:
             units = _count_units(model, x) if (args.labels or args.classes) else None
@@ -550,12 +709,15 @@ def run(args: argparse.Namespace) -> int:
         sampler = _sampler(args, pool, window)
         stem = args.out / f"{name}_{model.name}"
         checkpoint = None if args.no_checkpoint else stem.with_name(stem.name + ".ckpt.npz")
+        resumed = _resumable(checkpoint)
         explanation = prediction_difference(
             x, model.classifier, sampler, window=window, stride=args.stride,
             num_samples=args.samples, blobs=(model.blob,),
             probability_blobs=(model.blob,) if model.probability else (),
             batch_size=_batch_size(args, incremental), rng=args.seed, checkpoint=checkpoint,
             keep_checkpoint=True, progress=not args.no_progress)
+        if resumed:
+            _say_resumed(checkpoint)
         units = explanation.relevance[model.blob].shape[0]
         names = _unit_names(model, units)
         top = explanation.top_classes(model.blob, args.top)
@@ -592,6 +754,6 @@ def run(args: argparse.Namespace) -> int:
             print(f"  note: {uncovered} pixels lie in no window (stride {args.stride} > window "
                   f"{window}): their relevance is 0", file=sys.stderr)
         provider = getattr(model.classifier, "provider", None) or "?"
-        print(f"  {seconds:.1f} s (classifier {explanation.timings['classifier']:.1f} s on "
+        print(f"  {_time_text(seconds, explanation, resumed)} on "
               f"{provider.replace('ExecutionProvider', '')}; {note}); wrote {npz} and {png}")
     return 0
