@@ -163,7 +163,8 @@ def test_12_large_image_is_box_filtered_first_and_noted(tmp_path, home):
     proc = explain(path, "--model", model, "--input-size", "16x16", *ONNX_FAST,
                "--out", tmp_path, home=home)
     assert proc.returncode == 0, proc.stderr
-    assert "is 1200×1200: box-filtered to 32×32 before resizing to 16×16" \
+    # --resize crop (default): resized to 16 / 0.875 = 18, so box-filtered to twice that
+    assert "is 1200×1200: box-filtered to 36×36 before resizing to 18×18" \
         in proc.stderr
 
 
