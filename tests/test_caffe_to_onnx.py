@@ -158,13 +158,21 @@ def test_global_pooling(method, op, tmp_path, rng):
         <= TOL
 
 
-def test_pooling_with_a_window_beyond_the_input_is_refused(tmp_path, rng):
-    # No padding, stride 3 > kernel 1 on 5 pixels: ceil gives a third window starting at 6.
-    text = _input((1, 1, 5, 5)) + (
+@pytest.mark.parametrize("method, empty", [("MAX", -np.finfo(np.float32).max),
+                                           ("AVE", np.nan)])
+def test_pooling_window_beyond_the_input_gives_what_caffe_gives(method, empty, tmp_path, rng):
+    # No padding, stride 3 > kernel 1 on 5 pixels: ceil gives a third window starting at 6,
+    # which holds no input element: Caffe's loop gives -FLT_MAX (MAX) or 0/0 (AVE).
+    text = _input((1, 2, 5, 5)) + (
         'layer { name: "pool" type: "Pooling" bottom: "data" top: "pool" '
-        "pooling_param { pool: MAX kernel_size: 1 stride: 3 } }")
-    with pytest.raises(UnsupportedLayer, match="'pool'.*starts beyond the input"):
-        caffe_to_onnx(text, tmp_path / "unused.caffemodel")
+        f"pooling_param {{ pool: {method} kernel_size: 1 stride: 3 }} }}")
+    _, proto, caffemodel = _files(tmp_path, text, rng)
+    x = rng.normal(size=(1, 2, 5, 5)).astype(np.float32)
+    ours = _run_onnx(caffe_to_onnx(proto, caffemodel), x)["pool"]
+    assert ours.shape == (1, 2, 3, 3)
+    np.testing.assert_array_equal(ours[:, :, :2, :2], x[:, :, ::3, ::3])
+    last = np.concatenate([ours[:, :, 2, :].ravel(), ours[:, :, :, 2].ravel()])
+    np.testing.assert_array_equal(last, np.full_like(last, empty))
 
 
 def test_pooling_uses_explicit_pads_not_ceil_mode(tmp_path, rng):
@@ -312,15 +320,15 @@ def test_opset_below_13_is_refused(tiny_files):
 
 def test_unsupported_layer_names_layer_and_type(tmp_path):
     text = _input((1, 3, 4, 4)) + """
-    layer { name: "scale1" type: "Scale" bottom: "data" top: "s" }"""
-    with pytest.raises(UnsupportedLayer, match=r"layer 'scale1' has type 'Scale'"):
+    layer { name: "spp1" type: "SPP" bottom: "data" top: "s" }"""
+    with pytest.raises(UnsupportedLayer, match=r"layer 'spp1' has type 'SPP'"):
         caffe_to_onnx(text, tmp_path / "never_read.caffemodel")
 
 
 def test_unsupported_old_style_layer(tmp_path):
     text = _input((1, 3, 4, 4)) + """
-    layers { name: "elt" type: ELTWISE bottom: "data" bottom: "data" top: "e" }"""
-    with pytest.raises(UnsupportedLayer, match=r"layer 'elt' has type 'Eltwise'"):
+    layers { name: "thr" type: THRESHOLD bottom: "data" top: "e" }"""
+    with pytest.raises(UnsupportedLayer, match=r"layer 'thr' has type 'Threshold'"):
         caffe_to_onnx(text, tmp_path / "never_read.caffemodel")
 
 

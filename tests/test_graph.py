@@ -307,8 +307,8 @@ def test_default_dtype_is_float32(rng):
 
 
 def test_unsupported_operator_names_op_and_node():
-    model = make_model([helper.make_node("Sigmoid", ["data"], ["y"], name="squash")], (1, 2))
-    with pytest.raises(InvalidArgument, match=r"'Sigmoid'.*'squash'"):
+    model = make_model([helper.make_node("Erf", ["data"], ["y"], name="squash")], (1, 2))
+    with pytest.raises(InvalidArgument, match=r"'Erf'.*'squash'"):
         Graph(model)
 
 
