@@ -79,6 +79,10 @@ def register(subparsers) -> None:
     p.add_argument("--order", choices=("random", "first"), default="random",
                    help="marginal sampler: random pool images per window (default), or the "
                    "first S (released code)")
+    p.add_argument("--compat", choices=("intended", "released"), default="intended",
+                   help="released: reproduce the released code's numbers (first-S marginal, "
+                   "its patch drawing and shared colour conditionals, float16 relevance; "
+                   "see the README); default: intended")
     p.add_argument("--policy", choices=("crop", "resize"), default="crop",
                    help="zoo nets: centre crop without resizing (released code; default) or "
                    "resize to 256 then crop")
@@ -359,12 +363,16 @@ def _pool(args, model: _Model, exclude, source) -> "np.ndarray":
 
 
 def _sampler(args, pool, window):
+    from ..compat import settings
     from ..samplers import ConditionalGaussianSampler, MarginalSampler
 
+    released = settings(getattr(args, "compat", "intended"))  # --compat overrides the options
     if args.sampler == "marginal":
-        return MarginalSampler(pool, order=args.order)
-    return ConditionalGaussianSampler.fit(pool, window, args.padding, colour=args.colour,
-                                          num_patches=args.patches, clip=True, rng=args.seed)
+        return MarginalSampler(pool, order=released.get("marginal_order", args.order))
+    return ConditionalGaussianSampler.fit(
+        pool, window, args.padding, colour=released.get("colour", args.colour),
+        num_patches=released.get("num_patches", args.patches), clip=True, rng=args.seed,
+        patches=released.get("patches", "random"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -436,6 +444,9 @@ def run(args: argparse.Namespace) -> int:
             probability_blobs=(model.blob,) if model.probability else (),
             batch_size=_batch_size(args, incremental), rng=args.seed, checkpoint=checkpoint,
             keep_checkpoint=True, progress=not args.no_progress)
+        from ..compat import round_relevance
+        explanation.relevance = round_relevance(explanation.relevance,
+                                                getattr(args, "compat", "intended"))
         names = _unit_names(model, explanation)
         top = explanation.top_classes(model.blob, args.top)
         explanation.metadata.update({
