@@ -11,20 +11,25 @@ same places with the same values.
 OpenCV's Caffe importer stays a second opinion: the cases where it departs from real Caffe
 are listed in :data:`OPENCV_DEPARTS` and checked to still depart, so the list stays honest.
 """
+import importlib.util
+import json
+import time
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 
-from preddiff.caffe import caffe_to_onnx, load_net
+from preddiff.caffe import blob_shapes, caffe_to_onnx, load_net
+from preddiff.caffe.writer import write_caffemodel
 from preddiff.errors import CaffeFormatError, UnsupportedLayer
 from preddiff.graph import Graph
 
 GOLDEN = Path(__file__).parent / "data" / "caffe-golden"
 TOL = 1e-5
-CASES = sorted(p.name for p in GOLDEN.iterdir()
-               if p.is_dir() and (p / "caffe_blobs_b1.npz").exists())
+CASES = sorted(p.name for p in GOLDEN.iterdir() if p.is_dir()
+               and (p / "caffe_blobs_b1.npz").exists() and (p / "weights.caffemodel").exists())
+RESNET = GOLDEN / "resnet50"
 
 # Cases the converter refuses on purpose, with the reason it gives.
 REFUSED = {
@@ -175,3 +180,53 @@ def test_opencv_departs_from_caffe_exactly_where_listed(case):
         assert error > 1e-4, f"OpenCV now agrees with Caffe on {case} ({error:.1e})"
     else:
         assert error <= 1e-4, f"OpenCV departs from Caffe on {case} ({error:.1e})"
+
+
+# --------------------------------------------------------------------------------------------
+# ResNet-50 (Kaiming He's Caffe release): architecture always, values in the slow run
+# --------------------------------------------------------------------------------------------
+def _make_goldens():
+    spec = importlib.util.spec_from_file_location("make_goldens", GOLDEN / "make_goldens.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_resnet50_prototxt_is_what_its_script_writes(capsys):
+    spec = importlib.util.spec_from_file_location("make_prototxt", RESNET / "make_prototxt.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main()
+    assert capsys.readouterr().out == (RESNET / "deploy.prototxt").read_text()
+
+
+def test_resnet50_architecture_matches_real_caffe():
+    net = load_net(RESNET / "deploy.prototxt")
+    for batch in (1, 2):
+        caffe = json.loads((RESNET / f"caffe_shapes_b{batch}.json").read_text())
+        ours = blob_shapes(net, batch=batch)
+        assert {k: list(v) for k, v in ours.items()} == caffe
+    types = {layer.type for layer in net.layers}
+    assert types == {"Convolution", "BatchNorm", "Scale", "ReLU", "Pooling", "Eltwise",
+                     "InnerProduct", "Softmax"}
+    assert sum(layer.type == "Convolution" for layer in net.layers) == 53
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("batch", [1, 2])
+def test_resnet50_matches_real_caffe(batch, tmp_path):
+    """Full-size ResNet-50 with preddiff's seeded random weights (102 MB, regenerated here)
+    against real Caffe's forward pass on the same caffemodel."""
+    net = load_net(RESNET / "deploy.prototxt")
+    weights = write_caffemodel(net, _make_goldens().writer_weights(net), tmp_path / "w.caffemodel")
+    x = np.load(RESNET / f"input_b{batch}.npy")
+    with np.load(RESNET / f"caffe_blobs_b{batch}.npz") as blobs:
+        caffe = {k: blobs[k] for k in blobs.files if k != "data"}
+    start = time.perf_counter()
+    ours = _run_onnx(caffe_to_onnx(net, weights, outputs=sorted(caffe)), x)
+    errors = {name: normalised_error(ours[name], caffe[name]) for name in caffe}
+    worst = max(errors, key=errors.get)
+    print(f"resnet50 b{batch}: worst blob {worst}, normalised error {errors[worst]:.2e} "
+          f"({time.perf_counter() - start:.1f} s)")
+    assert errors[worst] <= TOL, f"blob {worst} differs from Caffe by {errors[worst]}"
+    assert 0.01 < caffe["prob"].max() < 0.99  # random weights at a sensible scale

@@ -14,7 +14,7 @@ from preddiff.caffe import ONNX_OPS, caffe_to_onnx, load_net, save_onnx
 from preddiff.caffe.net import pooled_size
 from preddiff.caffe.writer import narrow_prototxt, random_onnx, random_weights, \
     write_caffemodel
-from preddiff.errors import InvalidArgument, UnsupportedLayer
+from preddiff.errors import CaffeFormatError, InvalidArgument, UnsupportedLayer
 from preddiff.resources import MODELS_DIR
 
 cv2 = pytest.importorskip("cv2")
@@ -397,3 +397,61 @@ def test_full_size_zoo_net_matches_opencv(name, style, tmp_path, rng):
     _, proto, caffemodel = _zoo_files(tmp_path, name, 1, style, rng)
     ours = _assert_parity(proto, caffemodel, rng)
     assert ours["prob"].max() < 0.99  # random weights at a sensible scale: not one-hot
+
+
+# --------------------------------------------------------------------------------------------
+# What Caffe refuses, and options outside the supported set
+# --------------------------------------------------------------------------------------------
+CONV = ('layer {{ name: "{0}" type: "Convolution" bottom: "{1}" top: "{0}" '
+        "convolution_param {{ num_output: 2 kernel_size: 1 }} }}\n")
+
+
+@pytest.mark.parametrize("layers, ok", [
+    # in place on a blob read by nobody else, then read twice: fine
+    (CONV.format("c1", "data") + 'layer { name: "r" type: "ReLU" bottom: "c1" top: "c1" }\n'
+     + CONV.format("a", "c1") + CONV.format("b", "c1"), True),
+    # c1 read by 'a' and by the in-place 'r': Caffe's split makes r a second producer of c1
+    (CONV.format("c1", "data") + CONV.format("a", "c1")
+     + 'layer { name: "r" type: "ReLU" bottom: "c1" top: "c1" }\n', False),
+    # two layers writing the same top
+    (CONV.format("c1", "data") + 'layer { name: "c2" type: "Convolution" bottom: "data" '
+     'top: "c1" convolution_param { num_output: 2 kernel_size: 1 } }\n', False),
+    # in place on the input that another layer also reads
+    (CONV.format("c1", "data") + 'layer { name: "r" type: "ReLU" bottom: "data" top: "data" }\n',
+     False),
+])
+def test_blob_produced_by_multiple_sources(layers, ok):
+    text = _input((1, 2, 3, 3)) + layers
+    if ok:
+        load_net(text)
+    else:
+        with pytest.raises(CaffeFormatError, match="produced by multiple sources"):
+            load_net(text)
+
+
+@pytest.mark.parametrize("layer, message", [
+    ('layer { name: "bn" type: "BatchNorm" bottom: "data" top: "y" '
+     "batch_norm_param { use_global_stats: false } }", "statistics of the batch"),
+    ('layer { name: "s" type: "Scale" bottom: "data" bottom: "data" top: "y" }',
+     "one-bottom form"),
+    ('layer { name: "sl" type: "Slice" bottom: "data" top: "y" top: "z" '
+     "slice_param { axis: 0 } }", "batch axis"),
+    ('layer { name: "f" type: "Flatten" bottom: "data" top: "y" flatten_param { axis: 0 } }',
+     "batch axis"),
+    ('layer { name: "ip" type: "InnerProduct" bottom: "data" top: "y" '
+     "inner_product_param { num_output: 2 axis: 0 } }", "axis 0"),
+    ('layer { name: "e" type: "Eltwise" bottom: "data" bottom: "data" top: "y" '
+     "eltwise_param { operation: MAX coeff: 1 coeff: 2 } }", "coeff needs operation SUM"),
+])
+def test_unsupported_or_invalid_options_name_the_layer(layer, message, tmp_path):
+    with pytest.raises(CaffeFormatError, match=message):
+        caffe_to_onnx(_input((2, 2, 3, 3)) + layer, tmp_path / "never_read.caffemodel")
+
+
+def test_reshape_across_the_batch_is_refused(tmp_path, rng):
+    text = _input((2, 2, 3, 3)) + (
+        'layer { name: "r" type: "Reshape" bottom: "data" top: "y" '
+        "reshape_param { shape { dim: -1 dim: 9 } } }")
+    _, proto, caffemodel = _files(tmp_path, text, rng)
+    with pytest.raises(UnsupportedLayer, match="'r' .*across the batch axis"):
+        caffe_to_onnx(proto, caffemodel)

@@ -11,11 +11,18 @@ set -e
 here=$(cd "$(dirname "$0")" && pwd)
 py=${PYTHON:-python}
 : "${CAFFE_DUMP:?set CAFFE_DUMP to the caffe_dump binary}"
-cases=${*:-"deconv_group batchnorm_scale eltwise flatten_reshape activations slice_crop"}
+cases=${*:-"deconv_group batchnorm_scale eltwise flatten_reshape activations slice_crop resnet50"}
 for case in $cases; do
     d=$here/$case
-    "$CAFFE_DUMP" init "$d/deploy.prototxt" "$d/weights.caffemodel" 7
-    if grep -q '"BatchNorm"' "$d/deploy.prototxt"; then "$py" "$here/make_goldens.py" bnstats "$d"; fi
+    if [ -f "$d/make_prototxt.py" ]; then "$py" "$d/make_prototxt.py" > "$d/deploy.prototxt"; fi
+    if [ -f "$d/blobs.txt" ]; then  # a large net: preddiff's seeded writer, not committed
+        "$py" "$here/make_goldens.py" writer "$d"
+    else
+        "$CAFFE_DUMP" init "$d/deploy.prototxt" "$d/weights.caffemodel" 7
+        if grep -q '"BatchNorm"' "$d/deploy.prototxt"; then
+            "$py" "$here/make_goldens.py" bnstats "$d"
+        fi
+    fi
     if [ -f "$d/blobs.txt" ]; then keep=$(cat "$d/blobs.txt"); else keep=""; fi
     "$py" "$here/make_goldens.py" inputs "$d"
     for b in 1 2; do
@@ -24,5 +31,6 @@ for case in $cases; do
         "$py" "$here/make_goldens.py" pack "$d" "$tmp" "$b" $keep
         rm -r "$tmp"
     done
+    if [ -f "$d/blobs.txt" ]; then rm "$d/weights.caffemodel"; fi
     echo "$case: done"
 done
