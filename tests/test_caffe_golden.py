@@ -37,11 +37,14 @@ REFUSED = {
     "relu_on_input": "overwrites the network input 'data' in place",
 }
 # Where OpenCV 4.x departs from real Caffe (normalised error > 1e-4, or it fails to load).
-# Measured with OpenCV 4.x: it ignores LRN's k (lrn_k, lrn_wide, v1_mixed), clips pooling
+# Measured with OpenCV 4.14: it ignores LRN's k (lrn_k, lrn_wide, v1_mixed), clips pooling
 # per axis and ignores round_mode (pool_pad_one_axis, pool_floor), mishandles InnerProduct
-# transpose (ip_4d) and fills an empty MAX window differently (pool_beyond).
+# transpose (ip_4d, flatten_reshape), fills an empty MAX window differently (pool_beyond),
+# gets a dilated Deconvolution's shape wrong (deconv_group), computes an in-place Eltwise SUM
+# as if not in place (eltwise; Caffe zeroes the top, i.e. bottom 0, first) and cannot load a
+# Slice without slice_point (slice_crop).
 OPENCV_DEPARTS = {"lrn_k", "lrn_wide", "v1_mixed", "pool_floor", "pool_pad_one_axis", "ip_4d",
-                  "pool_beyond"}
+                  "pool_beyond", "deconv_group", "eltwise", "flatten_reshape", "slice_crop"}
 
 
 def normalised_error(ours: np.ndarray, ref: np.ndarray) -> float:
@@ -125,8 +128,9 @@ def test_real_lenet_on_the_digits_matches_real_caffe():
     images, _ = load_digits()
     ours = _run_onnx(model, np.ascontiguousarray(images, dtype=np.float32))
     assert ours["prob"].shape == caffe["prob"].shape == (1797, 10)
-    assert normalised_error(ours["ip2"], caffe["ip2"]) <= TOL
-    assert normalised_error(ours["prob"], caffe["prob"]) <= TOL
+    errors = {b: normalised_error(ours[b], caffe[b]) for b in ("ip2", "prob")}
+    print(f"lenet digits: normalised errors {errors}")
+    assert max(errors.values()) <= TOL
     np.testing.assert_array_equal(ours["prob"].argmax(1), caffe["prob"].argmax(1))
 
 
@@ -212,21 +216,23 @@ def test_resnet50_architecture_matches_real_caffe():
     assert sum(layer.type == "Convolution" for layer in net.layers) == 53
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("batch", [1, 2])
-def test_resnet50_matches_real_caffe(batch, tmp_path):
+def test_resnet50_matches_real_caffe(tmp_path):
     """Full-size ResNet-50 with preddiff's seeded random weights (102 MB, regenerated here)
-    against real Caffe's forward pass on the same caffemodel."""
+    against real Caffe's forward pass on the same caffemodel, batch 1 and 2 (about 10 s)."""
     net = load_net(RESNET / "deploy.prototxt")
     weights = write_caffemodel(net, _make_goldens().writer_weights(net), tmp_path / "w.caffemodel")
-    x = np.load(RESNET / f"input_b{batch}.npy")
-    with np.load(RESNET / f"caffe_blobs_b{batch}.npz") as blobs:
-        caffe = {k: blobs[k] for k in blobs.files if k != "data"}
-    start = time.perf_counter()
-    ours = _run_onnx(caffe_to_onnx(net, weights, outputs=sorted(caffe)), x)
-    errors = {name: normalised_error(ours[name], caffe[name]) for name in caffe}
-    worst = max(errors, key=errors.get)
-    print(f"resnet50 b{batch}: worst blob {worst}, normalised error {errors[worst]:.2e} "
-          f"({time.perf_counter() - start:.1f} s)")
-    assert errors[worst] <= TOL, f"blob {worst} differs from Caffe by {errors[worst]}"
-    assert 0.01 < caffe["prob"].max() < 0.99  # random weights at a sensible scale
+    model = None
+    for batch in (1, 2):
+        x = np.load(RESNET / f"input_b{batch}.npy")
+        with np.load(RESNET / f"caffe_blobs_b{batch}.npz") as blobs:
+            caffe = {k: blobs[k] for k in blobs.files}
+        start = time.perf_counter()
+        model = model or caffe_to_onnx(net, weights, outputs=sorted(caffe))
+        ours = _run_onnx(model, x)
+        errors = {name: normalised_error(ours[name], caffe[name]) for name in caffe}
+        worst = max(errors, key=errors.get)
+        print(f"resnet50 b{batch}: worst blob {worst}, normalised error {errors[worst]:.2e} "
+              f"({time.perf_counter() - start:.1f} s)")
+        assert errors[worst] <= TOL, f"blob {worst} differs from Caffe by {errors[worst]}"
+        # random weights at a sensible scale: the softmax is neither uniform nor one-hot
+        assert 1.5 / 1000 < caffe["prob"].max() < 0.99

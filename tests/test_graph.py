@@ -342,6 +342,18 @@ def test_default_dtype_is_float32(rng):
     assert graph.vjp(cache, {"y": np.ones(cache["y"].shape)}).dtype == np.float32
 
 
+def test_max_routes_the_gradient_as_caffe_eltwise():
+    """Caffe: ``a > b ? a : b`` for the first two bottoms (a tie goes to the second), then a
+    later bottom only where strictly greater."""
+    nodes = [helper.make_node("Max", ["data", "b", "c"], ["y"])]
+    inits = {"b": np.array([1.0, 2.0, 0.0], np.float32),
+             "c": np.array([1.0, 2.0, 5.0], np.float32)}
+    graph = Graph(make_model(nodes, (1, 3), inits))
+    x = np.array([[1.0, 3.0, 5.0]], np.float32)  # tie with b; max; tie with c (first wins)
+    cache = graph.forward(x, keep="y", trace=True)
+    np.testing.assert_array_equal(graph.vjp(cache, {"y": np.ones((1, 3))}), [[0.0, 1.0, 1.0]])
+
+
 def test_unsupported_operator_names_op_and_node():
     model = make_model([helper.make_node("Erf", ["data"], ["y"], name="squash")], (1, 2))
     with pytest.raises(InvalidArgument, match=r"'Erf'.*'squash'"):

@@ -630,7 +630,7 @@ _register("Div", _div, _div_bwd)
 _register("Pow", _pow, _pow_bwd)
 
 
-# Max (variadic; ties go to the first input, as Caffe's Eltwise MAX) ---------------------------
+# Max (variadic), with Caffe's Eltwise MAX routing of the gradient ---------------------------
 def _max(node, *xs):
     y = xs[0]
     for x in xs[1:]:
@@ -638,16 +638,26 @@ def _max(node, *xs):
     return y
 
 
+def _max_owner(xs, shape) -> np.ndarray:
+    """Index of the input that Caffe's EltwiseLayer (MAX) records as the maximum: ``a > b ?
+    0 : 1`` for the first two inputs (a tie goes to input 1), then input ``i`` only where it
+    is strictly greater than the running maximum."""
+    a, b = (np.broadcast_to(x, shape) for x in xs[:2])
+    owner = np.where(a > b, 0, 1)
+    best = np.where(a > b, a, b)
+    for i, x in enumerate(xs[2:], start=2):
+        x = np.broadcast_to(x, shape)
+        owner = np.where(x > best, i, owner)
+        best = np.where(x > best, x, best)
+    return owner
+
+
 def _max_bwd(node, xs, y, dy, needs):
-    taken = np.zeros(y.shape, dtype=bool)
-    grads = []
-    for x, need in zip(xs, needs):
-        hit = np.broadcast_to(x, y.shape) == y
-        hit &= ~taken
-        taken |= hit
-        grads.append(_unbroadcast(np.where(hit, dy, 0).astype(dy.dtype), x.shape)
-                     if need else None)
-    return grads
+    if len(xs) == 1:
+        return [dy]
+    owner = _max_owner(xs, y.shape)
+    return [_unbroadcast(np.where(owner == i, dy, 0).astype(dy.dtype), x.shape) if need
+            else None for i, (x, need) in enumerate(zip(xs, needs))]
 
 
 _register("Max", _max, _max_bwd)

@@ -944,8 +944,8 @@ def param_shapes(net: NetSpec) -> dict:
         ``(num_output,)``, where K is the product of the bottom's dims from ``axis`` on;
         BatchNorm ``(C,)`` mean, ``(C,)`` variance, ``(1,)`` scale factor (Caffe stores
         running sums; it divides both by the factor); Scale the bottom's shape on axes
-        ``axis .. axis + num_axes`` (twice with ``bias_term``); PReLU ``(C,)`` or ``(1,)``
-        with ``channel_shared``.
+        ``axis .. axis + num_axes`` (twice with ``bias_term``); PReLU ``(C,)``, or ``()`` (a
+        scalar) with ``channel_shared``.
     """
     shapes = blob_shapes_before(net)
     result = {}
@@ -973,7 +973,7 @@ def param_shapes(net: NetSpec) -> dict:
                 result[layer.name].append(shape)
         elif layer.type == "PReLU":
             shared = _flag(layer.params.get("channel_shared", False))
-            result[layer.name] = [(1,) if shared else (bottoms[0][1],)]
+            result[layer.name] = [() if shared else (bottoms[0][1],)]  # Caffe: a 0-D blob
         elif layer.type == "InnerProduct":
             n = layer.params["num_output"]
             axis = _axis(layer, bottoms, layer.params.get("axis", 1))

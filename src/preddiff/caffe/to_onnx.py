@@ -2,16 +2,24 @@
 
 Scope
 -----
-Layer types (one small emitter each, in :data:`_EMITTERS`): Input, Convolution (group, pad,
-stride, kernel incl. ``_h``/``_w``, dilation, bias_term), Pooling (MAX, AVE, global;
-Caffe's ceil rounding and padding clip rule), LRN (ACROSS_CHANNELS), InnerProduct (incl.
-``transpose``), ReLU (``negative_slope``), Dropout (identity at test time), Softmax, Concat.
-Any other type raises :class:`~preddiff.errors.UnsupportedLayer` naming the layer and type.
+Layer types (one small emitter each, in :data:`_EMITTERS`): Input, Convolution and
+Deconvolution (group, pad, stride, kernel incl. ``_h``/``_w``, dilation, bias_term), Pooling
+(MAX, AVE, global; Caffe's ceil rounding and padding clip rule, and its −FLT_MAX / NaN for a
+window that starts beyond the input), LRN (ACROSS_CHANNELS, and WITHIN_CHANNEL built from
+Caffe's own sub-layers), InnerProduct (``axis`` ≥ 1, ``transpose``), ReLU
+(``negative_slope``), Dropout (identity at test time), Softmax, Concat, BatchNorm (stored
+statistics), Scale (one bottom), Eltwise (SUM with coefficients, PROD, MAX), Flatten,
+Reshape, Sigmoid, TanH, AbsVal, Power, ELU, PReLU, Slice, Crop. Any other type raises
+:class:`~preddiff.errors.UnsupportedLayer` naming the layer and type.
 
 Emitted ONNX operators (:data:`ONNX_OPS`), opset ≥ 13, every weight an initializer:
-Conv, MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool, LRN, Flatten, Gemm, Relu,
-LeakyRelu, Concat, Softmax, Identity, Pad (constant zeros). Keeping to this small set lets
+Conv, ConvTranspose, MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool, LRN, Flatten,
+Gemm, MatMul, Relu, LeakyRelu, PRelu, Elu, Sigmoid, Tanh, Abs, Add, Sub, Mul, Div, Pow, Max,
+Concat, Softmax, Identity, Pad (constant), Reshape, Slice. Keeping to this set lets
 :mod:`preddiff.graph` interpret and differentiate the graphs in NumPy.
+
+The oracle is real BVLC Caffe: ``tests/test_caffe_golden.py`` compares every blob with what
+Caffe computed (``tests/data/caffe-golden``).
 
 The graph
 ---------
@@ -402,12 +410,22 @@ def _eltwise(g, layer, ins, outs, shapes, blobs):
     _params(layer, blobs or [], 0)
     op = str(layer.params.get("operation", "SUM"))
     op = {"0": "PROD", "1": "SUM", "2": "MAX"}.get(op, op)
-    if op == "MAX":  # Caffe keeps the first maximum (strict >), as Max's VJP in graph.py
-        g.node("Max", ins, outs, layer.name)
-        return
     coeffs = layer.params.get("coeff", [1.0] * len(ins))
     coeffs = coeffs if isinstance(coeffs, list) else [coeffs]
     terms = list(ins)
+    if layer.tops[0] in layer.bottoms[1:]:
+        raise UnsupportedLayer(f"layer {layer.name!r} (Eltwise) writes its top over a bottom "
+                               "other than the first; not supported")
+    in_place = layer.tops[0] == layer.bottoms[0]
+    # In place, Caffe's Forward_cpu first initialises the top, i.e. bottom 0: SUM sets it
+    # to 0 and MAX to -FLT_MAX before reading the bottoms; PROD reads before it writes.
+    if op == "MAX":  # Caffe: a > b ? a : b for bottoms 0, 1, then strict > (graph.py's VJP)
+        if in_place:
+            terms[0] = g.const(f"{layer.name}/initial", -np.finfo(np.float32).max)
+        g.node("Max", terms, outs, layer.name)
+        return
+    if op == "SUM" and in_place:
+        terms, coeffs = terms[1:], coeffs[1:]
     if op == "SUM":  # Caffe: top = Σ coeff_i · bottom_i, accumulated in bottom order
         for i, coeff in enumerate(coeffs):
             if float(coeff) != 1.0:
@@ -416,6 +434,8 @@ def _eltwise(g, layer, ins, outs, shapes, blobs):
                        [terms[i]], f"{layer.name}/coeff{i}")
     binary = "Add" if op == "SUM" else "Mul"
     acc = terms[0]
+    if len(terms) == 1:
+        g.node("Identity", terms, outs, layer.name)
     for i, term in enumerate(terms[1:], start=1):
         out = outs[0] if i == len(terms) - 1 else g.fresh(f"{layer.name}/partial{i}")
         g.node(binary, [acc, term], [out], layer.name if out == outs[0] else out)
@@ -478,9 +498,9 @@ def _power(g, layer, ins, outs, shapes, blobs):
 def _prelu(g, layer, ins, outs, shapes, blobs):
     (slope,) = _params(layer, blobs, 1)
     shared = str(layer.params.get("channel_shared", "false")).lower() in ("true", "1")
-    c = 1 if shared else shapes[0][1]
-    stored = (c,) + (1,) * (len(shapes[0]) - 2)  # broadcast over (N, C, ...)
-    g.node("PRelu", [ins[0], g.weight(layer, "slope", slope, (c,), store_as=stored)], outs,
+    shape = () if shared else (shapes[0][1],)
+    stored = (1 if shared else shapes[0][1],) + (1,) * (len(shapes[0]) - 2)  # over (N, C, …)
+    g.node("PRelu", [ins[0], g.weight(layer, "slope", slope, shape, store_as=stored)], outs,
            layer.name)
 
 
