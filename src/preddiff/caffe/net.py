@@ -28,7 +28,7 @@ from .prototxt import parse, plain
 __all__ = [
     "LayerSpec", "NetSpec", "load_net", "V1_LAYER_TYPES", "SUPPORTED_TYPES", "ConvGeometry",
     "PoolGeometry", "conv_geometry", "pool_geometry", "pooled_size", "blob_shapes",
-    "layer_output_shapes", "param_shapes",
+    "layer_output_shapes", "param_shapes", "top_shapes",
 ]
 
 # V1LayerParameter.LayerType: enum name, number, current type string (UpgradeV1LayerType).
@@ -850,6 +850,15 @@ _SHAPE_FUNCS = {
     "Slice": _slice_shape,
     "Crop": _crop_shape,
 }
+
+
+def top_shapes(layer: LayerSpec, bottoms: list) -> list:
+    """Shapes of ``layer``'s tops for bottoms of the given shapes (one supported layer)."""
+    func = _SHAPE_FUNCS.get(layer.type)
+    if func is None:
+        raise unsupported(layer)
+    with malformed_parameters(layer):
+        return func(layer, [tuple(b) for b in bottoms])
 
 
 @contextlib.contextmanager

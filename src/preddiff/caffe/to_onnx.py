@@ -63,8 +63,8 @@ from ..errors import CaffeFormatError, InvalidArgument, UnsupportedLayer
 from ..fileio import atomic_write_bytes
 from .caffemodel import read_caffemodel
 from .net import NetSpec, conv_geometry, crop_offsets, layer_output_shapes, load_net, \
-    malformed_parameters, pool_geometry, pooled_size, scale_axes, slice_points, unsupported
-from .net import _SHAPE_FUNCS
+    malformed_parameters, pool_geometry, pooled_size, scale_axes, slice_points, top_shapes, \
+    unsupported
 
 __all__ = ["caffe_to_onnx", "net_to_onnx", "save_onnx", "ONNX_OPS", "MIN_OPSET"]
 
@@ -450,14 +450,14 @@ def _reshape_to(g, layer, ins, outs, shape, out_shape):
 
 def _flatten(g, layer, ins, outs, shapes, blobs):
     _params(layer, blobs or [], 0)
-    out_shape = _SHAPE_FUNCS["Flatten"](layer, shapes)[0]
+    out_shape = top_shapes(layer, shapes)[0]
     _reshape_to(g, layer, ins, outs, shapes[0], out_shape)
 
 
 def _reshape(g, layer, ins, outs, shapes, blobs):
     _params(layer, blobs or [], 0)
-    one = _SHAPE_FUNCS["Reshape"](layer, [(1, *shapes[0][1:])])[0]
-    two = _SHAPE_FUNCS["Reshape"](layer, [(2, *shapes[0][1:])])[0]
+    one = top_shapes(layer, [(1, *shapes[0][1:])])[0]
+    two = top_shapes(layer, [(2, *shapes[0][1:])])[0]
     if one[0] != 1 or two[0] != 2 or one[1:] != two[1:]:
         raise UnsupportedLayer(f"layer {layer.name!r} (Reshape) moves values across the batch "
                                f"axis (batch 1 gives {one}, batch 2 gives {two}); not supported")

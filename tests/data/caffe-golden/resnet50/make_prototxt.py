@@ -60,7 +60,7 @@ def main():
     text = ('name: "ResNet-50"\ninput: "data"\n'
             "input_dim: 1\ninput_dim: 3\ninput_dim: 224\ninput_dim: 224\n")
     text += conv("conv1", "data", 64, 7, 2, 3)
-    text += (f'layer {{ bottom: "conv1" top: "conv1" name: "bn_conv1" type: "BatchNorm"\n'
+    text += ('layer { bottom: "conv1" top: "conv1" name: "bn_conv1" type: "BatchNorm"\n'
              "  batch_norm_param { use_global_stats: true } }\n"
              'layer { bottom: "conv1" top: "conv1" name: "scale_conv1" type: "Scale"\n'
              "  scale_param { bias_term: true } }\n")
