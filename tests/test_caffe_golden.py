@@ -236,3 +236,11 @@ def test_resnet50_matches_real_caffe(tmp_path):
         assert errors[worst] <= TOL, f"blob {worst} differs from Caffe by {errors[worst]}"
         # random weights at a sensible scale: the softmax is neither uniform nor one-hot
         assert 1.5 / 1000 < caffe["prob"].max() < 0.99
+    # the NumPy interpreter (sensitivity maps) on the same model: forward and a gradient
+    graph = Graph(model)
+    cache = graph.forward(x[:1], keep="fc1000", trace=True)
+    assert normalised_error(cache["fc1000"], caffe["fc1000"][:1]) <= TOL
+    seed = np.zeros_like(cache["fc1000"])
+    seed[0, cache["fc1000"][0].argmax()] = 1.0
+    grad = graph.vjp(cache, {"fc1000": seed})
+    assert grad.shape == x[:1].shape and np.isfinite(grad).all() and np.abs(grad).max() > 0
