@@ -30,7 +30,9 @@ the released code, or ``resize``), ``laplace_n``, ``pool_dir`` (a folder of imag
 samplers instead of the bundled examples), ``batch_size``, ``incremental`` (use
 :class:`preddiff.incremental.IncrementalClassifier` when available: exact, faster; on at paper
 scale), and ``weights`` (``zoo``, or ``random`` with ``random_factor``/``random_seed`` for a
-dry run of the paper-scale code on random-weight networks).
+dry run of the paper-scale code on random-weight networks). ``compat`` (``released``: the
+released code's numbers — first-S marginal, its patch drawing, shared colour conditionals,
+float16 relevance — see :mod:`preddiff.compat`) is accepted by every figure.
 """
 from __future__ import annotations
 
@@ -124,6 +126,25 @@ def parse_overrides(items: list[str], allowed: set[str]) -> dict[str, Any]:
     return out
 
 
+def apply_compat(overrides: dict[str, Any]) -> dict[str, Any]:
+    """``--set compat=released``: add the released code's sampler settings
+    (:data:`preddiff.compat.RELEASED`: first-S marginal, released patch drawing with 20000,
+    shared colour conditionals, the regular window grid; the float16 rounding is applied in
+    :func:`explain`); keys
+    given explicitly with ``--set`` win. ``compat=intended`` changes nothing."""
+    from preddiff.compat import settings
+    from preddiff.errors import InvalidArgument
+
+    if "compat" not in overrides:
+        return overrides
+    try:
+        released = settings(overrides["compat"])
+    except InvalidArgument as exc:
+        raise ValueError(f"--set compat: {exc}") from None
+    released.pop("relevance_dtype", None)
+    return {**released, **overrides}
+
+
 @dataclasses.dataclass
 class Run:
     """One invocation of a figure script: its parameters and where it writes.
@@ -192,7 +213,8 @@ def parse_args(figure: str, description: str, config: Mapping[str, Mapping],
     args = parser.parse_args(argv)
     cfg = json.loads(json.dumps(config[args.scale]))  # a deep copy of plain JSON values
     try:
-        cfg.update(parse_overrides(args.overrides, set(cfg)))
+        overrides = parse_overrides(args.overrides, set(cfg) | {"compat"})
+        cfg.update(apply_compat(overrides))
     except ValueError as exc:
         parser.error(str(exc))
     command = ["python", "-m", f"reproduce.{figure}"] + list(sys.argv[1:] if argv is None else argv)
@@ -773,7 +795,8 @@ def make_sampler(run: Run, kind: str, pool: np.ndarray, window: int):
     if kind == "conditional":
         return samplers.ConditionalGaussianSampler.fit(
             pool, window, int(cfg["padding"]), colour=cfg.get("colour", "per-channel"),
-            num_patches=int(cfg["num_patches"]), rng=seeds(cfg)["sampler_fit"])
+            num_patches=int(cfg["num_patches"]), rng=seeds(cfg)["sampler_fit"],
+            patches=cfg.get("patches", "random"))
     raise ValueError(f"sampler {kind!r}; expected 'marginal' or 'conditional'")
 
 
@@ -808,7 +831,8 @@ def explain(run: Run, model: Model, image: Input, *, sampler: str, window: int,
     # ``incremental`` too: the engine's checkpoint records which classifier made it and refuses
     # another, so runs with and without it must not share a cache entry or a checkpoint file.
     keys = ("padding", "num_samples", "stride", "seed", "num_patches", "colour",
-            "marginal_order", "preprocess", "laplace_n", "pool_dir", "incremental")
+            "marginal_order", "preprocess", "laplace_n", "pool_dir", "incremental", "compat",
+            "patches", "edges")
     params = {
         "kind": "prediction_difference", "model": model.name, "onnx_sha256": model.sha256,
         "image": image.name, "input_sha256": _input_hash(image), "sampler": sampler,
@@ -841,12 +865,15 @@ def explain(run: Run, model: Model, image: Input, *, sampler: str, window: int,
             num_samples=num_samples, blobs=blobs, batch_size=int(cfg["batch_size"]),
             rng=seeds(cfg)["explanation"], laplace_n=int(cfg.get("laplace_n", 100000)),
             # hours per image at paper scale: a crash resumes where it stopped
-            checkpoint=checkpoint,
+            checkpoint=checkpoint, edges=cfg.get("edges", "cover"),
             progress=run.progress)
         out = {"seconds": np.float64(time.perf_counter() - start),
                "num_samples": np.int64(num_samples)}
+        from preddiff.compat import round_relevance
+
+        relevance = round_relevance(result.relevance, cfg.get("compat", "intended"))
         for blob, which in units.items():
-            rel = np.asarray(result.relevance[blob])
+            rel = np.asarray(relevance[blob])
             absmax = np.abs(rel).reshape(len(rel), -1).max(axis=1)
             if which is None:
                 keep = np.arange(len(rel))

@@ -14,7 +14,7 @@ from preddiff.caffe import ONNX_OPS, caffe_to_onnx, load_net, save_onnx
 from preddiff.caffe.net import pooled_size
 from preddiff.caffe.writer import narrow_prototxt, random_onnx, random_weights, \
     write_caffemodel
-from preddiff.errors import InvalidArgument, UnsupportedLayer
+from preddiff.errors import CaffeFormatError, InvalidArgument, UnsupportedLayer
 from preddiff.resources import MODELS_DIR
 
 cv2 = pytest.importorskip("cv2")
@@ -158,13 +158,21 @@ def test_global_pooling(method, op, tmp_path, rng):
         <= TOL
 
 
-def test_pooling_with_a_window_beyond_the_input_is_refused(tmp_path, rng):
-    # No padding, stride 3 > kernel 1 on 5 pixels: ceil gives a third window starting at 6.
-    text = _input((1, 1, 5, 5)) + (
+@pytest.mark.parametrize("method, empty", [("MAX", -np.finfo(np.float32).max),
+                                           ("AVE", np.nan)])
+def test_pooling_window_beyond_the_input_gives_what_caffe_gives(method, empty, tmp_path, rng):
+    # No padding, stride 3 > kernel 1 on 5 pixels: ceil gives a third window starting at 6,
+    # which holds no input element: Caffe's loop gives -FLT_MAX (MAX) or 0/0 (AVE).
+    text = _input((1, 2, 5, 5)) + (
         'layer { name: "pool" type: "Pooling" bottom: "data" top: "pool" '
-        "pooling_param { pool: MAX kernel_size: 1 stride: 3 } }")
-    with pytest.raises(UnsupportedLayer, match="'pool'.*starts beyond the input"):
-        caffe_to_onnx(text, tmp_path / "unused.caffemodel")
+        f"pooling_param {{ pool: {method} kernel_size: 1 stride: 3 }} }}")
+    _, proto, caffemodel = _files(tmp_path, text, rng)
+    x = rng.normal(size=(1, 2, 5, 5)).astype(np.float32)
+    ours = _run_onnx(caffe_to_onnx(proto, caffemodel), x)["pool"]
+    assert ours.shape == (1, 2, 3, 3)
+    np.testing.assert_array_equal(ours[:, :, :2, :2], x[:, :, ::3, ::3])
+    last = np.concatenate([ours[:, :, 2, :].ravel(), ours[:, :, :, 2].ravel()])
+    np.testing.assert_array_equal(last, np.full_like(last, empty))
 
 
 def test_pooling_uses_explicit_pads_not_ceil_mode(tmp_path, rng):
@@ -312,15 +320,15 @@ def test_opset_below_13_is_refused(tiny_files):
 
 def test_unsupported_layer_names_layer_and_type(tmp_path):
     text = _input((1, 3, 4, 4)) + """
-    layer { name: "scale1" type: "Scale" bottom: "data" top: "s" }"""
-    with pytest.raises(UnsupportedLayer, match=r"layer 'scale1' has type 'Scale'"):
+    layer { name: "spp1" type: "SPP" bottom: "data" top: "s" }"""
+    with pytest.raises(UnsupportedLayer, match=r"layer 'spp1' has type 'SPP'"):
         caffe_to_onnx(text, tmp_path / "never_read.caffemodel")
 
 
 def test_unsupported_old_style_layer(tmp_path):
     text = _input((1, 3, 4, 4)) + """
-    layers { name: "elt" type: ELTWISE bottom: "data" bottom: "data" top: "e" }"""
-    with pytest.raises(UnsupportedLayer, match=r"layer 'elt' has type 'Eltwise'"):
+    layers { name: "thr" type: THRESHOLD bottom: "data" top: "e" }"""
+    with pytest.raises(UnsupportedLayer, match=r"layer 'thr' has type 'Threshold'"):
         caffe_to_onnx(text, tmp_path / "never_read.caffemodel")
 
 
@@ -389,3 +397,61 @@ def test_full_size_zoo_net_matches_opencv(name, style, tmp_path, rng):
     _, proto, caffemodel = _zoo_files(tmp_path, name, 1, style, rng)
     ours = _assert_parity(proto, caffemodel, rng)
     assert ours["prob"].max() < 0.99  # random weights at a sensible scale: not one-hot
+
+
+# --------------------------------------------------------------------------------------------
+# What Caffe refuses, and options outside the supported set
+# --------------------------------------------------------------------------------------------
+CONV = ('layer {{ name: "{0}" type: "Convolution" bottom: "{1}" top: "{0}" '
+        "convolution_param {{ num_output: 2 kernel_size: 1 }} }}\n")
+
+
+@pytest.mark.parametrize("layers, ok", [
+    # in place on a blob read by nobody else, then read twice: fine
+    (CONV.format("c1", "data") + 'layer { name: "r" type: "ReLU" bottom: "c1" top: "c1" }\n'
+     + CONV.format("a", "c1") + CONV.format("b", "c1"), True),
+    # c1 read by 'a' and by the in-place 'r': Caffe's split makes r a second producer of c1
+    (CONV.format("c1", "data") + CONV.format("a", "c1")
+     + 'layer { name: "r" type: "ReLU" bottom: "c1" top: "c1" }\n', False),
+    # two layers writing the same top
+    (CONV.format("c1", "data") + 'layer { name: "c2" type: "Convolution" bottom: "data" '
+     'top: "c1" convolution_param { num_output: 2 kernel_size: 1 } }\n', False),
+    # in place on the input that another layer also reads
+    (CONV.format("c1", "data") + 'layer { name: "r" type: "ReLU" bottom: "data" top: "data" }\n',
+     False),
+])
+def test_blob_produced_by_multiple_sources(layers, ok):
+    text = _input((1, 2, 3, 3)) + layers
+    if ok:
+        load_net(text)
+    else:
+        with pytest.raises(CaffeFormatError, match="produced by multiple sources"):
+            load_net(text)
+
+
+@pytest.mark.parametrize("layer, message", [
+    ('layer { name: "bn" type: "BatchNorm" bottom: "data" top: "y" '
+     "batch_norm_param { use_global_stats: false } }", "statistics of the batch"),
+    ('layer { name: "s" type: "Scale" bottom: "data" bottom: "data" top: "y" }',
+     "one-bottom form"),
+    ('layer { name: "sl" type: "Slice" bottom: "data" top: "y" top: "z" '
+     "slice_param { axis: 0 } }", "batch axis"),
+    ('layer { name: "f" type: "Flatten" bottom: "data" top: "y" flatten_param { axis: 0 } }',
+     "batch axis"),
+    ('layer { name: "ip" type: "InnerProduct" bottom: "data" top: "y" '
+     "inner_product_param { num_output: 2 axis: 0 } }", "axis 0"),
+    ('layer { name: "e" type: "Eltwise" bottom: "data" bottom: "data" top: "y" '
+     "eltwise_param { operation: MAX coeff: 1 coeff: 2 } }", "coeff needs operation SUM"),
+])
+def test_unsupported_or_invalid_options_name_the_layer(layer, message, tmp_path):
+    with pytest.raises(CaffeFormatError, match=message):
+        caffe_to_onnx(_input((2, 2, 3, 3)) + layer, tmp_path / "never_read.caffemodel")
+
+
+def test_reshape_across_the_batch_is_refused(tmp_path, rng):
+    text = _input((2, 2, 3, 3)) + (
+        'layer { name: "r" type: "Reshape" bottom: "data" top: "y" '
+        "reshape_param { shape { dim: -1 dim: 9 } } }")
+    _, proto, caffemodel = _files(tmp_path, text, rng)
+    with pytest.raises(UnsupportedLayer, match="'r' .*across the batch axis"):
+        caffe_to_onnx(proto, caffemodel)

@@ -115,9 +115,9 @@ def test_malformed_prototxt(capsys, tmp_path):
 
 def test_unsupported_layer(capsys, tmp_path):
     proto = tmp_path / "elt.prototxt"
-    proto.write_text(PROTO.read_text().replace('type: "ReLU"', 'type: "ELU"'))
+    proto.write_text(PROTO.read_text().replace('type: "ReLU"', 'type: "BNLL"'))
     _fails(capsys, ["convert", "--prototxt", str(proto), "--caffemodel", str(WEIGHTS),
-                    "--output", str(tmp_path / "o.onnx")], r"layer 'relu1' has type 'ELU'")
+                    "--output", str(tmp_path / "o.onnx")], r"layer 'relu1' has type 'BNLL'")
 
 
 def test_shape_mismatch(capsys, tmp_path):

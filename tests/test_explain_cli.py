@@ -456,3 +456,34 @@ def test_incremental_planning_failure_keeps_the_plain_classifier(tmp_path, capsy
     out = capsys.readouterr().out
     assert "incremental inference off: it could not be planned (RuntimeError: onnxruntime " \
         "cannot load this graph)" in out
+
+
+@pytest.mark.parametrize("sampler", ["conditional", "marginal"])
+def test_compat_released_selects_the_released_behaviours(tmp_path, sampler):
+    common = ["digits:3", *FAST, "--sampler", sampler]
+    assert explain(*common, "--out", tmp_path / "intended") == 0
+    assert explain(*common, "--compat", "released", "--out", tmp_path / "released") == 0
+    intended = Explanation.load(tmp_path / "intended" / "digit3_lenet.npz")
+    released = Explanation.load(tmp_path / "released" / "digit3_lenet.npz")
+    rel = released.relevance["prob"]
+    np.testing.assert_array_equal(rel, rel.astype(np.float16).astype(rel.dtype))  # float16
+    if sampler == "marginal":
+        assert released.sampler["order"] == "first" and intended.sampler["order"] == "random"
+    else:
+        # LeNet is gray: the shared colour conditionals change nothing; the fit does
+        assert released.sampler["colour"] == "per-channel-released"
+        assert released.sampler["num_patches"] == (int(20000 / 1796) + 1) * 1796
+        assert intended.sampler["num_patches"] == 2000
+    assert not np.array_equal(rel, intended.relevance["prob"])
+    # the released regular grid: 28 - 4 = 24 is a multiple of FAST's stride 3, so the grids
+    # agree here; a stride of 5 leaves the released run's last rows uncovered
+    assert (released.edges, intended.edges) == ("drop", "cover")
+
+
+def test_compat_released_keeps_the_regular_grid(tmp_path):
+    common = ["digits:3", *FAST, "--sampler", "marginal", "--window", "6", "--stride", "5"]
+    assert explain(*common, "--compat", "released", "--out", tmp_path / "released") == 0
+    assert explain(*common, "--out", tmp_path / "intended") == 0
+    released = Explanation.load(tmp_path / "released" / "digit3_lenet.npz")
+    intended = Explanation.load(tmp_path / "intended" / "digit3_lenet.npz")
+    assert released.counts[-2:].sum() == 0 and intended.counts.min() >= 1

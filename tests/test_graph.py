@@ -156,6 +156,42 @@ def _cases():
             (1, 3, 13, 13),
             {"W1": w(4, 3, 3, 3), "B1": w(4), "W2": w(6, 2, 3, 3), "B2": w(6),
              "W3": w(5, 24), "B3": w(5)}, 17),
+        # the ops of the zoo's other layers (Deconvolution, BatchNorm, Scale, Eltwise, ...)
+        "conv_transpose": ([node("ConvTranspose", ["data", "W", "B"], ["y"],
+                                 kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])],
+                           (2, 3, 4, 5), {"W": w(3, 2, 3, 3), "B": w(2)}, 17),
+        "conv_transpose_grouped_dilated": (
+            [node("ConvTranspose", ["data", "W"], ["y"], kernel_shape=[2, 3], strides=[1, 2],
+                  dilations=[2, 1], group=2)],
+            (1, 4, 3, 4), {"W": w(4, 3, 2, 3)}, 17),
+        "arithmetic_broadcast": ([node("Sub", ["data", "M"], ["a"]),
+                                  node("Div", ["a", "S"], ["b"]),
+                                  node("Mul", ["b", "G"], ["c"]),
+                                  node("Add", ["c", "B"], ["d"]),
+                                  node("Mul", ["d", "data"], ["y"])],
+                                 (2, 3, 2, 3), {"M": w(3, 1, 1), "S": 1.5 + w(3, 1, 1) ** 2,
+                                                "G": w(2, 3), "B": w(3, 1, 1)}, 17),
+        "pow_constant_exponent": ([node("Mul", ["data", "data"], ["sq"]),
+                                   node("Add", ["sq", "one"], ["s"]),
+                                   node("Pow", ["s", "e"], ["y"])],
+                                  (1, 2, 3, 3), {"one": np.float32(1.0),
+                                                 "e": np.float32(-0.75)}, 17),
+        "max_three_inputs": ([node("Mul", ["data", "k"], ["a"]),
+                              node("Max", ["data", "a", "c"], ["y"])],
+                             (1, 2, 3, 3), {"k": np.float32(-0.5), "c": w(3, 1)}, 17),
+        "sigmoid_tanh_abs": ([node("Sigmoid", ["data"], ["s"]), node("Tanh", ["data"], ["t"]),
+                              node("Abs", ["data"], ["a"]), node("Add", ["s", "t"], ["st"]),
+                              node("Add", ["st", "a"], ["y"])], (1, 2, 3, 3), {}, 17),
+        "elu": ([node("Elu", ["data"], ["y"], alpha=0.4)], (1, 3, 3, 3), {}, 17),
+        "prelu": ([node("PRelu", ["data", "P"], ["y"])], (1, 3, 3, 3),
+                  {"P": w(3, 1, 1)}, 17),
+        "reshape_matmul": ([node("Reshape", ["data", "shape"], ["r"]),
+                            node("MatMul", ["r", "W"], ["y"])],
+                           (2, 3, 4, 2), {"shape": np.array([0, 0, 8], np.int64),
+                                          "W": w(8, 5)}, 17),
+        "slice_crop": ([node("Slice", ["data", "st", "en", "ax"], ["y"])], (2, 4, 5, 6),
+                       {"st": np.array([1, 2], np.int64), "en": np.array([3, 5], np.int64),
+                        "ax": np.array([1, 3], np.int64)}, 17),
     }
     return cases
 
@@ -306,9 +342,21 @@ def test_default_dtype_is_float32(rng):
     assert graph.vjp(cache, {"y": np.ones(cache["y"].shape)}).dtype == np.float32
 
 
+def test_max_routes_the_gradient_as_caffe_eltwise():
+    """Caffe: ``a > b ? a : b`` for the first two bottoms (a tie goes to the second), then a
+    later bottom only where strictly greater."""
+    nodes = [helper.make_node("Max", ["data", "b", "c"], ["y"])]
+    inits = {"b": np.array([1.0, 2.0, 0.0], np.float32),
+             "c": np.array([1.0, 2.0, 5.0], np.float32)}
+    graph = Graph(make_model(nodes, (1, 3), inits))
+    x = np.array([[1.0, 3.0, 5.0]], np.float32)  # tie with b; max; tie with c (first wins)
+    cache = graph.forward(x, keep="y", trace=True)
+    np.testing.assert_array_equal(graph.vjp(cache, {"y": np.ones((1, 3))}), [[0.0, 1.0, 1.0]])
+
+
 def test_unsupported_operator_names_op_and_node():
-    model = make_model([helper.make_node("Sigmoid", ["data"], ["y"], name="squash")], (1, 2))
-    with pytest.raises(InvalidArgument, match=r"'Sigmoid'.*'squash'"):
+    model = make_model([helper.make_node("Erf", ["data"], ["y"], name="squash")], (1, 2))
+    with pytest.raises(InvalidArgument, match=r"'Erf'.*'squash'"):
         Graph(model)
 
 

@@ -506,3 +506,34 @@ def test_wrap_to_width_keeps_every_word_and_fits():
         assert all(common.text_width(line, 10) <= width or " " not in line
                    for line in wrapped.split("\n"))
     assert common.wrap_to_width(text, 20.0, 10) == text  # fits: only the given line break
+
+
+def test_set_compat_released_selects_the_released_sampler_settings():
+    from reproduce import fig1
+
+    run = common.parse_args("fig1", "d", fig1.CONFIG, ["--scale", "smoke", "--set",
+                                                       "compat=released"])
+    assert run.config["compat"] == "released"
+    assert run.config["marginal_order"] == "first"
+    assert run.config["colour"] == "per-channel-released"
+    assert run.config["patches"] == "released" and run.config["num_patches"] == 20000
+    assert run.config["edges"] == "drop"
+    explicit = common.parse_args("fig1", "d", fig1.CONFIG, [
+        "--scale", "smoke", "--set", "compat=released", "--set", "num_patches=300"])
+    assert explicit.config["num_patches"] == 300  # an explicit --set wins
+    plain = common.parse_args("fig1", "d", fig1.CONFIG, ["--scale", "smoke"])
+    assert "compat" not in plain.config and plain.config["colour"] == "per-channel"
+    with pytest.raises(SystemExit):
+        common.parse_args("fig1", "d", fig1.CONFIG, ["--scale", "smoke", "--set", "compat=x"])
+
+
+def test_a_tiny_figure_with_compat_released_rounds_to_float16(tmp_path, monkeypatch):
+    monkeypatch.setenv("PREDDIFF_HOME", str(tmp_path / "home"))
+    record = _fig3(tmp_path, "num_samples=2", "compat=released")
+    assert record["config"]["compat"] == "released"
+    (cached,) = (tmp_path / "cache" / "smoke").glob("pda-*.npz")
+    arrays = np.load(cached)
+    maps = [arrays[k] for k in arrays.files if k.startswith("relevance/")]
+    assert maps and np.abs(maps[0]).max() > 0
+    for m in maps:
+        np.testing.assert_array_equal(m, m.astype(np.float16).astype(m.dtype))

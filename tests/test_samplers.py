@@ -375,3 +375,143 @@ def test_load_rejects_damaged_files(rng, tmp_path, damage):
     path.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"")
     with pytest.raises(InvalidArgument, match="not a saved ConditionalGaussianSampler"):
         ConditionalGaussianSampler.load(path)
+
+
+# ----------------------------------------------------------------------------------------------
+# The released code's sampler, exactly (issue 12)
+
+
+class ReleasedConditionals:
+    """A literal transcription of the released code's conditional-parameter cache.
+
+    ``cond_sampler_imagenet._get_cond_params`` (lmzintgraf/DeepVis-PredDiff,
+    ``utils_sampling.py``) loops over channels 0, 1, 2; for each it looks up the regression
+    matrix ``dotProdForMean = Σ12 Σ22⁻¹`` and the conditional covariance in a cache whose key
+    is the window's first and last index inside the patch — without the channel — computing
+    and storing them from the current channel's covariance on a miss. The conditional mean is
+    ``μ1 + dotProdForMean (x2 − μ2)`` with the channel's own means.
+    """
+
+    def __init__(self, means, covs):
+        self.means, self.covs, self.cache = means, covs, {}
+
+    def __call__(self, patch_c, in_patch_idx, channel):
+        x2 = np.delete(patch_c, in_patch_idx)
+        mu1 = np.take(self.means[channel], in_patch_idx)
+        mu2 = np.delete(self.means[channel], in_patch_idx)
+        key = (in_patch_idx[0], in_patch_idx[-1])
+        if key not in self.cache:
+            cov = self.covs[channel]
+            cov11 = cov[in_patch_idx][:, in_patch_idx]
+            cov12 = np.delete(cov[in_patch_idx, :], in_patch_idx, axis=1)
+            cov21 = np.delete(cov[:, in_patch_idx], in_patch_idx, axis=0)
+            cov22 = np.delete(np.delete(cov, in_patch_idx, axis=0), in_patch_idx, axis=1)
+            dot = cov12 @ np.linalg.inv(cov22)
+            self.cache[key] = (dot, cov11 - dot @ cov21)
+        dot, cond_cov = self.cache[key]
+        return mu1 + dot @ (x2 - mu2), cond_cov
+
+
+@pytest.mark.parametrize("offset", [(2, 2), (0, 3), (4, 1)])
+def test_per_channel_released_matches_the_transcribed_cache(rng, offset):
+    k, pad, channels = 2, 2, 3
+    p = k + 2 * pad
+    means = rng.normal(size=(channels, p * p))
+    covs = np.stack([random_spd(rng, p * p) for _ in range(channels)])
+    released = ConditionalGaussianSampler(means, covs, k, pad, colour="per-channel-released",
+                                          channels=channels)
+    intended = ConditionalGaussianSampler(means, covs, k, pad, colour="per-channel",
+                                          channels=channels)
+    patch = rng.normal(size=(channels, p * p))
+    idx = np.array(window_indices(1, p, p, *offset, k, k))
+    oracle = ReleasedConditionals(means, covs)
+    for c, (ours, theirs) in enumerate(zip(released.conditional(offset),
+                                           intended.conditional(offset))):
+        idx1, idx2, mu1, mu2, a, lower = ours
+        np.testing.assert_array_equal(idx1, idx)
+        cond_mean, cond_cov = oracle(patch[c], idx, c)
+        np.testing.assert_allclose(mu1 + a @ (patch[c, idx2] - mu2), cond_mean, atol=1e-10)
+        np.testing.assert_allclose(lower @ lower.T, cond_cov, atol=1e-10)
+        if c:  # channels 1, 2: channel 0's regression and covariance, not their own
+            assert not np.allclose(a, theirs[4])
+            np.testing.assert_array_equal(a, released.conditional(offset)[0][4])
+        else:
+            np.testing.assert_allclose(a, theirs[4], atol=1e-12)
+
+
+def test_per_channel_released_samples_use_the_shared_conditionals(rng):
+    k, pad = 2, 1
+    pool = smooth_pool(rng, n=40, size=(9, 9))
+    sampler = ConditionalGaussianSampler.fit(pool, k, pad, colour="per-channel-released",
+                                             num_patches=3000, clip=False, rng=1)
+    x = pool[0]
+    top_left = np.array([[3, 4]])
+    got = sampler.sample(x, top_left, k, 5, streams(1, seed=9))
+    oracle = ReleasedConditionals(sampler.mean, sampler.cov)
+    noise = streams(1, seed=9)[0].standard_normal((5, 3, k * k))
+    patch = x[:, 2:6, 3:7].reshape(3, -1).astype(np.float64)
+    idx = np.array(window_indices(1, 4, 4, 1, 1, k, k))
+    for c in range(3):
+        cond_mean, cond_cov = oracle(patch[c], idx, c)
+        want = cond_mean + noise[:, c] @ np.linalg.cholesky(cond_cov).T
+        np.testing.assert_allclose(got[0, :, c].reshape(5, -1), want, rtol=1e-4, atol=1e-4)
+
+
+def test_per_channel_released_round_trips_and_is_described(rng, tmp_path):
+    pool = smooth_pool(rng, n=10, size=(8, 8))
+    sampler = ConditionalGaussianSampler.fit(pool, 2, 1, colour="per-channel-released",
+                                             num_patches=500, rng=0)
+    sampler.save(tmp_path / "s.npz")
+    loaded = ConditionalGaussianSampler.load(tmp_path / "s.npz")
+    assert loaded.colour == "per-channel-released" == sampler.describe()["colour"]
+
+
+def test_released_patches_count(rng):
+    pool = smooth_pool(rng, n=7, size=(8, 9))
+    sampler = ConditionalGaussianSampler.fit(pool, 2, 1, num_patches=20, rng=0,
+                                             patches="released")
+    assert sampler.num_patches == (int(20 / 7) + 1) * 7  # 3 positions from all 7 images
+
+
+def test_released_patches_one_position_per_channel_from_all_images(rng):
+    """Fewer patches than images: one position per channel, taken from every image; the
+    positions differ between channels and never touch the last patch row or column."""
+    m, (h, w), k, pad = 50, (9, 10), 2, 1
+    p = k + 2 * pad
+    pool = smooth_pool(rng, n=m, size=(h, w))
+    pool[:, :] = pool[:, :1]  # identical channels: only the positions can tell them apart
+    found = []
+    for seed in range(6):
+        sampler = ConditionalGaussianSampler.fit(pool, k, pad, num_patches=20, rng=seed,
+                                                 patches="released", clip=False)
+        assert sampler.num_patches == m
+        for c in range(3):
+            matches = [(r, q) for r in range(h - p + 1) for q in range(w - p + 1)
+                       if np.allclose(sampler.mean[c],
+                                      pool[:, c, r:r + p, q:q + p].reshape(m, -1).mean(0))]
+            assert len(matches) == 1
+            r, q = matches[0]
+            assert r < h - p and q < w - p  # the last patch row/column is never drawn
+            patches = pool[:, c, r:r + p, q:q + p].reshape(m, -1).astype(np.float64)
+            np.testing.assert_allclose(sampler.cov[c], np.cov(patches, rowvar=False),
+                                       rtol=1e-10, atol=1e-10)
+            found.append(matches[0])
+    assert len(set(found)) > 3
+
+
+def test_released_patches_never_draw_the_last_row_or_column(rng):
+    pool = np.zeros((20, 1, 6, 6), np.float32)
+    pool[:, :, -1, :] = pool[:, :, :, -1] = 100.0  # seen only by the last patch row/column
+    released = ConditionalGaussianSampler.fit(pool, 2, 1, num_patches=4000, rng=0,
+                                              patches="released")
+    assert released.mean.max() == 0.0
+    drawn = ConditionalGaussianSampler.fit(pool, 2, 1, num_patches=4000, rng=0)
+    assert drawn.mean.max() > 0.0
+
+
+def test_released_patches_errors(rng):
+    pool = smooth_pool(rng, n=5, size=(6, 6))
+    with pytest.raises(InvalidArgument, match="patches must be one of"):
+        ConditionalGaussianSampler.fit(pool, 2, 1, rng=0, patches="all")
+    with pytest.raises(InvalidArgument, match="one pixel larger than the 6x6 patch"):
+        ConditionalGaussianSampler.fit(pool, 2, 2, rng=0, patches="released")

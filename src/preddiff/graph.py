@@ -4,8 +4,9 @@ Scope
 -----
 The Caffe→ONNX converter (:mod:`preddiff.caffe`) emits a small, fixed operator set: Conv,
 MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool, LRN, Flatten, Gemm, Relu, LeakyRelu,
-Concat, Softmax, Identity, Pad (constant); Dropout (inference: identity) and Constant are
-accepted too. :class:`Graph` runs such a graph forward in NumPy and back-propagates a
+Concat, Softmax, Identity, Pad (constant), and for the zoo's other layers ConvTranspose, Add,
+Sub, Mul, Div, Pow, Max, Sigmoid, Tanh, Abs, Elu, PRelu, Reshape, MatMul, Slice; Dropout
+(inference: identity) and Constant are accepted too. :class:`Graph` runs such a graph forward in NumPy and back-propagates a
 cotangent from any blob to the input, which is all the sensitivity map of Simonyan et al.
 (2013) needs (eq. (1) of Zintgraf et al.: ``s_i = ∂S_c/∂x_i``).
 
@@ -569,6 +570,236 @@ def _lrn_bwd(node, xs, y, dy, needs):
 
 
 _register("LRN", _lrn, _lrn_bwd)
+
+
+# Elementwise arithmetic with broadcasting: Add, Sub, Mul, Div, Pow (constant exponent) ------
+def _add(node, a, b):
+    return a + b
+
+
+def _add_bwd(node, xs, y, dy, needs):
+    return [_unbroadcast(dy, x.shape) if need else None for x, need in zip(xs, needs)]
+
+
+def _sub(node, a, b):
+    return a - b
+
+
+def _sub_bwd(node, xs, y, dy, needs):
+    a, b = xs
+    return [_unbroadcast(dy, a.shape) if needs[0] else None,
+            _unbroadcast(-dy, b.shape) if needs[1] else None]
+
+
+def _mul(node, a, b):
+    return a * b
+
+
+def _mul_bwd(node, xs, y, dy, needs):
+    a, b = xs
+    return [_unbroadcast(dy * b, a.shape) if needs[0] else None,
+            _unbroadcast(dy * a, b.shape) if needs[1] else None]
+
+
+def _div(node, a, b):
+    return a / b
+
+
+def _div_bwd(node, xs, y, dy, needs):
+    a, b = xs
+    return [_unbroadcast(dy / b, a.shape) if needs[0] else None,
+            _unbroadcast(-dy * a / (b * b), b.shape) if needs[1] else None]
+
+
+def _pow(node, a, b):
+    return np.power(a, b.astype(a.dtype, copy=False))
+
+
+def _pow_bwd(node, xs, y, dy, needs):
+    a, b = xs
+    if needs[1]:
+        raise node.bad("the gradient with respect to the exponent is not supported")
+    b = b.astype(dy.dtype, copy=False)
+    return [_unbroadcast(dy * b * np.power(a, b - 1), a.shape), None]
+
+
+_register("Add", _add, _add_bwd)
+_register("Sub", _sub, _sub_bwd)
+_register("Mul", _mul, _mul_bwd)
+_register("Div", _div, _div_bwd)
+_register("Pow", _pow, _pow_bwd)
+
+
+# Max (variadic), with Caffe's Eltwise MAX routing of the gradient ---------------------------
+def _max(node, *xs):
+    y = xs[0]
+    for x in xs[1:]:
+        y = np.maximum(y, x)
+    return y
+
+
+def _max_owner(xs, shape) -> np.ndarray:
+    """Index of the input that Caffe's EltwiseLayer (MAX) records as the maximum: ``a > b ?
+    0 : 1`` for the first two inputs (a tie goes to input 1), then input ``i`` only where it
+    is strictly greater than the running maximum."""
+    a, b = (np.broadcast_to(x, shape) for x in xs[:2])
+    owner = np.where(a > b, 0, 1)
+    best = np.where(a > b, a, b)
+    for i, x in enumerate(xs[2:], start=2):
+        x = np.broadcast_to(x, shape)
+        owner = np.where(x > best, i, owner)
+        best = np.where(x > best, x, best)
+    return owner
+
+
+def _max_bwd(node, xs, y, dy, needs):
+    if len(xs) == 1:
+        return [dy]
+    owner = _max_owner(xs, y.shape)
+    return [_unbroadcast(np.where(owner == i, dy, 0).astype(dy.dtype), x.shape) if need
+            else None for i, (x, need) in enumerate(zip(xs, needs))]
+
+
+_register("Max", _max, _max_bwd)
+
+
+# Unary activations: Sigmoid, Tanh, Abs, Elu, PRelu --------------------------------------------
+def _sigmoid(node, x):
+    return 1 / (1 + np.exp(-x))
+
+
+def _sigmoid_bwd(node, xs, y, dy, needs):
+    return [dy * y * (1 - y)]
+
+
+def _tanh(node, x):
+    return np.tanh(x)
+
+
+def _tanh_bwd(node, xs, y, dy, needs):
+    return [dy * (1 - y * y)]
+
+
+def _abs(node, x):
+    return np.abs(x)
+
+
+def _abs_bwd(node, xs, y, dy, needs):
+    return [dy * np.sign(xs[0]).astype(dy.dtype)]  # 0 at 0, as Caffe's AbsVal
+
+
+def _elu(node, x):
+    alpha = x.dtype.type(node.attr("alpha", 1.0))
+    return np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0)))
+
+
+def _elu_bwd(node, xs, y, dy, needs):
+    alpha = dy.dtype.type(node.attr("alpha", 1.0))
+    return [np.where(xs[0] > 0, dy, dy * alpha * np.exp(np.minimum(xs[0], 0)))]
+
+
+def _prelu(node, x, slope):
+    return np.where(x > 0, x, slope * x)
+
+
+def _prelu_bwd(node, xs, y, dy, needs):
+    x, slope = xs
+    dx = np.where(x > 0, dy, slope * dy) if needs[0] else None
+    dslope = _unbroadcast(np.where(x > 0, 0, dy * x), slope.shape) if needs[1] else None
+    return [dx, dslope]
+
+
+_register("Sigmoid", _sigmoid, _sigmoid_bwd)
+_register("Tanh", _tanh, _tanh_bwd)
+_register("Abs", _abs, _abs_bwd)
+_register("Elu", _elu, _elu_bwd)
+_register("PRelu", _prelu, _prelu_bwd)
+
+
+# Reshape, MatMul, Slice ---------------------------------------------------------------------
+def _reshape(node, x, shape):
+    shape = [int(v) for v in np.asarray(shape).ravel()]
+    if node.attr("allowzero", 0):
+        raise node.bad("allowzero=1 is not supported")
+    shape = [x.shape[i] if v == 0 else v for i, v in enumerate(shape)]
+    return x.reshape(shape)
+
+
+def _reshape_bwd(node, xs, y, dy, needs):
+    return [dy.reshape(xs[0].shape), None]
+
+
+def _matmul(node, a, b):
+    return np.matmul(a, b)
+
+
+def _matmul_bwd(node, xs, y, dy, needs):
+    a, b = xs
+    if a.ndim < 2 or b.ndim != 2:
+        raise node.bad("only an (..., K) x (K, N) product is supported")
+    return [dy @ b.T if needs[0] else None,
+            _unbroadcast(np.swapaxes(a, -1, -2) @ dy, b.shape) if needs[1] else None]
+
+
+def _slice_index(node, x, starts, ends, axes=None, steps=None):
+    starts, ends = np.asarray(starts).ravel(), np.asarray(ends).ravel()
+    axes = range(len(starts)) if axes is None else np.asarray(axes).ravel()
+    steps = [1] * len(starts) if steps is None else np.asarray(steps).ravel()
+    index = [slice(None)] * x.ndim
+    for start, end, axis, step in zip(starts, ends, axes, steps):
+        if int(step) != 1:
+            raise node.bad("only steps of 1 are supported")
+        axis = int(axis) + x.ndim if int(axis) < 0 else int(axis)
+        index[axis] = slice(*slice(int(start), int(end)).indices(x.shape[axis])[:2])
+    return tuple(index)
+
+
+def _slice(node, x, *args):
+    return x[_slice_index(node, x, *args)]
+
+
+def _slice_bwd(node, xs, y, dy, needs):
+    dx = np.zeros(xs[0].shape, dtype=dy.dtype)
+    dx[_slice_index(node, *xs)] = dy
+    return [dx] + [None] * (len(xs) - 1)
+
+
+_register("Reshape", _reshape, _reshape_bwd)
+_register("MatMul", _matmul, _matmul_bwd)
+_register("Slice", _slice, _slice_bwd)
+
+
+# ConvTranspose: the transpose of Conv, i.e. Conv's input VJP --------------------------------
+def _conv_transpose_setup(node, x, w):
+    """The Conv node whose input gradient is this ConvTranspose, and that Conv's input shape."""
+    k = tuple(w.shape[2:])
+    s, d, pb, pe = _spatial(node, x, k)
+    if any(node.attr("output_padding", [0] * len(k))) or node.attr("output_shape"):
+        raise node.bad("output_padding and output_shape are not supported")
+    group = node.attr("group", 1)
+    out = tuple((n - 1) * ss + dd * (kk - 1) + 1 - b - e
+                for n, kk, ss, dd, b, e in zip(x.shape[2:], k, s, d, pb, pe))
+    conv = _Node(onnx.helper.make_node("Conv", ["y", "w"], ["x"], name=node.name,
+                                       kernel_shape=list(k), strides=list(s),
+                                       dilations=list(d), pads=list(pb) + list(pe),
+                                       group=group), 0, node.opset)
+    return conv, (x.shape[0], w.shape[1] * group) + out
+
+
+def _conv_transpose(node, x, w, b=None):
+    conv, shape = _conv_transpose_setup(node, x, w)
+    y = _conv_bwd(conv, [np.empty(shape, dtype=x.dtype), w], x, x, [True, False])[0]
+    if b is not None:
+        y += b.reshape((1, -1) + (1,) * (y.ndim - 2))
+    return y
+
+
+def _conv_transpose_bwd(node, xs, y, dy, needs):
+    conv, _ = _conv_transpose_setup(node, xs[0], xs[1])
+    return [_conv(conv, dy, xs[1])] + [None] * (len(xs) - 1)
+
+
+_register("ConvTranspose", _conv_transpose, _conv_transpose_bwd)
 
 
 SUPPORTED_OPS = tuple(sorted(_FORWARD)) + ("Constant",)

@@ -314,7 +314,7 @@ class ConditionalGaussianSampler(Sampler):
         ``D = C·Ph·Pw`` values for ``colour="joint"``; values ordered (channel, row, column).
     window : int or (int, int)
     padding : int
-    colour : {"per-channel", "joint"}
+    colour : {"per-channel", "joint", "per-channel-released"}
     channels : int
     pool_min, pool_max : ndarray, shape (C, H, W), optional
         Per-pixel bounds to clip samples to (``clip=True`` in :meth:`fit`); ``None``: no clip.
@@ -327,6 +327,12 @@ class ConditionalGaussianSampler(Sampler):
     ``Ph·Pw`` values and samples the channels independently, as the released code did (its
     ``..._indep`` files). ``"joint"`` fits one Gaussian over all ``C·Ph·Pw`` values, as the
     paper's text describes. For one-channel images the two are the same.
+    ``"per-channel-released"`` reproduces what the released code computes with its
+    per-channel Gaussians: it caches the conditional parameters per window offset without the
+    channel in the key, so channels 1, 2, … reuse channel 0's regression matrix
+    ``Σ12 Σ22⁻¹`` and conditional covariance ``Σ_1|2`` (each channel keeps its own ``μ1`` and
+    ``μ2``). The published colour figures were made this way; it is offered for
+    reproduction, not as the intended method.
 
     *Jitter.* A covariance that is not positive definite (images constant over regions,
     fewer patches than dimensions) is regularised rather than refused: ``ε · mean(diag)``
@@ -342,7 +348,8 @@ class ConditionalGaussianSampler(Sampler):
     (``d1`` = the window's values in a group).
     """
 
-    COLOURS = ("per-channel", "joint")
+    COLOURS = ("per-channel", "joint", "per-channel-released")
+    PATCHES = ("random", "released")
 
     def __init__(self, mean, cov, window, padding, *, colour="per-channel", channels,
                  pool_min=None, pool_max=None, num_patches=None):
@@ -353,8 +360,8 @@ class ConditionalGaussianSampler(Sampler):
         self.colour = colour
         self.channels = int(channels)
         ph, pw = self.patch_shape
-        groups, per_group = ((self.channels, 1) if colour == "per-channel"
-                             else (1, self.channels))
+        groups, per_group = ((1, self.channels) if colour == "joint"
+                             else (self.channels, 1))
         dim = per_group * ph * pw
         mean, cov = np.asarray(mean, dtype=np.float64), np.asarray(cov, dtype=np.float64)
         if mean.size != groups * dim or cov.size != groups * dim * dim:
@@ -395,7 +402,7 @@ class ConditionalGaussianSampler(Sampler):
 
     @classmethod
     def fit(cls, pool, window, padding, *, colour="per-channel", num_patches=25000, clip=True,
-            rng):
+            rng, patches="random"):
         """Fit the patch Gaussian on random patches of a pool of images.
 
         Parameters
@@ -407,11 +414,21 @@ class ConditionalGaussianSampler(Sampler):
             ``k`` or ``(kh, kw)``; the sampler serves only this window size.
         padding : int
             ``l ≥ 0``; patches are ``(kh + 2l) × (kw + 2l)``. The paper used ``l = 2``.
-        colour : {"per-channel", "joint"}, optional
-            Released code (default) or paper text, see the class notes.
+        colour : {"per-channel", "joint", "per-channel-released"}, optional
+            Released code's intent (default), paper text, or the released code's actual
+            computation; see the class notes.
         num_patches : int, optional
-            Patches drawn at uniformly random images and locations (with replacement); the
-            paper used about 25,000, the released code about 20,000.
+            With ``patches="random"``: patches drawn at uniformly random images and locations
+            (with replacement); the paper used about 25,000. With ``patches="released"``: the
+            released code's ``num_samples_fit`` (20,000 there), see below.
+        patches : {"random", "released"}, optional
+            ``"random"`` (default): ``num_patches`` independent (image, position) draws.
+            ``"released"``: the released code's drawing scheme: ``int(num_patches / M) + 1``
+            random positions, each taken from all ``M`` pool images, drawn separately for
+            each colour channel (per-channel colours; one set for ``"joint"``), with the top
+            left corner uniform on ``[0, H − Ph) × [0, W − Pw)`` — the last patch row and
+            column are never drawn. With a pool of M ≥ num_patches images this is one or two
+            positions; the estimate is then far from the all-patch one.
         clip : bool, optional
             Clip samples to the pool's per-pixel minimum and maximum (released code).
         rng : numpy.random.Generator or int
@@ -424,7 +441,8 @@ class ConditionalGaussianSampler(Sampler):
         Raises
         ------
         InvalidArgument
-            Negative padding, fewer than 2 patches, or pool images smaller than the patch.
+            Negative padding, fewer than 2 patches, pool images smaller than the patch (not
+            larger than it for ``patches="released"``), or an unknown ``colour``/``patches``.
         """
         pool = _check_pool(pool)
         kh, kw = window_shape(window)
@@ -440,21 +458,26 @@ class ConditionalGaussianSampler(Sampler):
             raise InvalidArgument(
                 f"pool images are {height}x{width}, smaller than the {ph}x{pw} patch of a "
                 f"{kh}x{kw} window with padding {padding}")
+        if patches not in cls.PATCHES:
+            raise InvalidArgument(f"patches must be one of {cls.PATCHES}, got {patches!r}")
         gen = _generator(rng)
-        images = gen.integers(0, m, size=num_patches)
-        rows = gen.integers(0, height - ph + 1, size=num_patches)
-        cols = gen.integers(0, width - pw + 1, size=num_patches)
-        views = sliding_window_view(pool, (ph, pw), axis=(2, 3))
-        patches = views[images, :, rows, cols].astype(np.float64)  # (n, C, ph, pw)
-        if colour == "per-channel":
-            data = patches.reshape(num_patches, channels, ph * pw).transpose(1, 0, 2)
+        views = sliding_window_view(pool, (ph, pw), axis=(2, 3))  # (M, C, H', W', ph, pw)
+        if patches == "random":
+            images = gen.integers(0, m, size=num_patches)
+            rows = gen.integers(0, height - ph + 1, size=num_patches)
+            cols = gen.integers(0, width - pw + 1, size=num_patches)
+            found = views[images, :, rows, cols].astype(np.float64)  # (n, C, ph, pw)
+            if colour == "joint":
+                data = found.reshape(1, num_patches, channels * ph * pw)
+            else:
+                data = found.reshape(num_patches, channels, ph * pw).transpose(1, 0, 2)
         else:
-            data = patches.reshape(1, num_patches, channels * ph * pw)
+            data = _released_patches(views, colour, num_patches, gen)
         mean = data.mean(axis=1)
         cov = np.stack([np.atleast_2d(np.cov(group, rowvar=False)) for group in data])
         bounds = (pool.min(axis=0), pool.max(axis=0)) if clip else (None, None)
         return cls(mean, cov, (kh, kw), padding, colour=colour, channels=channels,
-                   pool_min=bounds[0], pool_max=bounds[1], num_patches=num_patches)
+                   pool_min=bounds[0], pool_max=bounds[1], num_patches=data.shape[1])
 
     # -- persistence ----------------------------------------------------------------------
 
@@ -520,6 +543,14 @@ class ConditionalGaussianSampler(Sampler):
         idx2 = np.setdiff1d(np.arange(dim), idx1)
         params, jitters = [], []
         for g in range(self._groups):
+            if g and self.colour == "per-channel-released":
+                # The released cache key (the window's first and last index in the patch)
+                # has no channel: channel 0's A and Σ_1|2 serve every channel, with the
+                # channel's own means.
+                _, _, _, _, a, lower = params[0]
+                params.append((idx1, idx2, self.mean[g, idx1], self.mean[g, idx2], a, lower))
+                jitters.append(jitters[0])
+                continue
             cov = self._cov_reg[g]
             s11 = cov[np.ix_(idx1, idx1)]
             if idx2.size:
@@ -602,6 +633,31 @@ class ConditionalGaussianSampler(Sampler):
             hi = hi[:, rows, cols].transpose(1, 0, 2, 3)[:, None]
             np.clip(out, lo, hi, out=out)
         return out.astype(np.float32)
+
+
+def _released_patches(views, colour, num_fit, gen) -> np.ndarray:
+    """Patch values drawn as the released code drew them (``cond_sampler_imagenet``).
+
+    ``int(num_fit / M) + 1`` positions per channel, each a top-left corner uniform on
+    ``[0, H − Ph) × [0, W − Pw)`` (the released ``random.sample(range((H−P)·(W−P)), 1)``),
+    each taken from all ``M`` images. Returns ``(G, n, D)`` as :meth:`fit` needs.
+    """
+    m, channels, rows, cols = views.shape[:4]
+    if rows < 2 or cols < 2:
+        raise InvalidArgument(
+            "patches='released' never draws the last patch row and column, so it needs images "
+            f"at least one pixel larger than the {views.shape[4]}x{views.shape[5]} patch")
+    positions = int(num_fit / m) + 1
+    groups = 1 if colour == "joint" else channels
+    data = []
+    for c in range(groups):
+        r = gen.integers(0, rows - 1, size=positions)
+        q = gen.integers(0, cols - 1, size=positions)
+        found = views[:, :, r, q]  # (M, C, positions, ph, pw)
+        found = found if colour == "joint" else found[:, c:c + 1]
+        found = found.transpose(2, 0, 1, 3, 4).reshape(positions * m, -1)
+        data.append(found.astype(np.float64))
+    return np.stack(data)
 
 
 def _check_padding(padding) -> int:

@@ -9,8 +9,10 @@
 * :mod:`.writer` — random-weight caffemodels in the real binary formats, for tests and
   benchmarks.
 
-The independent reference for faithfulness is OpenCV's Caffe importer
-(``cv2.dnn.readNetFromCaffe``); see ``tests/test_caffe_to_onnx.py``.
+The reference for faithfulness is real BVLC Caffe: every blob of small nets probing its layer
+semantics, and of ResNet-50, computed by Caffe itself (``tests/test_caffe_golden.py``);
+OpenCV's Caffe importer (``cv2.dnn.readNetFromCaffe``) is a second opinion
+(``tests/test_caffe_to_onnx.py``).
 """
 from .caffemodel import read_caffemodel
 from .net import LayerSpec, NetSpec, blob_shapes, load_net, param_shapes

@@ -28,7 +28,7 @@ from .prototxt import parse, plain
 __all__ = [
     "LayerSpec", "NetSpec", "load_net", "V1_LAYER_TYPES", "SUPPORTED_TYPES", "ConvGeometry",
     "PoolGeometry", "conv_geometry", "pool_geometry", "pooled_size", "blob_shapes",
-    "layer_output_shapes", "param_shapes",
+    "layer_output_shapes", "param_shapes", "top_shapes",
 ]
 
 # V1LayerParameter.LayerType: enum name, number, current type string (UpgradeV1LayerType).
@@ -71,10 +71,13 @@ _PARAM_FIELD = {
     "BatchNorm": "batch_norm_param", "Scale": "scale_param", "Bias": "bias_param",
     "Reshape": "reshape_param", "ELU": "elu_param", "PReLU": "prelu_param",
     "Sigmoid": "sigmoid_param", "TanH": "tanh_param", "Exp": "exp_param", "Log": "log_param",
+    "Crop": "crop_param",
 }
 
-SUPPORTED_TYPES = ("Input", "Convolution", "Pooling", "LRN", "InnerProduct", "ReLU", "Dropout",
-                   "Softmax", "Concat")
+SUPPORTED_TYPES = ("Input", "Convolution", "Deconvolution", "Pooling", "LRN", "InnerProduct",
+                   "ReLU", "Dropout", "Softmax", "Concat", "BatchNorm", "Scale", "Eltwise",
+                   "Flatten", "Reshape", "Sigmoid", "TanH", "AbsVal", "Power", "ELU", "PReLU",
+                   "Slice", "Crop")
 """Layer types whose shapes (and ONNX conversion) preddiff implements."""
 
 
@@ -200,8 +203,46 @@ def _net_spec(message: dict, source: str) -> NetSpec:
         raise CaffeFormatError(f"{source}: no layers found (expected 'layer {{...}}' or "
                                "'layers {...}' blocks)")
     inputs = _net_inputs(message, layers, source)
+    _check_single_producers(inputs, layers, source)
     name = _scalars(message, "name", "the net", source) or [""]
     return NetSpec(name=str(name[0]), inputs=inputs, layers=layers)
+
+
+def _check_single_producers(inputs: dict, layers: list, source: str) -> None:
+    """Refuse a blob written by two layers, as Caffe does when it builds the net.
+
+    Caffe first inserts Split layers (``insert_splits.cpp``): a top read by more than one
+    layer is copied once per reader and each reader's bottom is renamed to its copy. Then
+    ``Net::AppendTop`` accepts a top whose name already exists only when it is in place (the
+    layer's bottom at the same index has that name). So an in-place layer on a blob that
+    another layer also reads (``conv → pool, conv → relu(in place)``) no longer works in
+    place after the renaming, and Caffe aborts with "Top blob 'c1' produced by multiple
+    sources". This reproduces both steps on the names alone.
+    """
+    layer_tops = {top for layer in layers if layer.type == "Input" for top in layer.tops}
+    last_top = {name: (-1, k) for k, name in enumerate(inputs) if name not in layer_tops}
+    readers, source_of = {}, {}
+    for i, layer in enumerate(layers):
+        for j, bottom in enumerate(layer.bottoms):
+            if bottom in last_top:  # an unknown bottom is reported by the shape pass
+                source_of[i, j] = last_top[bottom]
+                readers[last_top[bottom]] = readers.get(last_top[bottom], 0) + 1
+        for j, top in enumerate(layer.tops):
+            last_top[top] = (i, j)
+    produced = {name for name in inputs if name not in layer_tops}
+    for i, layer in enumerate(layers):
+        for j, top in enumerate(layer.tops):
+            in_place = (j < len(layer.bottoms) and layer.bottoms[j] == top
+                        and readers.get(source_of.get((i, j)), 0) <= 1)
+            if top in produced and not in_place:
+                shared = (j < len(layer.bottoms) and layer.bottoms[j] == top)
+                why = (f"blob {top!r} is also read by another layer, so Caffe's split makes "
+                       f"layer {layer.name!r} write it a second time instead of in place"
+                       if shared else f"layer {layer.name!r} writes {top!r} again")
+                raise CaffeFormatError(
+                    f"{source}: Top blob {top!r} produced by multiple sources (Caffe refuses "
+                    f"this net: {why}; give the layer its own top name)")
+            produced.add(top)
 
 
 def _read_text(prototxt) -> tuple[str, str]:
@@ -386,11 +427,11 @@ def conv_geometry(layer: LayerSpec) -> ConvGeometry:
     bias_term true)."""
     p = layer.params
     if p.get("axis", 1) != 1:
-        raise UnsupportedLayer(f"layer {layer.name!r} (Convolution) has axis "
+        raise UnsupportedLayer(f"layer {layer.name!r} ({layer.type}) has axis "
                                f"{p['axis']}; only axis 1 (channels) is supported")
     num_output = p.get("num_output")
     if not isinstance(num_output, int) or num_output < 1:
-        raise CaffeFormatError(f"layer {layer.name!r} (Convolution) needs a positive "
+        raise CaffeFormatError(f"layer {layer.name!r} ({layer.type}) needs a positive "
                                f"num_output, found {num_output!r}")
     geometry = ConvGeometry(
         num_output=num_output,
@@ -507,6 +548,25 @@ def _conv_shape(layer, shapes):
     return [(n, g.num_output, *out)]
 
 
+def _deconv_shape(layer, shapes):
+    _check_bottoms(layer, shapes, 1)
+    (shape,) = shapes
+    if len(shape) != 4:
+        raise UnsupportedLayer(f"layer {layer.name!r} (Deconvolution) gets a {len(shape)}-D "
+                               "input; only 2-D deconvolution on (N, C, H, W) is supported")
+    g = conv_geometry(layer)
+    n, c, h, w = shape
+    if c % g.group or g.num_output % g.group:
+        raise CaffeFormatError(f"layer {layer.name!r}: group {g.group} must divide the input "
+                               f"channels {c} and num_output {g.num_output}")
+    # Caffe's DeconvolutionLayer::compute_output_shape: stride·(in − 1) + extent − 2·pad
+    out = [s * (x - 1) + d * (k - 1) + 1 - 2 * p
+           for x, k, p, s, d in zip((h, w), g.kernel, g.pad, g.stride, g.dilation)]
+    if min(out) < 1:
+        raise CaffeFormatError(f"layer {layer.name!r}: pad {g.pad} leaves no output")
+    return [(n, g.num_output, *out)]
+
+
 def _pool_shape(layer, shapes):
     _check_bottoms(layer, shapes, 1)
     (shape,) = shapes
@@ -520,10 +580,8 @@ def _pool_shape(layer, shapes):
     clip = g.pad != (0, 0)  # Caffe: `if (pad_h_ || pad_w_)` clips both axes
     out = [pooled_size(x, k, p, s, ceil=g.ceil, clip=clip)
            for x, k, p, s in zip((h, w), g.kernel, g.pad, g.stride)]
-    for x, k, p, s, o in zip((h, w), g.kernel, g.pad, g.stride, out):
-        if (o - 1) * s - p >= x:  # only possible without padding and stride > kernel
-            raise UnsupportedLayer(f"layer {layer.name!r} (Pooling): its last window starts "
-                                   "beyond the input, where Caffe's output is undefined")
+    # A last window may start beyond the input (no padding, stride > kernel): Caffe still
+    # computes it, as -FLT_MAX (MAX) or NaN (AVE); the converter reproduces that.
     return [(n, c, *out)]
 
 
@@ -534,9 +592,9 @@ def _same_shape(layer, shapes):
 
 def _lrn_shape(layer, shapes):
     region = str(layer.params.get("norm_region", "ACROSS_CHANNELS"))
-    if region not in ("ACROSS_CHANNELS", "0"):
-        raise UnsupportedLayer(f"layer {layer.name!r} (LRN) uses norm_region {region}; only "
-                               "ACROSS_CHANNELS is supported")
+    if region not in ("ACROSS_CHANNELS", "0", "WITHIN_CHANNEL", "1"):
+        raise CaffeFormatError(f"layer {layer.name!r} (LRN) has norm_region {region}; Caffe "
+                               "allows ACROSS_CHANNELS and WITHIN_CHANNEL")
     size = layer.params.get("local_size", 5)
     if not isinstance(size, int) or size < 1 or size % 2 == 0:
         raise CaffeFormatError(f"layer {layer.name!r} (LRN): local_size must be a positive odd "
@@ -577,10 +635,11 @@ def _inner_product_shape(layer, shapes):
     if not isinstance(num_output, int) or num_output < 1:
         raise CaffeFormatError(f"layer {layer.name!r} (InnerProduct) needs a positive "
                                f"num_output, found {num_output!r}")
-    if _axis(layer, shapes, layer.params.get("axis", 1)) != 1:
-        raise UnsupportedLayer(f"layer {layer.name!r} (InnerProduct) has axis "
-                               f"{layer.params['axis']}; only axis 1 is supported")
-    return [(shapes[0][0], num_output)]
+    axis = _axis(layer, shapes, layer.params.get("axis", 1))
+    if axis == 0:
+        raise UnsupportedLayer(f"layer {layer.name!r} (InnerProduct) has axis 0, which mixes "
+                               "the images of a batch; only axes >= 1 are supported")
+    return [(*shapes[0][:axis], num_output)]
 
 
 def _concat_shape(layer, shapes):
@@ -602,6 +661,171 @@ def _concat_shape(layer, shapes):
     return [tuple(out)]
 
 
+def _check_axis_not_batch(layer, axis: int, what: str) -> None:
+    if axis == 0:
+        raise UnsupportedLayer(f"layer {layer.name!r} ({layer.type}) {what} the batch axis "
+                               "(axis 0), which mixes the images of a batch; not supported")
+
+
+def _batch_norm_shape(layer, shapes):
+    _check_bottoms(layer, shapes, 1)
+    if "use_global_stats" in layer.params and not _flag(layer.params["use_global_stats"]):
+        raise UnsupportedLayer(f"layer {layer.name!r} (BatchNorm) has use_global_stats: false, "
+                               "which normalises with the statistics of the batch; only the "
+                               "stored statistics (Caffe's TEST-phase default) are supported")
+    if len(shapes[0]) < 2:
+        raise CaffeFormatError(f"layer {layer.name!r} (BatchNorm) needs a channel axis")
+    return [shapes[0]]
+
+
+def scale_axes(layer, shape) -> tuple:
+    """``(axis, num_axes)`` of a one-bottom Scale layer: the scale blob has the bottom's shape
+    on axes ``axis .. axis + num_axes`` (Caffe's ScaleLayer::LayerSetUp, defaults 1 and 1)."""
+    axis = _axis(layer, [shape], layer.params.get("axis", 1))
+    num_axes = int(layer.params.get("num_axes", 1))
+    if num_axes == -1:
+        num_axes = len(shape) - axis
+    if num_axes < 0 or axis + num_axes > len(shape):
+        raise CaffeFormatError(f"layer {layer.name!r} (Scale): num_axes {num_axes} from axis "
+                               f"{axis} does not fit a {len(shape)}-D bottom")
+    return axis, num_axes
+
+
+def _scale_shape(layer, shapes):
+    if len(shapes) != 1:
+        raise UnsupportedLayer(f"layer {layer.name!r} (Scale) has {len(shapes)} bottoms; only "
+                               "the one-bottom form with a learned scale is supported")
+    axis, num_axes = scale_axes(layer, shapes[0])
+    if num_axes:
+        _check_axis_not_batch(layer, axis, "scales along")
+    return [shapes[0]]
+
+
+def _eltwise_shape(layer, shapes):
+    if len(shapes) < 2:
+        raise CaffeFormatError(f"layer {layer.name!r} (Eltwise) needs at least 2 bottoms, "
+                               f"found {len(shapes)}")
+    op = str(layer.params.get("operation", "SUM"))
+    op = {"0": "PROD", "1": "SUM", "2": "MAX"}.get(op, op)
+    if op not in ("PROD", "SUM", "MAX"):
+        raise CaffeFormatError(f"layer {layer.name!r} (Eltwise) has operation {op}; Caffe "
+                               "allows PROD, SUM and MAX")
+    coeffs = _as_list(layer.params.get("coeff"))
+    if coeffs and (op != "SUM" or len(coeffs) != len(shapes)):
+        raise CaffeFormatError(f"layer {layer.name!r} (Eltwise): coeff needs operation SUM "
+                               f"and one value per bottom ({len(shapes)}), found {coeffs!r}")
+    if any(shape != shapes[0] for shape in shapes):
+        raise CaffeFormatError(f"layer {layer.name!r} (Eltwise): bottom shapes {shapes} "
+                               "differ (Caffe requires equal shapes)")
+    return [shapes[0]]
+
+
+def _flatten_shape(layer, shapes):
+    _check_bottoms(layer, shapes, 1)
+    shape = shapes[0]
+    start = _axis(layer, shapes, layer.params.get("axis", 1))
+    end = _axis(layer, shapes, layer.params.get("end_axis", -1))
+    _check_axis_not_batch(layer, start, "flattens")
+    if end < start:
+        raise CaffeFormatError(f"layer {layer.name!r} (Flatten): end_axis {end} before axis "
+                               f"{start}")
+    return [(*shape[:start], math.prod(shape[start:end + 1]), *shape[end + 1:])]
+
+
+def _reshape_shape(layer, shapes):
+    """Caffe's ReshapeLayer::Reshape: ``dim: 0`` copies the bottom's axis, one ``-1`` is
+    inferred, the new dims replace the bottom's axes ``axis .. axis + num_axes``."""
+    _check_bottoms(layer, shapes, 1)
+    shape = shapes[0]
+    p = layer.params
+    dims = [int(d) for d in _as_list((p.get("shape") or {}).get("dim"))]
+    axis = int(p.get("axis", 0))
+    start = axis + len(shape) + 1 if axis < 0 else axis
+    num_axes = int(p.get("num_axes", -1))
+    end = len(shape) if num_axes == -1 else start + num_axes
+    if not 0 <= start <= end <= len(shape) or dims.count(-1) > 1 or min(dims, default=0) < -1:
+        raise CaffeFormatError(f"layer {layer.name!r} (Reshape): shape {dims}, axis {axis}, "
+                               f"num_axes {num_axes} do not fit a {len(shape)}-D bottom")
+    new = [shape[start + i] if d == 0 else d for i, d in enumerate(dims)]
+    out = list(shape[:start]) + new + list(shape[end:])
+    if -1 in out:
+        known = math.prod(d for d in out if d != -1)
+        if known == 0 or math.prod(shape) % known:
+            raise CaffeFormatError(f"layer {layer.name!r} (Reshape): cannot infer the -1 of "
+                                   f"{dims} for a bottom of shape {shape}")
+        out[out.index(-1)] = math.prod(shape) // known
+    if math.prod(out) != math.prod(shape):
+        raise CaffeFormatError(f"layer {layer.name!r} (Reshape): shape {tuple(out)} does not "
+                               f"hold the {math.prod(shape)} values of {shape}")
+    return [tuple(out)]
+
+
+def _power_shape(layer, shapes):
+    return _same_shape(layer, shapes)
+
+
+def _prelu_shape(layer, shapes):
+    _check_bottoms(layer, shapes, 1)
+    if len(shapes[0]) < 2:
+        raise CaffeFormatError(f"layer {layer.name!r} (PReLU) needs a channel axis")
+    return [shapes[0]]
+
+
+def slice_points(layer, shape, num_tops: int) -> tuple:
+    """``(axis, [start of each top ..., end])`` of a Slice layer (Caffe's SliceLayer)."""
+    p = layer.params
+    axis = _axis(layer, [shape], p.get("axis", p.get("slice_dim", 1)))
+    points = [int(v) for v in _as_list(p.get("slice_point"))]
+    size = shape[axis]
+    if points:
+        if len(points) != num_tops - 1 or points != sorted(points) or points[0] <= 0 \
+                or points[-1] >= size:
+            raise CaffeFormatError(f"layer {layer.name!r} (Slice): slice_point {points} must "
+                                   f"be {num_tops - 1} increasing values inside (0, {size})")
+    else:
+        if num_tops < 1 or size % num_tops:
+            raise CaffeFormatError(f"layer {layer.name!r} (Slice): axis {axis} of size {size} "
+                                   f"does not split into {num_tops} equal tops")
+        points = [size // num_tops * i for i in range(1, num_tops)]
+    return axis, [0, *points, size]
+
+
+def _slice_shape(layer, shapes):
+    _check_bottoms(layer, shapes, 1)
+    shape = shapes[0]
+    axis, bounds = slice_points(layer, shape, len(layer.tops))
+    _check_axis_not_batch(layer, axis, "slices along")
+    return [(*shape[:axis], b - a, *shape[axis + 1:]) for a, b in zip(bounds, bounds[1:])]
+
+
+def crop_offsets(layer, shapes) -> tuple:
+    """``(axis, offsets)`` of a Crop layer: bottom 0 is cropped to bottom 1's shape on axes
+    ``axis ..`` starting at ``offsets`` (Caffe's CropLayer: one offset for all, or one each)."""
+    big, small = shapes
+    axis = _axis(layer, shapes, layer.params.get("axis", 2))
+    given = [int(v) for v in _as_list(layer.params.get("offset"))]
+    count = len(big) - axis
+    if len(given) not in (0, 1, count):
+        raise CaffeFormatError(f"layer {layer.name!r} (Crop): {len(given)} offsets for "
+                               f"{count} cropped axes (give 0, 1 or {count})")
+    offsets = given * count if len(given) == 1 else given or [0] * count
+    for i, off in enumerate(offsets):
+        if off < 0 or big[axis + i] < small[axis + i] + off:
+            raise CaffeFormatError(f"layer {layer.name!r} (Crop): crop of {small[axis + i]} at "
+                                   f"offset {off} does not fit axis {axis + i} of size "
+                                   f"{big[axis + i]}")
+    return axis, offsets
+
+
+def _crop_shape(layer, shapes):
+    _check_bottoms(layer, shapes, 2)
+    if len(shapes[0]) != len(shapes[1]):
+        raise CaffeFormatError(f"layer {layer.name!r} (Crop): bottoms {shapes} differ in rank")
+    axis, _ = crop_offsets(layer, shapes)
+    _check_axis_not_batch(layer, axis, "crops")
+    return [(*shapes[0][:axis], *shapes[1][axis:])]
+
+
 _SHAPE_FUNCS = {
     "Convolution": _conv_shape,
     "Pooling": _pool_shape,
@@ -611,7 +835,30 @@ _SHAPE_FUNCS = {
     "Dropout": _dropout_shape,
     "Softmax": _softmax_shape,
     "Concat": _concat_shape,
+    "Deconvolution": _deconv_shape,
+    "BatchNorm": _batch_norm_shape,
+    "Scale": _scale_shape,
+    "Eltwise": _eltwise_shape,
+    "Flatten": _flatten_shape,
+    "Reshape": _reshape_shape,
+    "Sigmoid": _same_shape,
+    "TanH": _same_shape,
+    "AbsVal": _same_shape,
+    "Power": _power_shape,
+    "ELU": _same_shape,
+    "PReLU": _prelu_shape,
+    "Slice": _slice_shape,
+    "Crop": _crop_shape,
 }
+
+
+def top_shapes(layer: LayerSpec, bottoms: list) -> list:
+    """Shapes of ``layer``'s tops for bottoms of the given shapes (one supported layer)."""
+    func = _SHAPE_FUNCS.get(layer.type)
+    if func is None:
+        raise unsupported(layer)
+    with malformed_parameters(layer):
+        return func(layer, [tuple(b) for b in bottoms])
 
 
 @contextlib.contextmanager
@@ -701,8 +948,13 @@ def param_shapes(net: NetSpec) -> dict:
     dict of str to list of tuple
         Layer name → ``[weight shape, bias shape]`` (bias only with ``bias_term``):
         Convolution ``(num_output, C / group, kh, kw)``, ``(num_output,)``;
+        Deconvolution ``(C, num_output / group, kh, kw)``, ``(num_output,)``;
         InnerProduct ``(num_output, K)`` (``(K, num_output)`` with ``transpose``),
-        ``(num_output,)``, where K is the product of the bottom's non-batch dims.
+        ``(num_output,)``, where K is the product of the bottom's dims from ``axis`` on;
+        BatchNorm ``(C,)`` mean, ``(C,)`` variance, ``(1,)`` scale factor (Caffe stores
+        running sums; it divides both by the factor); Scale the bottom's shape on axes
+        ``axis .. axis + num_axes`` (twice with ``bias_term``); PReLU ``(C,)``, or ``()`` (a
+        scalar) with ``channel_shared``.
     """
     shapes = blob_shapes_before(net)
     result = {}
@@ -713,9 +965,28 @@ def param_shapes(net: NetSpec) -> dict:
             result[layer.name] = [(g.num_output, c // g.group, *g.kernel)]
             if g.bias_term:
                 result[layer.name].append((g.num_output,))
+        elif layer.type == "Deconvolution":
+            g = conv_geometry(layer)
+            c = bottoms[0][1]
+            result[layer.name] = [(c, g.num_output // g.group, *g.kernel)]
+            if g.bias_term:
+                result[layer.name].append((g.num_output,))
+        elif layer.type == "BatchNorm":
+            c = bottoms[0][1]
+            result[layer.name] = [(c,), (c,), (1,)]
+        elif layer.type == "Scale":
+            axis, num_axes = scale_axes(layer, bottoms[0])
+            shape = tuple(bottoms[0][axis:axis + num_axes])
+            result[layer.name] = [shape]
+            if _flag(layer.params.get("bias_term", False)):
+                result[layer.name].append(shape)
+        elif layer.type == "PReLU":
+            shared = _flag(layer.params.get("channel_shared", False))
+            result[layer.name] = [() if shared else (bottoms[0][1],)]  # Caffe: a 0-D blob
         elif layer.type == "InnerProduct":
             n = layer.params["num_output"]
-            k = math.prod(bottoms[0][1:])
+            axis = _axis(layer, bottoms, layer.params.get("axis", 1))
+            k = math.prod(bottoms[0][axis:])
             transpose = _flag(layer.params.get("transpose", False))
             result[layer.name] = [(k, n) if transpose else (n, k)]
             if _flag(layer.params.get("bias_term", True)):

@@ -2,16 +2,24 @@
 
 Scope
 -----
-Layer types (one small emitter each, in :data:`_EMITTERS`): Input, Convolution (group, pad,
-stride, kernel incl. ``_h``/``_w``, dilation, bias_term), Pooling (MAX, AVE, global;
-Caffe's ceil rounding and padding clip rule), LRN (ACROSS_CHANNELS), InnerProduct (incl.
-``transpose``), ReLU (``negative_slope``), Dropout (identity at test time), Softmax, Concat.
-Any other type raises :class:`~preddiff.errors.UnsupportedLayer` naming the layer and type.
+Layer types (one small emitter each, in :data:`_EMITTERS`): Input, Convolution and
+Deconvolution (group, pad, stride, kernel incl. ``_h``/``_w``, dilation, bias_term), Pooling
+(MAX, AVE, global; Caffe's ceil rounding and padding clip rule, and its −FLT_MAX / NaN for a
+window that starts beyond the input), LRN (ACROSS_CHANNELS, and WITHIN_CHANNEL built from
+Caffe's own sub-layers), InnerProduct (``axis`` ≥ 1, ``transpose``), ReLU
+(``negative_slope``), Dropout (identity at test time), Softmax, Concat, BatchNorm (stored
+statistics), Scale (one bottom), Eltwise (SUM with coefficients, PROD, MAX), Flatten,
+Reshape, Sigmoid, TanH, AbsVal, Power, ELU, PReLU, Slice, Crop. Any other type raises
+:class:`~preddiff.errors.UnsupportedLayer` naming the layer and type.
 
 Emitted ONNX operators (:data:`ONNX_OPS`), opset ≥ 13, every weight an initializer:
-Conv, MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool, LRN, Flatten, Gemm, Relu,
-LeakyRelu, Concat, Softmax, Identity, Pad (constant zeros). Keeping to this small set lets
+Conv, ConvTranspose, MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool, LRN, Flatten,
+Gemm, MatMul, Relu, LeakyRelu, PRelu, Elu, Sigmoid, Tanh, Abs, Add, Sub, Mul, Div, Pow, Max,
+Concat, Softmax, Identity, Pad (constant), Reshape, Slice. Keeping to this set lets
 :mod:`preddiff.graph` interpret and differentiate the graphs in NumPy.
+
+The oracle is real BVLC Caffe: ``tests/test_caffe_golden.py`` compares every blob with what
+Caffe computed (``tests/data/caffe-golden``).
 
 The graph
 ---------
@@ -54,14 +62,18 @@ from .. import __version__
 from ..errors import CaffeFormatError, InvalidArgument, UnsupportedLayer
 from ..fileio import atomic_write_bytes
 from .caffemodel import read_caffemodel
-from .net import NetSpec, conv_geometry, layer_output_shapes, load_net, \
-    malformed_parameters, pool_geometry, pooled_size, unsupported
+from .net import NetSpec, conv_geometry, crop_offsets, layer_output_shapes, load_net, \
+    malformed_parameters, pool_geometry, pooled_size, scale_axes, slice_points, top_shapes, \
+    unsupported
 
 __all__ = ["caffe_to_onnx", "net_to_onnx", "save_onnx", "ONNX_OPS", "MIN_OPSET"]
 
 ONNX_OPS = frozenset({
     "Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LRN", "Flatten",
     "Gemm", "Relu", "LeakyRelu", "Concat", "Softmax", "Identity", "Pad",
+    # the zoo's other layers
+    "ConvTranspose", "Add", "Sub", "Mul", "Div", "Pow", "Max", "Sigmoid", "Tanh", "Abs", "Elu",
+    "PRelu", "Reshape", "MatMul", "Slice",
 })
 """Every ONNX operator the converter may emit."""
 
@@ -132,14 +144,30 @@ class _GraphBuilder:
             raise RuntimeError(f"converter bug: {op} is outside the declared operator set")
         self.nodes.append(helper.make_node(op, list(inputs), list(outputs), name=name, **attrs))
 
-    def weight(self, layer, base: str, array: np.ndarray, shape: tuple) -> str:
-        """Add a Caffe parameter blob as a float32 initializer after checking its shape."""
-        if tuple(array.shape) != tuple(shape):
-            raise CaffeFormatError(f"layer {layer.name!r}: {base} has shape {array.shape}, "
-                                   f"expected {tuple(shape)}")
+    @staticmethod
+    def check(layer, base: str, array: np.ndarray, shape: tuple) -> np.ndarray:
+        """A Caffe parameter blob, after checking its shape."""
+        if tuple(np.shape(array)) != tuple(shape):
+            raise CaffeFormatError(f"layer {layer.name!r}: {base} has shape "
+                                   f"{np.shape(array)}, expected {tuple(shape)}")
+        return np.asarray(array)
+
+    def weight(self, layer, base: str, array: np.ndarray, shape: tuple,
+               store_as: tuple | None = None) -> str:
+        """Add a Caffe parameter blob as a float32 initializer after checking its shape
+        (stored reshaped to ``store_as`` when given, e.g. to broadcast over a blob)."""
+        array = self.check(layer, base, array, shape)
+        if store_as is not None:
+            array = array.reshape(store_as)
         name = self.fresh(f"{layer.name}/{base}")
         self.initializers.append(
             numpy_helper.from_array(np.ascontiguousarray(array, dtype=np.float32), name))
+        return name
+
+    def const(self, base: str, values) -> str:
+        """A float32 constant (computed by the converter, not read from the caffemodel)."""
+        name = self.fresh(base)
+        self.initializers.append(numpy_helper.from_array(np.asarray(values, np.float32), name))
         return name
 
     def ints(self, base: str, values) -> str:
@@ -189,6 +217,12 @@ def _pooling(g, layer, ins, outs, shapes, blobs):
             for o, s, k, x, p in zip(out, geo.stride, geo.kernel, size, geo.pad)]
     attrs = dict(kernel_shape=list(geo.kernel), strides=list(geo.stride), ceil_mode=0)
     x, begins = ins[0], list(geo.pad)
+    # Windows that start at or beyond the input (only without padding, stride > kernel):
+    # Caffe's loops see no element there and give -FLT_MAX (MAX) or 0/0 = NaN (AVE).
+    beyond = [np.arange(o) * s - p >= n for o, s, p, n in zip(out, geo.stride, geo.pad, size)]
+    if any(b.any() for b in beyond):
+        _pool_beyond(g, layer, ins, outs, geo, out, beyond, dict(attrs, input_size=size))
+        return
     if geo.method == "MAX" or all(e <= p for e, p in zip(over, geo.pad)):
         ends = [max(0, e) for e in over]
         if geo.method == "MAX":  # padding never wins a max, in Caffe or ONNX
@@ -214,22 +248,77 @@ def _pooling(g, layer, ins, outs, shapes, blobs):
         raise RuntimeError(f"converter bug: pooling {layer.name!r} gives {got}, Caffe {out}")
 
 
+def _pool_beyond(g, layer, ins, outs, geo, out, beyond, attrs):
+    """Caffe's pooling when some windows start beyond the (unpadded) input.
+
+    Caffe's loops find no input element in such a window and give −FLT_MAX (MAX: the
+    running maximum's start value) or 0/0 = NaN (AVE: zero sum over a zero pool size). The
+    windows that start inside the input are pooled as usual (the overhang of the last one
+    is clipped, ``count_include_pad=0``), then the output is padded at the end with that
+    value, one row or column per empty window.
+    """
+    valid = [o - int(b.sum()) for o, b in zip(out, beyond)]
+    size = attrs.pop("input_size")
+    ends = [max(0, (v - 1) * s + k - n)
+            for v, s, k, n in zip(valid, geo.stride, geo.kernel, size)]
+    pooled = g.fresh(f"{layer.name}/inside")
+    if geo.method == "MAX":
+        g.node("MaxPool", ins, [pooled], layer.name, pads=[0, 0, *ends], **attrs)
+        value = -np.finfo(np.float32).max
+    else:
+        g.node("AveragePool", ins, [pooled], layer.name, pads=[0, 0, *ends],
+               count_include_pad=0, **attrs)
+        value = np.nan
+    empty = [o - v for o, v in zip(out, valid)]
+    pads = g.ints(f"{layer.name}/pads", [0, 0, 0, 0, 0, 0, *empty])
+    g.node("Pad", [pooled, pads, g.const(f"{layer.name}/empty_value", value)], outs,
+           f"{layer.name}/empty_windows", mode="constant")
+
+
 def _lrn(g, layer, ins, outs, shapes, blobs):
     _params(layer, blobs or [], 0)
     p = layer.params
+    if str(p.get("norm_region", "ACROSS_CHANNELS")) in ("WITHIN_CHANNEL", "1"):
+        _lrn_within_channel(g, layer, ins, outs)
+        return
     # Caffe: x / (k + alpha/n * sum_window x^2)^beta; ONNX LRN has the same alpha/size form.
     g.node("LRN", ins, outs, layer.name, size=int(p.get("local_size", 5)),
            alpha=float(p.get("alpha", 1.0)), beta=float(p.get("beta", 0.75)),
            bias=float(p.get("k", 1.0)))
 
 
+def _lrn_within_channel(g, layer, ins, outs):
+    """Caffe's WITHIN_CHANNEL LRN, built from its own sub-layers (``lrn_layer.cpp``):
+    ``x · (1 + alpha · AVE-pool_{n×n, pad (n−1)/2}(x²))^(−beta)``; Caffe's power layer has
+    shift 1, so ``k`` is not used; the pooling divisor is always n² (stride 1)."""
+    p = layer.params
+    size = int(p.get("local_size", 5))
+    pad = (size - 1) // 2
+    name = layer.name
+    square, mean, scaled = (g.fresh(f"{name}/{v}") for v in ("square", "mean", "scaled"))
+    shifted, factor = g.fresh(f"{name}/shifted"), g.fresh(f"{name}/factor")
+    g.node("Mul", [ins[0], ins[0]], [square], f"{name}/square")
+    g.node("AveragePool", [square], [mean], f"{name}/pool", kernel_shape=[size, size],
+           pads=[pad] * 4, strides=[1, 1], count_include_pad=1, ceil_mode=0)
+    g.node("Mul", [mean, g.const(f"{name}/alpha", p.get("alpha", 1.0))], [scaled],
+           f"{name}/scale")
+    g.node("Add", [scaled, g.const(f"{name}/one", 1.0)], [shifted], f"{name}/shift")
+    g.node("Pow", [shifted, g.const(f"{name}/minus_beta", -float(p.get("beta", 0.75)))],
+           [factor], f"{name}/power")
+    g.node("Mul", [ins[0], factor], outs, name)
+
+
 def _inner_product(g, layer, ins, outs, shapes, blobs):
     p = layer.params
     n = int(p["num_output"])
-    k = int(np.prod(shapes[0][1:]))
+    axis = int(p.get("axis", 1)) % len(shapes[0])
+    k = int(np.prod(shapes[0][axis:]))
     bias = str(p.get("bias_term", "true")).lower() in ("true", "1")
     transpose = str(p.get("transpose", "false")).lower() in ("true", "1")
     blobs = _params(layer, blobs, 2 if bias else 1)
+    if axis != 1:
+        _inner_product_on_axis(g, layer, ins, outs, shapes[0], axis, (n, k), transpose, blobs)
+        return
     x = ins[0]
     if len(shapes[0]) != 2:  # Caffe flattens C, H, W row-major, as Flatten(axis=1) does
         x = g.fresh(f"{layer.name}/flatten")
@@ -239,6 +328,199 @@ def _inner_product(g, layer, ins, outs, shapes, blobs):
     if bias:
         inputs.append(g.weight(layer, "bias", blobs[1], (n,)))
     g.node("Gemm", inputs, outs, layer.name, transB=0 if transpose else 1)
+
+
+def _inner_product_on_axis(g, layer, ins, outs, shape, axis, nk, transpose, blobs):
+    """InnerProduct with ``axis`` > 1: the axes from ``axis`` on are flattened to K and
+    multiplied, the leading axes kept (Caffe: M = prod(shape[:axis]) rows)."""
+    n, k = nk
+    x = ins[0]
+    if axis != len(shape) - 1:
+        x = g.fresh(f"{layer.name}/flatten")
+        g.node("Reshape", [ins[0], g.ints(f"{layer.name}/shape", [0] * axis + [k])], [x],
+               f"{layer.name}/flatten")
+    w = blobs[0] if transpose else np.asarray(blobs[0]).reshape(n, k).T
+    weight = g.weight(layer, "weight", np.ascontiguousarray(w), (k, n))
+    if len(blobs) == 1:
+        g.node("MatMul", [x, weight], outs, layer.name)
+        return
+    product = g.fresh(f"{layer.name}/product")
+    g.node("MatMul", [x, weight], [product], layer.name)
+    g.node("Add", [product, g.weight(layer, "bias", blobs[1], (n,))], outs,
+           f"{layer.name}/bias")
+
+
+def _deconvolution(g, layer, ins, outs, shapes, blobs):
+    geo = conv_geometry(layer)
+    c = shapes[0][1]
+    blobs = _params(layer, blobs, 2 if geo.bias_term else 1)
+    inputs = [ins[0], g.weight(layer, "weight", blobs[0],
+                               (c, geo.num_output // geo.group, *geo.kernel))]
+    if geo.bias_term:
+        inputs.append(g.weight(layer, "bias", blobs[1], (geo.num_output,)))
+    g.node("ConvTranspose", inputs, outs, layer.name, kernel_shape=list(geo.kernel),
+           pads=[*geo.pad, *geo.pad], strides=list(geo.stride), dilations=list(geo.dilation),
+           group=geo.group)
+
+
+def _channel_shape(shape, values) -> np.ndarray:
+    """Per-channel values shaped to broadcast over an (N, C, ...) blob: (C, 1, ..., 1)."""
+    return np.asarray(values, np.float32).reshape((-1,) + (1,) * (len(shape) - 2))
+
+
+def _batch_norm(g, layer, ins, outs, shapes, blobs):
+    """Caffe's BatchNorm with stored statistics, in Caffe's float32 order of operations:
+    mean and variance are the stored sums times 1/factor (0 when the factor is 0), then
+    ``(x − mean) / sqrt(variance + eps)``."""
+    c = shapes[0][1]
+    mean, var, factor = _params(layer, blobs, 3)
+    for blob, expected in zip((mean, var, factor), ((c,), (c,), (1,))):
+        if tuple(np.shape(blob)) != expected:
+            raise CaffeFormatError(f"layer {layer.name!r} (BatchNorm): blob shapes "
+                                   f"{[np.shape(b) for b in blobs]}, expected (C,), (C,), (1,)")
+    f32 = np.float32
+    scale = f32(0) if factor[0] == 0 else f32(1) / f32(factor[0])
+    eps = f32(layer.params.get("eps", 1e-5))
+    std = np.sqrt(scale * var.astype(f32) + eps)
+    centred = g.fresh(f"{layer.name}/centred")
+    g.node("Sub", [ins[0], g.const(f"{layer.name}/mean", _channel_shape(shapes[0],
+                                                                         scale * mean))],
+           [centred], f"{layer.name}/subtract_mean")
+    g.node("Div", [centred, g.const(f"{layer.name}/std", _channel_shape(shapes[0], std))],
+           outs, layer.name)
+
+
+def _scale(g, layer, ins, outs, shapes, blobs):
+    axis, num_axes = scale_axes(layer, shapes[0])
+    shape = tuple(shapes[0][axis:axis + num_axes])
+    bias = str(layer.params.get("bias_term", "false")).lower() in ("true", "1")
+    blobs = _params(layer, blobs, 2 if bias else 1)
+    trailing = (1,) * (len(shapes[0]) - axis - num_axes)  # broadcast over the later axes
+    gamma = g.weight(layer, "scale", blobs[0], shape, store_as=shape + trailing)
+    if not bias:
+        g.node("Mul", [ins[0], gamma], outs, layer.name)
+        return
+    scaled = g.fresh(f"{layer.name}/scaled")
+    g.node("Mul", [ins[0], gamma], [scaled], layer.name)
+    beta = g.weight(layer, "bias", blobs[1], shape, store_as=shape + trailing)
+    g.node("Add", [scaled, beta], outs, f"{layer.name}/bias")
+
+
+def _eltwise(g, layer, ins, outs, shapes, blobs):
+    _params(layer, blobs or [], 0)
+    op = str(layer.params.get("operation", "SUM"))
+    op = {"0": "PROD", "1": "SUM", "2": "MAX"}.get(op, op)
+    coeffs = layer.params.get("coeff", [1.0] * len(ins))
+    coeffs = coeffs if isinstance(coeffs, list) else [coeffs]
+    terms = list(ins)
+    if layer.tops[0] in layer.bottoms[1:]:
+        raise UnsupportedLayer(f"layer {layer.name!r} (Eltwise) writes its top over a bottom "
+                               "other than the first; not supported")
+    in_place = layer.tops[0] == layer.bottoms[0]
+    # In place, Caffe's Forward_cpu first initialises the top, i.e. bottom 0: SUM sets it
+    # to 0 and MAX to -FLT_MAX before reading the bottoms; PROD reads before it writes.
+    if op == "MAX":  # Caffe: a > b ? a : b for bottoms 0, 1, then strict > (graph.py's VJP)
+        if in_place:
+            terms[0] = g.const(f"{layer.name}/initial", -np.finfo(np.float32).max)
+        g.node("Max", terms, outs, layer.name)
+        return
+    if op == "SUM" and in_place:
+        terms, coeffs = terms[1:], coeffs[1:]
+    if op == "SUM":  # Caffe: top = Σ coeff_i · bottom_i, accumulated in bottom order
+        for i, coeff in enumerate(coeffs):
+            if float(coeff) != 1.0:
+                terms[i] = g.fresh(f"{layer.name}/term{i}")
+                g.node("Mul", [ins[i], g.const(f"{layer.name}/coeff{i}", float(coeff))],
+                       [terms[i]], f"{layer.name}/coeff{i}")
+    binary = "Add" if op == "SUM" else "Mul"
+    acc = terms[0]
+    if len(terms) == 1:
+        g.node("Identity", terms, outs, layer.name)
+    for i, term in enumerate(terms[1:], start=1):
+        out = outs[0] if i == len(terms) - 1 else g.fresh(f"{layer.name}/partial{i}")
+        g.node(binary, [acc, term], [out], layer.name if out == outs[0] else out)
+        acc = out
+
+
+def _reshape_to(g, layer, ins, outs, shape, out_shape):
+    """A Reshape keeping the batch axis dynamic (target ``[0, ...]``)."""
+    g.node("Reshape", [ins[0], g.ints(f"{layer.name}/shape", [0, *out_shape[1:]])], outs,
+           layer.name)
+
+
+def _flatten(g, layer, ins, outs, shapes, blobs):
+    _params(layer, blobs or [], 0)
+    out_shape = top_shapes(layer, shapes)[0]
+    _reshape_to(g, layer, ins, outs, shapes[0], out_shape)
+
+
+def _reshape(g, layer, ins, outs, shapes, blobs):
+    _params(layer, blobs or [], 0)
+    one = top_shapes(layer, [(1, *shapes[0][1:])])[0]
+    two = top_shapes(layer, [(2, *shapes[0][1:])])[0]
+    if one[0] != 1 or two[0] != 2 or one[1:] != two[1:]:
+        raise UnsupportedLayer(f"layer {layer.name!r} (Reshape) moves values across the batch "
+                               f"axis (batch 1 gives {one}, batch 2 gives {two}); not supported")
+    _reshape_to(g, layer, ins, outs, shapes[0], one)
+
+
+def _unary(op):
+    def emit(g, layer, ins, outs, shapes, blobs):
+        _params(layer, blobs or [], 0)
+        g.node(op, ins, outs, layer.name)
+    return emit
+
+
+def _elu(g, layer, ins, outs, shapes, blobs):
+    _params(layer, blobs or [], 0)
+    g.node("Elu", ins, outs, layer.name, alpha=float(layer.params.get("alpha", 1.0)))
+
+
+def _power(g, layer, ins, outs, shapes, blobs):
+    """Caffe's Power layer, ``(shift + scale · x)^power``, skipping the identity steps."""
+    _params(layer, blobs or [], 0)
+    p = layer.params
+    power, scale, shift = (float(p.get(k, d)) for k, d in
+                           (("power", 1.0), ("scale", 1.0), ("shift", 0.0)))
+    steps = [("Mul", scale, 1.0), ("Add", shift, 0.0), ("Pow", power, 1.0)]
+    steps = [(op, v) for op, v, identity in steps if v != identity]
+    if not steps:
+        g.node("Identity", ins, outs, layer.name)
+        return
+    x = ins[0]
+    for i, (op, value) in enumerate(steps):
+        out = outs[0] if i == len(steps) - 1 else g.fresh(f"{layer.name}/{op.lower()}")
+        g.node(op, [x, g.const(f"{layer.name}/{op.lower()}_by", value)], [out],
+               layer.name if out == outs[0] else out)
+        x = out
+
+
+def _prelu(g, layer, ins, outs, shapes, blobs):
+    (slope,) = _params(layer, blobs, 1)
+    shared = str(layer.params.get("channel_shared", "false")).lower() in ("true", "1")
+    shape = () if shared else (shapes[0][1],)
+    stored = (1 if shared else shapes[0][1],) + (1,) * (len(shapes[0]) - 2)  # over (N, C, …)
+    g.node("PRelu", [ins[0], g.weight(layer, "slope", slope, shape, store_as=stored)], outs,
+           layer.name)
+
+
+def _slice(g, layer, ins, outs, shapes, blobs):
+    _params(layer, blobs or [], 0)
+    axis, bounds = slice_points(layer, shapes[0], len(outs))
+    for out, start, end in zip(outs, bounds, bounds[1:]):
+        g.node("Slice", [ins[0], g.ints(f"{layer.name}/starts", [start]),
+                         g.ints(f"{layer.name}/ends", [end]),
+                         g.ints(f"{layer.name}/axes", [axis])], [out], g.fresh(layer.name))
+
+
+def _crop(g, layer, ins, outs, shapes, blobs):
+    _params(layer, blobs or [], 0)
+    axis, offsets = crop_offsets(layer, shapes)
+    axes = list(range(axis, len(shapes[0])))
+    ends = [o + shapes[1][a] for o, a in zip(offsets, axes)]
+    g.node("Slice", [ins[0], g.ints(f"{layer.name}/starts", offsets),
+                     g.ints(f"{layer.name}/ends", ends), g.ints(f"{layer.name}/axes", axes)],
+           outs, layer.name)
 
 
 def _relu(g, layer, ins, outs, shapes, blobs):
@@ -277,6 +559,20 @@ _EMITTERS = {
     "Dropout": _dropout,
     "Softmax": _softmax,
     "Concat": _concat,
+    "Deconvolution": _deconvolution,
+    "BatchNorm": _batch_norm,
+    "Scale": _scale,
+    "Eltwise": _eltwise,
+    "Flatten": _flatten,
+    "Reshape": _reshape,
+    "Sigmoid": _unary("Sigmoid"),
+    "TanH": _unary("Tanh"),
+    "AbsVal": _unary("Abs"),
+    "Power": _power,
+    "ELU": _elu,
+    "PReLU": _prelu,
+    "Slice": _slice,
+    "Crop": _crop,
 }
 
 

@@ -45,14 +45,17 @@ _V0_TYPES = {
 
 def random_weights(net: NetSpec, rng: np.random.Generator, *, input_std: float = 50.0
                    ) -> dict:
-    """Random parameters for every Convolution and InnerProduct layer of ``net``.
+    """Random parameters for every layer of ``net`` that has any.
 
     Weights are He-normal, ``N(0, 2 / fan_in)`` (He et al. 2015), which keeps the mean
     square of ReLU activations roughly constant from layer to layer, so nothing vanishes or
     explodes even through VGG16's 16 layers. The first layer's weights are further divided by
     ``input_std`` so that an input of that standard deviation gives unit-scale activations,
     and the last InnerProduct (the class scores) has standard deviation ``1 / sqrt(fan_in)``
-    so that softmax outputs are spread, not one-hot. Biases are ``N(0, 0.1²)``.
+    so that softmax outputs are spread, not one-hot. Biases are ``N(0, 0.1²)``. (Deconvolution
+    weights are drawn the same way.) BatchNorm gets running sums of a mean ``N(0, 0.5²)`` and a
+    variance ``U(0.5, 2)`` with a scale factor ``U(0.5, 5)``; Scale ``1 + N(0, 0.1²)`` (bias
+    ``N(0, 0.1²)``); PReLU slopes ``U(0, 0.3)``.
 
     Parameters
     ----------
@@ -75,6 +78,10 @@ def random_weights(net: NetSpec, rng: np.random.Generator, *, input_std: float =
     first = set(_first_layers(net, shapes))
     weights = {}
     for name in names:
+        kind = net.layer(name).type
+        if kind in _NORMALISATION_WEIGHTS:
+            weights[name] = _NORMALISATION_WEIGHTS[kind](shapes[name], rng)
+            continue
         wshape, *rest = shapes[name]
         transpose = str(net.layer(name).params.get("transpose", "false")).lower() == "true"
         fan_in = wshape[0] if transpose else math.prod(wshape[1:])
@@ -85,6 +92,28 @@ def random_weights(net: NetSpec, rng: np.random.Generator, *, input_std: float =
         blobs += [rng.normal(0.0, 0.1, size=s).astype(np.float32) for s in rest]
         weights[name] = blobs
     return weights
+
+
+def _batch_norm_weights(shapes, rng) -> list:
+    """Running sums as Caffe stores them: mean·f, variance·f and the factor f."""
+    (c,), _, _ = shapes
+    factor = np.float32(rng.uniform(0.5, 5.0))
+    mean = rng.normal(0.0, 0.5, size=c).astype(np.float32)
+    var = rng.uniform(0.5, 2.0, size=c).astype(np.float32)
+    return [mean * factor, var * factor, np.array([factor], np.float32)]
+
+
+def _scale_weights(shapes, rng) -> list:
+    return [(1.0 + rng.normal(0.0, 0.1, size=s)).astype(np.float32) if i == 0
+            else rng.normal(0.0, 0.1, size=s).astype(np.float32) for i, s in enumerate(shapes)]
+
+
+def _prelu_weights(shapes, rng) -> list:
+    return [rng.uniform(0.0, 0.3, size=shapes[0]).astype(np.float32)]
+
+
+_NORMALISATION_WEIGHTS = {"BatchNorm": _batch_norm_weights, "Scale": _scale_weights,
+                          "PReLU": _prelu_weights}
 
 
 def _first_layers(net: NetSpec, shapes: dict) -> list:

@@ -89,6 +89,11 @@ def register(subparsers) -> None:
     p.add_argument("--order", choices=("random", "first"), default=None,
                    help="marginal sampler: random pool images per window (default), or the "
                    "first S (released code)")
+    p.add_argument("--compat", choices=("intended", "released"), default="intended",
+                   help="released: reproduce the released code's numbers (first-S marginal, "
+                   "its patch drawing and shared colour conditionals, the regular window grid "
+                   "without edge windows, float16 relevance; see the README); default: "
+                   "intended")
     p.add_argument("--policy", choices=("crop", "resize"), default=None,
                    help="zoo nets: centre crop without resizing (released code; default) or "
                    "resize to 256 then crop")
@@ -570,12 +575,16 @@ def _pool(args, model: _Model, exclude, source) -> "np.ndarray":
 
 
 def _sampler(args, pool, window):
+    from ..compat import settings
     from ..samplers import ConditionalGaussianSampler, MarginalSampler
 
+    released = settings(getattr(args, "compat", "intended"))  # --compat overrides the options
     if args.sampler == "marginal":
-        return MarginalSampler(pool, order=args.order)
-    return ConditionalGaussianSampler.fit(pool, window, args.padding, colour=args.colour,
-                                          num_patches=args.patches, clip=True, rng=args.seed)
+        return MarginalSampler(pool, order=released.get("marginal_order", args.order))
+    return ConditionalGaussianSampler.fit(
+        pool, window, args.padding, colour=released.get("colour", args.colour),
+        num_patches=released.get("num_patches", args.patches), clip=True, rng=args.seed,
+        patches=released.get("patches", "random"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -666,6 +675,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .. import __version__, prediction_difference
+    from ..compat import settings as compat_settings
     from ..errors import InvalidArgument
     from ..windows import window_grid
 
@@ -715,9 +725,13 @@ def run(args: argparse.Namespace) -> int:
             num_samples=args.samples, blobs=(model.blob,),
             probability_blobs=(model.blob,) if model.probability else (),
             batch_size=_batch_size(args, incremental), rng=args.seed, checkpoint=checkpoint,
-            keep_checkpoint=True, progress=not args.no_progress)
+            keep_checkpoint=True, progress=not args.no_progress,
+            edges=compat_settings(args.compat).get("edges", "cover"))
         if resumed:
             _say_resumed(checkpoint)
+        from ..compat import round_relevance
+        explanation.relevance = round_relevance(explanation.relevance,
+                                                getattr(args, "compat", "intended"))
         units = explanation.relevance[model.blob].shape[0]
         names = _unit_names(model, units)
         top = explanation.top_classes(model.blob, args.top)
