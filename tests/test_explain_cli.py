@@ -9,13 +9,7 @@ FAST = ["--window", "4", "--stride", "3", "--samples", "3", "--patches", "2000",
         "--no-progress", "--device", "cpu", "--threads", "1"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def home(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("PREDDIFF_HOME", str(tmp_path_factory.mktemp("home")))
-    mp.setenv("MPLBACKEND", "Agg")
-    yield
-    mp.undo()
+pytestmark = pytest.mark.usefixtures("isolated_home")
 
 
 def explain(*argv):

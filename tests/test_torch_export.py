@@ -1,4 +1,4 @@
-"""Models exported by real PyTorch (tests/data/torch_export, made by its make_models.py):
+"""Models exported by real PyTorch (tests/data/torch_export, made by bench/torch_export.py):
 onnxruntime reproduces torch's outputs, and ``preddiff explain`` runs them as a user would."""
 from pathlib import Path
 
@@ -15,13 +15,7 @@ FAST = ["--window", "10", "--stride", "8", "--samples", "2", "--sampler", "margi
         "--no-progress", "--device", "cpu", "--threads", "1"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def home(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("PREDDIFF_HOME", str(tmp_path_factory.mktemp("home")))
-    mp.setenv("MPLBACKEND", "Agg")
-    yield
-    mp.undo()
+pytestmark = pytest.mark.usefixtures("isolated_home")
 
 
 @pytest.mark.parametrize("name", MODELS)

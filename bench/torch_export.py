@@ -1,13 +1,17 @@
-"""Export the small PyTorch models in this folder to ONNX, as a user would (issue 9).
+"""Networks exported from PyTorch to ONNX as a user would (random weights; issue 9).
 
-Run with PyTorch (not a preddiff dependency; 2.13.0 CPU was used, with onnxscript):
+    python bench/torch_export.py fixtures         # tests/data/torch_export/*.onnx + outputs
+    python bench/torch_export.py resnet18 OUT.onnx
 
-    python tests/data/torch_export/make_models.py
+Needs PyTorch (not a preddiff dependency; 2.13.0 CPU and onnxscript were used). torchvision is
+not needed: the networks are written out here in torchvision's layout, exported by
+``torch.onnx.export`` (the TorchScript exporter, ``dynamo=False``, opset 17 — where GELU is
+its Erf chain) with a dynamic batch axis, input ``data`` and output ``prob``, so that tests
+and benchmarks see the graphs torch really writes: the input normalisation as Sub/Div nodes,
+residual Add, Clip for ReLU6, depthwise convolutions, ``nn.ZeroPad2d`` with its pads computed
+by a ConstantOfShape/Concat/Reshape chain, shape computations, a final Softmax.
 
-The models are random-weight miniatures of what users export from torchvision and timm, so
-that the tests see the graphs torch really writes (the input normalisation as Sub/Div nodes,
-residual Add, Clip for ReLU6, depthwise convolutions, ``nn.ZeroPad2d``, shape computations
-for ``flatten``, a final Softmax), not hand-written ones:
+``fixtures`` (committed in tests/data/torch_export/):
 
 - ``mini_resnet.onnx``: ``(x − mean) / std`` → 3×3/2 stem conv + BN + ReLU → 3×3/2 max pool →
   two basic residual blocks (the second with a 1×1/2 projection shortcut) → global average
@@ -16,20 +20,22 @@ for ``flatten``, a final Softmax), not hand-written ones:
   (EfficientNet's "same" padding) + BN + ReLU6 → inverted residual (1×1 expand, 3×3
   depthwise, 1×1 project, residual Add) → GELU → 1×1 conv + SiLU → global average pool →
   linear → softmax; input 3×64×64, 10 classes.
+- ``torch_outputs.npz``: torch's own ``prob`` of each model for two fixed inputs (``input``,
+  uniform [0, 1) from ``numpy.random.default_rng(0)``).
 
-``torch_outputs.npz`` holds torch's own ``prob`` of each model for two fixed inputs
-(``input``, uniform [0, 1) from ``numpy.random.default_rng(0)``).
-
-Both are exported in eval mode with a dynamic batch axis, input ``data``, output ``prob``, by
-the TorchScript exporter (``dynamo=False``) at opset 17, where GELU is written as its Erf
-chain (Div, Erf, Add, Mul, Mul).
+``resnet18``: torchvision's ResNet-18 layout (7×7/2 stem, BN, 3×3/2 max pool, four stages of
+two basic blocks with 1×1/2 projection shortcuts, global average pool, 1000-way linear) with
+the ImageNet normalisation and a softmax inside, 224×224 — about 47 MB, not committed; used for
+the README's time per image of a user's model. Random weights (BatchNorm statistics too): the
+timings are the real architecture's, not the classifications.
 """
+import sys
 from pathlib import Path
 
 import torch
 from torch import nn
 
-HERE = Path(__file__).resolve().parent
+FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "data" / "torch_export"
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 
@@ -87,6 +93,24 @@ class MiniMobileNet(nn.Module):
         return torch.softmax(self.fc(x), dim=1)
 
 
+class ResNet18(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64),
+                                  nn.ReLU(), nn.MaxPool2d(3, 2, 1))
+        stages, cin = [], 64
+        for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+            stages += [Basic(cin, cout, stride), Basic(cout, cout, 1)]
+            cin = cout
+        self.stages = nn.Sequential(*stages)
+        self.fc = nn.Linear(512, 1000)
+
+    def forward(self, x):
+        x = self.stages(self.stem((x - MEAN) / STD))
+        x = torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
+        return torch.softmax(self.fc(x), dim=1)
+
+
 def randomise_batch_norm(model, generator):
     """Non-trivial running statistics, so that the folded BatchNorm is not an identity."""
     for m in model.modules():
@@ -98,14 +122,15 @@ def randomise_batch_norm(model, generator):
 
 
 def export(model, name):
-    path = HERE / name
+    path = FIXTURES / name
     torch.onnx.export(model.eval(), torch.rand(1, 3, 64, 64), str(path), input_names=["data"],
                       output_names=["prob"], dynamic_axes={"data": {0: "N"}, "prob": {0: "N"}},
                       opset_version=17, dynamo=False)
     print("wrote", path, path.stat().st_size, "bytes")
 
 
-def main():
+def fixtures() -> None:
+    """The test fixtures in tests/data/torch_export/."""
     import numpy as np
 
     generator = torch.Generator().manual_seed(0)
@@ -119,9 +144,27 @@ def main():
         with torch.no_grad():
             export(model, name)
             outputs[name.removesuffix(".onnx")] = model.eval()(torch.from_numpy(inputs)).numpy()
-    np.savez(HERE / "torch_outputs.npz", **outputs)
-    print("wrote", HERE / "torch_outputs.npz", f"(torch {torch.__version__})")
+    np.savez(FIXTURES / "torch_outputs.npz", **outputs)
+    print("wrote", FIXTURES / "torch_outputs.npz", f"(torch {torch.__version__})")
+
+
+def export_resnet18(out: str) -> None:
+    """torchvision's ResNet-18 layout at 224×224 to ``out``."""
+    torch.manual_seed(0)
+    model = ResNet18().eval()
+    randomise_batch_norm(model, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.onnx.export(model, torch.rand(1, 3, 224, 224), out, input_names=["data"],
+                          output_names=["prob"],
+                          dynamic_axes={"data": {0: "N"}, "prob": {0: "N"}},
+                          opset_version=17, dynamo=False)
+    print("wrote", out)
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["fixtures"]:
+        fixtures()
+    elif sys.argv[1:2] == ["resnet18"] and len(sys.argv) == 3:
+        export_resnet18(sys.argv[2])
+    else:
+        sys.exit("usage: python bench/torch_export.py fixtures | resnet18 OUT.onnx")
