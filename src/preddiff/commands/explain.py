@@ -100,6 +100,9 @@ def register(subparsers) -> None:
     p.add_argument("--no-incremental", action="store_true",
                    help="evaluate full perturbed images (by default exact incremental inference "
                    "is used when the network allows it and its cost model predicts a gain)")
+    from ..cluster import add_arguments as add_cluster_arguments
+
+    add_cluster_arguments(p)  # --workers N | --scheduler ADDRESS (preddiff.cluster)
     p.set_defaults(func=run)
 
 
@@ -394,11 +397,34 @@ def _figure(model: _Model, explanation, top, names, stem: Path) -> Path:
     return plot.save_figure(fig, stem, formats=("png",))[0]
 
 
+def _prepare_image(args, model: _Model, spec: str, window: int):
+    """IMAGE argument → (name, x, pool, fitted sampler, output stem, checkpoint or None)."""
+    from ..windows import window_grid
+
+    name, x, exclude, source = _load_input(spec, model)
+    window_grid(x.shape[1:], window, args.stride)  # a bad window fails before the fit
+    pool = _pool(args, model, exclude, source)
+    sampler = _sampler(args, pool, window)
+    stem = args.out / f"{name}_{model.name}"
+    checkpoint = None if args.no_checkpoint else stem.with_name(stem.name + ".ckpt.npz")
+    return name, x, pool, sampler, stem, checkpoint
+
+
+def _engine_kwargs(args, model: _Model, window: int) -> dict:
+    """The arguments of :func:`preddiff.prediction_difference` besides the image, the
+    classifier, the sampler and the checkpoint (shared with :mod:`preddiff.cluster`)."""
+    incremental = bool(getattr(model.classifier, "incremental", False))
+    return dict(window=window, stride=args.stride, num_samples=args.samples,
+                blobs=(model.blob,),
+                probability_blobs=(model.blob,) if model.probability else (),
+                batch_size=_batch_size(args, incremental), rng=args.seed)
+
+
 def run(args: argparse.Namespace) -> int:
     """Explain each image; print the top classes and where the results went."""
     import numpy as np
 
-    from .. import __version__, prediction_difference
+    from .. import __version__, cluster, prediction_difference
     from ..errors import InvalidArgument
     from ..windows import window_grid
 
@@ -420,22 +446,18 @@ def run(args: argparse.Namespace) -> int:
     window = args.window if args.window is not None else (4 if model.input_shape[0] == 1 else 10)
     window_grid(model.input_shape[1:], window, args.stride)  # a bad window fails first
     note = _use_incremental(model, args, window)
-    incremental = bool(getattr(model.classifier, "incremental", False))
     args.out.mkdir(parents=True, exist_ok=True)
+    prepared = {}
+    if cluster.wanted(args):  # every image on a Dask cluster; handed over as checkpoints
+        prepared = cluster.explain_images(args, model, window, _prepare_image, _engine_kwargs)
     for spec in args.images:
         started = time.perf_counter()
-        name, x, exclude, source = _load_input(spec, model)
-        window_grid(x.shape[1:], window, args.stride)  # a bad window fails before the fit
-        pool = _pool(args, model, exclude, source)
-        sampler = _sampler(args, pool, window)
-        stem = args.out / f"{name}_{model.name}"
-        checkpoint = None if args.no_checkpoint else stem.with_name(stem.name + ".ckpt.npz")
+        name, x, pool, sampler, stem, checkpoint = (
+            prepared.get(spec) or _prepare_image(args, model, spec, window))
         explanation = prediction_difference(
-            x, model.classifier, sampler, window=window, stride=args.stride,
-            num_samples=args.samples, blobs=(model.blob,),
-            probability_blobs=(model.blob,) if model.probability else (),
-            batch_size=_batch_size(args, incremental), rng=args.seed, checkpoint=checkpoint,
-            keep_checkpoint=True, progress=not args.no_progress)
+            x, model.classifier, sampler, **_engine_kwargs(args, model, window),
+            checkpoint=checkpoint, keep_checkpoint=True,
+            progress=not args.no_progress and not prepared)
         names = _unit_names(model, explanation)
         top = explanation.top_classes(model.blob, args.top)
         explanation.metadata.update({
