@@ -488,8 +488,11 @@ def connect(*, workers: int | None = None, scheduler: str | None = None):
         finally:
             cluster.close()
         return
+    import dask
+
     try:
-        client = distributed.Client(scheduler, timeout="20s")
+        client = distributed.Client(scheduler,
+                                    timeout=dask.config.get("distributed.comm.timeouts.connect"))
     except (OSError, TimeoutError, ValueError) as exc:
         raise ClusterUnavailable(f"cannot reach the Dask scheduler {scheduler!r}: {exc}") \
             from None
