@@ -246,3 +246,51 @@ def test_bad_cluster_options(tmp_path, capsys, argv, message):
         assert main(["explain", "digits:1", *argv, "--out", str(tmp_path)]) == 2
     assert message in capsys.readouterr().err
     assert time.monotonic() - started < 60
+
+
+# ------------------------------------------------------------------------- figures and evaluate
+
+def test_figure_explanations_on_the_cluster_equal_one_process(client, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))  # reproduce/
+    from reproduce import common, fig1
+
+    def explain(tag, *cluster_args):
+        run = common.parse_args("fig1", "test", fig1.CONFIG,
+                                ["--scale", "smoke", "--no-progress", "--cache-dir",
+                                 str(tmp_path / tag), "--out-dir", str(tmp_path / tag),
+                                 *cluster_args])
+        model = common.load_model(run, "lenet")
+        (image,) = common.load_inputs(run, model, ["digits:3"])
+        result = common.explain(run, model, image, sampler="marginal", window=4,
+                                units={model.output: [3]})
+        if run.client() is not None:
+            run.client().close()  # before the module's cluster goes (else noise at exit)
+        return result
+
+    one = explain("one")
+    two = explain("two", "--scheduler", client.scheduler.address)
+    assert np.array_equal(one["relevance/prob"], two["relevance/prob"])
+    assert np.array_equal(one["clean/prob"], two["clean/prob"])
+
+
+def test_evaluate_on_the_cluster_equals_one_process(client, digits):
+    import onnx
+
+    from preddiff.evaluate import compare
+
+    images, pool = digits
+    model = onnx.load(str(zoo.ensure_onnx("lenet")))
+    kw = dict(window=4, stride=4, num_samples=3, fills=("mean",), randomise=False,
+              num_patches=1000, progress=False)
+    one = compare(images[:2], [0, 1], model, pool, **kw)
+    two = compare(images[:2], [0, 1], model, pool, client=client, **kw)
+    assert two.providers == one.providers == ["CPUExecutionProvider"]
+    a, b = one.arrays(), two.arrays()
+    assert a.keys() == b.keys()
+    for key in a:
+        if "sensitivity" in key:  # NumPy BLAS gradients: Dask workers run BLAS on one thread
+            np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-6)
+        else:
+            assert np.array_equal(a[key], b[key], equal_nan=True), key

@@ -39,7 +39,9 @@ import os
 import sys
 import threading
 import time
+import uuid
 import warnings
+from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,13 +51,15 @@ import numpy as np
 from .errors import InvalidArgument, PredDiffError
 
 __all__ = ["ClassifierRecipe", "Analysis", "classifier_for", "connect", "explain_all",
-           "prediction_difference", "ClusterUnavailable", "INSTALL_HINT"]
+           "prediction_difference", "map_images", "ClusterUnavailable", "INSTALL_HINT"]
 
 INSTALL_HINT = "pip install 'preddiff[cluster]'"
 
 #: Blocks per worker the run is cut into (more: better balance and finer checkpoints, at
 #: about 10 ms of scheduling each), and the largest block in classifier batches.
 BLOCKS_PER_WORKER = 8
+#: Environment variable giving a worker's onnxruntime threads (set for local workers).
+THREADS_VARIABLE = "PREDDIFF_WORKER_THREADS"
 MAX_BATCHES_PER_BLOCK = 8
 
 
@@ -98,7 +102,9 @@ class ClassifierRecipe:
         instead of :class:`~preddiff.classifier.OnnxClassifier`.
     device : {"auto", "cpu", "cuda"}
     threads : int, optional
-        onnxruntime intra-op threads on the worker (default: onnxruntime's choice).
+        onnxruntime intra-op threads on the worker (default: the worker's
+        ``PREDDIFF_WORKER_THREADS`` environment variable, which :func:`connect` sets to each
+        local worker's share of the cores, else onnxruntime's choice: every core).
     """
 
     path: str
@@ -126,17 +132,20 @@ class ClassifierRecipe:
         if found != self.sha1:
             raise ClusterUnavailable(f"model file {self.path} on this worker has sha1 {found}, "
                                      f"the client's has {self.sha1}")
+        threads = self.threads
+        if threads is None and os.environ.get(THREADS_VARIABLE, "").isdigit():
+            threads = int(os.environ[THREADS_VARIABLE]) or None
         if self.incremental:
             from .incremental import IncrementalClassifier
 
             return IncrementalClassifier(self.path, outputs=list(self.outputs),
                                          batch_size=self.batch_size, device=self.device,
-                                         threads=self.threads)
+                                         threads=threads)
         from .classifier import OnnxClassifier
 
         return OnnxClassifier(self.path, outputs=list(self.outputs),
                               batch_size=self.batch_size or 64, device=self.device,
-                              threads=self.threads)
+                              threads=threads)
 
 
 def _file_sha1(path) -> str:
@@ -170,24 +179,59 @@ def classifier_for(recipe: ClassifierRecipe):
 class _Job:
     """What every block of one image needs; one task of the graph, fetched once per worker."""
 
+    token: str
     setup: object          # preddiff.analysis.AnalysisSetup
     sampler: object
     clean: dict
     recipe: ClassifierRecipe
 
 
-def _hold(job: _Job) -> _Job:
-    return job
+def _hold(shared):
+    return shared
+
+
+#: Per-process working copies of shared task data (see :func:`_private`), most recent last.
+_COPIES: OrderedDict = OrderedDict()
+MAX_COPIES = 8
+
+
+def _private(token: str, shared):
+    """This process's own copy of ``shared`` (made once per ``token``).
+
+    A worker may send a task's input to another worker while one of its own tasks runs on
+    it; tasks therefore never touch the shared object, whose samplers and models fill caches
+    as they work (pickling a dict that another thread changes fails), but a private copy
+    that lives on for the worker's later tasks of the same image or context.
+    """
+    import pickle
+
+    import cloudpickle
+
+    with _CLASSIFIERS_LOCK:
+        if token in _COPIES:
+            _COPIES.move_to_end(token)
+            return _COPIES[token]
+    copy = pickle.loads(cloudpickle.dumps(shared))
+    with _CLASSIFIERS_LOCK:
+        _COPIES[token] = copy
+        while len(_COPIES) > MAX_COPIES:
+            _COPIES.popitem(last=False)
+    return copy
 
 
 def _run_block(job: _Job, start: int, stop: int):
     """Values of windows ``start … stop − 1`` of ``job``: ``(values, timings)``."""
     from .analysis import window_values
 
+    job = _private(job.token, job)
     timings = {"classifier": 0.0, "sampler": 0.0}
     values = window_values(job.setup, classifier_for(job.recipe), job.sampler, job.clean,
                            start, stop, timings)
     return values, timings
+
+
+def _apply(function, token: str, shared, item):
+    return function(_private(token, shared), item)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -356,8 +400,8 @@ def explain_all(client, analyses, *, progress: bool = True, block_windows=None,
         for i, s in enumerate(states):
             if not s.blocks:
                 continue
-            job = client.submit(_hold, _Job(s.setup, s.analysis.sampler, s.clean,
-                                            s.analysis.recipe), pure=False)
+            job = client.submit(_hold, _Job(uuid.uuid4().hex, s.setup, s.analysis.sampler,
+                                            s.clean, s.analysis.recipe), pure=False)
             for j, (start, stop) in enumerate(s.blocks):
                 futures[client.submit(_run_block, job, start, stop, pure=False)] = (i, j)
             del job  # the blocks hold it
@@ -440,6 +484,77 @@ def prediction_difference(x, recipe: ClassifierRecipe, sampler, *, client, name=
                        block_windows=block_windows)[0]
 
 
+class _NotCached(Exception):
+    """Raised by the probe ``compute`` of :func:`map_images` (never leaves it)."""
+
+
+def _probe():
+    raise _NotCached
+
+
+def map_images(client, function, context, items, names, *, per_image=None,
+               progress=True, desc="images") -> list:
+    """``[function(context, item) for item in items]`` on the cluster, one task per item.
+
+    ``context`` is one task of the graph, fetched once by each worker (and recomputed if the
+    worker holding it dies); objects it holds (e.g. classifiers built on first use) live on
+    for the worker's later items. Used by ``preddiff evaluate``, whose unit of work is the
+    whole evaluation of one image.
+
+    Parameters
+    ----------
+    per_image : callable, optional
+        ``per_image(name, compute) -> result``, the cache hook of
+        :func:`preddiff.evaluate.compare`: items it already holds are not submitted, and each
+        computed result goes through it (written) as soon as it arrives.
+    names : sequence
+        One name per item, for ``per_image`` and error messages.
+
+    Returns
+    -------
+    list
+        The results in the order of ``items``.
+    """
+    from tqdm import tqdm
+
+    distributed = require_distributed()
+    results = [None] * len(items)
+    todo = []
+    for k, name in enumerate(names):
+        if per_image is None:
+            todo.append(k)
+            continue
+        try:
+            results[k] = dict(per_image(name, _probe))
+        except _NotCached:
+            todo.append(k)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the context is large on purpose
+        held = client.submit(_hold, context, pure=False)
+        token = uuid.uuid4().hex
+        futures = {client.submit(_apply, function, token, held, items[k], pure=False): k
+                   for k in todo}
+        del held
+    bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=desc, unit="image",
+               file=sys.stderr, disable=not progress, dynamic_ncols=True)
+    try:
+        for future in distributed.as_completed(list(futures)):
+            k = futures.pop(future)
+            try:
+                value = future.result()
+            except PredDiffError as exc:
+                raise _named(exc, str(names[k])) from None
+            results[k] = dict(per_image(names[k], lambda: value) if per_image else value)
+            bar.update(1)
+    except BaseException:
+        for future in futures:
+            future.cancel()
+        raise
+    finally:
+        bar.close()
+    return results
+
+
 # ----------------------------------------------------------------------------------------------
 # clusters
 
@@ -459,7 +574,7 @@ def connect(*, workers: int | None = None, scheduler: str | None = None):
     workers : int, optional
         Start a local cluster of this many worker processes on the loopback interface, one
         task at a time each (their onnxruntime sessions use :func:`threads_per_worker`
-        threads); closed on exit.
+        threads, through ``PREDDIFF_WORKER_THREADS``); closed on exit.
     scheduler : str, optional
         Address of a running scheduler, e.g. ``tcp://10.0.0.5:8786``.
 
@@ -478,7 +593,8 @@ def connect(*, workers: int | None = None, scheduler: str | None = None):
         try:
             cluster = distributed.LocalCluster(
                 n_workers=int(workers), threads_per_worker=1, processes=True,
-                host="127.0.0.1", dashboard_address=None, silence_logs=logging.ERROR)
+                host="127.0.0.1", dashboard_address=None, silence_logs=logging.ERROR,
+                env={THREADS_VARIABLE: str(threads_per_worker(workers))})
         except Exception as exc:  # noqa: BLE001 - any start failure is one line for the user
             raise ClusterUnavailable(f"cannot start a local cluster of {workers} workers: "
                                      f"{type(exc).__name__}: {exc}") from None
@@ -545,24 +661,22 @@ def explain_images(args, model, window: int, prepare_image, engine_kwargs) -> di
     dict
         IMAGE argument → what ``prepare_image`` returned for it.
     """
+    if args.workers is not None and args.workers < 1:
+        raise InvalidArgument(f"--workers must be a positive integer, got {args.workers}")
+    require_distributed()
     if args.no_checkpoint:
         print("preddiff: note: --no-checkpoint ignored with a cluster: the results are handed "
               "over through OUT/<name>_<model>.ckpt.npz (deleted after each image)",
               file=sys.stderr)
         args.no_checkpoint = False
-    if args.workers is not None and args.workers < 1:
-        raise InvalidArgument(f"--workers must be a positive integer, got {args.workers}")
-    require_distributed()
     kwargs = engine_kwargs(args, model, window)
     classifier = model.classifier
-    threads = args.threads if args.threads is not None else (
-        threads_per_worker(args.workers) if args.workers is not None else None)
     # an IncrementalClassifier built without a batch size picks its own (per device)
     recipe = ClassifierRecipe.for_file(
         model.extra["onnx"], [model.blob], getattr(classifier, "_user_batch",
                                                    classifier.batch_size),
-        incremental=bool(getattr(classifier, "incremental", False)),
-        device=args.device, threads=threads)
+        incremental=type(classifier).__name__ == "IncrementalClassifier",
+        device=args.device, threads=args.threads)
     prepared, analyses = {}, []
     for spec in args.images:
         if spec in prepared:
