@@ -8,8 +8,10 @@ Measures on this machine, interleaved (one process, then the cluster, per round;
    2 worker processes (one core each);
 2. a random-weight AlexNet at full width (the zoo architecture, 227×227) at a coarse stride
    (k = 10, stride 16, S = 10, batch 64, incremental), two example images;
-3. the scheduling overhead per block: the same digits cut into one-batch blocks vs eight-batch
-   blocks (extra wall time ÷ extra blocks), and the round trip of an empty Dask task.
+3. the scheduling overhead per block: the round trip of an empty Dask task (one at a time, and
+   200 at once), beside the computation per block (worker-seconds);
+4. the machine's parallel capacity during the run: one sequential job on one worker, then
+   the same job on both workers at once (the machine is shared with other jobs).
 
 Every cluster result is checked bit for bit against the single-process one. From the measured
 AlexNet speed-up and the single-process throughputs of ``bench/results/pda_throughput.json``
@@ -59,11 +61,13 @@ def _single(analyses):
     return time.perf_counter() - started, out
 
 
-def _cluster(client, analyses, block_windows=None):
+def _cluster(client, analyses, block_windows=None, blocks=None):
     from preddiff.cluster import explain_all
 
     started = time.perf_counter()
-    out = explain_all(client, analyses, progress=False, block_windows=block_windows)
+    count = (lambda *a: blocks.append(a)) if blocks is not None else None
+    out = explain_all(client, analyses, progress=False, block_windows=block_windows,
+                      on_block=count)
     return time.perf_counter() - started, out
 
 
@@ -127,12 +131,14 @@ def _window_samples(analyses) -> int:
 
 def compare(name, client, analyses, rounds):
     """Interleaved rounds: one process, then the cluster. Returns a result dict."""
-    singles, clusters, identical = [], [], True
+    singles, clusters, identical, blocks, worker_s = [], [], True, [], []
     for _ in range(rounds):
         t1, ref = _single(analyses)
-        t2, got = _cluster(client, analyses)
+        blocks.clear()
+        t2, got = _cluster(client, analyses, blocks=blocks)
         singles.append(t1)
         clusters.append(t2)
+        worker_s.append(sum(e.timings["classifier"] + e.timings["sampler"] for e in got))
         identical &= all(_same(a, b) for a, b in zip(ref, got))
     t1, t2 = statistics.median(singles), statistics.median(clusters)
     ws = _window_samples(analyses)
@@ -140,31 +146,42 @@ def compare(name, client, analyses, rounds):
             "single_s": singles, "cluster_s": clusters, "single_median_s": t1,
             "cluster_median_s": t2, "speedup": t1 / t2, "efficiency": t1 / t2 / WORKERS,
             "single_ws_per_s": ws / t1, "cluster_ws_per_s": ws / t2,
+            "blocks": len(blocks), "worker_s_per_block": statistics.median(worker_s) / len(blocks),
             "bit_identical": bool(identical)}
 
 
-def block_overhead(client, analyses):
-    """Extra wall seconds per extra block: one-batch blocks vs eight-batch blocks."""
-    from preddiff.analysis import prepare
+def block_overhead(client):
+    """What a block costs Dask besides its computation: the round trip of an empty task
+    (submitted and waited for one at a time: the latency a block pays), and the time per task
+    of 200 empty tasks submitted at once (the scheduler's throughput)."""
     from preddiff.cluster import _hold
 
-    wpb = prepare(analyses[0].x, analyses[0].sampler, **analyses[0].kwargs).windows_per_batch
-    n_windows = 625
-    small = []
-    large = []
-    for _ in range(2):
-        large.append(_cluster(client, analyses, block_windows=8 * wpb)[0])
-        small.append(_cluster(client, analyses, block_windows=wpb)[0])
-    n_small = len(analyses) * math.ceil(n_windows / wpb)
-    n_large = len(analyses) * math.ceil(n_windows / (8 * wpb))
-    per_block = (statistics.median(small) - statistics.median(large)) / (n_small - n_large)
+    latencies = []
+    for i in range(50):
+        tic = time.perf_counter()
+        client.submit(_hold, i, pure=False).result()
+        latencies.append(time.perf_counter() - tic)
     started = time.perf_counter()
-    futures = [client.submit(_hold, i, pure=False) for i in range(200)]
-    client.gather(futures)
-    empty = (time.perf_counter() - started) / 200
-    return {"windows_per_batch": wpb, "blocks_small": n_small, "blocks_large": n_large,
-            "small_s": small, "large_s": large, "wall_s_per_extra_block": per_block,
-            "empty_task_wall_s": empty}
+    client.gather([client.submit(_hold, i, pure=False) for i in range(200)])
+    return {"empty_task_latency_s": statistics.median(latencies),
+            "empty_task_throughput_s": (time.perf_counter() - started) / 200}
+
+
+def _sequential_in_worker(analyses) -> float:
+    """Seconds of a plain single-process run of ``analyses`` (inside a worker)."""
+    return _single(analyses)[0]
+
+
+def capacity(client, analyses):
+    """Whether the machine had two free cores: the same sequential job on one worker, then on
+    both workers at once (2 × one ÷ both = 2 with two free cores, 1 with one)."""
+    for a in analyses:
+        a.classifier = None  # built from the recipe inside the worker
+    one = client.submit(_sequential_in_worker, analyses, pure=False).result()
+    both = client.gather([client.submit(_sequential_in_worker, analyses, pure=False)
+                          for _ in range(WORKERS)])
+    return {"one_worker_s": one, "both_workers_s": both,
+            "parallel_capacity": WORKERS * one / max(both)}
 
 
 # Figures 1–6 at paper scale (reproduce/figN.py CONFIG["paper"]): (network, k, explanations)
@@ -221,7 +238,8 @@ def main(argv=None) -> int:
             results = [compare(f"lenet, {args.digits} digits", client, digits, args.rounds),
                        compare("alexnet (random weights), 2 images", client, alexnet,
                                args.rounds)]
-            overhead = block_overhead(client, digits[:2])
+            overhead = block_overhead(client)
+            cap = capacity(client, digits[:2])
     proj = projection(results[1])
     record = {"command": "python bench/cluster.py " + " ".join(argv or sys.argv[1:]),
               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} "
@@ -230,7 +248,7 @@ def main(argv=None) -> int:
                            "onnxruntime": onnxruntime.__version__,
                            "distributed": __import__("distributed").__version__},
               "workers": WORKERS, "cluster_start_s": cluster_start, "results": results,
-              "block_overhead": overhead, "projection": proj,
+              "block_overhead": overhead, "capacity": cap, "projection": proj,
               "seconds": time.perf_counter() - started}
     text = report(record)
     print(text)
@@ -256,11 +274,18 @@ def report(r: dict) -> str:
         lines.append(f"{'':38} rounds: 1 process {[round(v, 2) for v in x['single_s']]}, "
                      f"cluster {[round(v, 2) for v in x['cluster_s']]}")
     o = r["block_overhead"]
-    lines += ["", f"scheduling overhead: {1000 * o['wall_s_per_extra_block']:.1f} ms wall per "
-              f"extra block (2 digits: {o['blocks_small']} one-batch blocks "
-              f"{[round(v, 2) for v in o['small_s']]} s vs {o['blocks_large']} eight-batch "
-              f"blocks {[round(v, 2) for v in o['large_s']]} s); empty Dask task round trip "
-              f"{1000 * o['empty_task_wall_s']:.1f} ms", ""]
+    lines += ["", f"scheduling overhead per block: {1000 * o['empty_task_latency_s']:.1f} ms "
+              "(median round trip of an empty Dask task, one at a time), "
+              f"{1000 * o['empty_task_throughput_s']:.1f} ms per task for 200 at once; "
+              "computation per block (worker-seconds): " + ", ".join(
+                  f"{x['name'].split(',')[0]} {x['worker_s_per_block']:.2f} s over "
+                  f"{x['blocks']} blocks" for x in r["results"]), ""]
+    c = r["capacity"]
+    lines += [f"parallel capacity of the machine during the run: the same sequential job (2 "
+              f"digits, one process) took {c['one_worker_s']:.2f} s on one worker and "
+              f"{[round(v, 2) for v in c['both_workers_s']]} s on both workers at once: "
+              f"{c['parallel_capacity']:.2f} of {r['workers']} cores' worth "
+              "(2 = two free cores; 1 = the other jobs left one)", ""]
     p = r["projection"]
     lines.append("Projection (not run): Figures 1-6 at paper scale (stride 1, S = 20), from the "
                  "single-process incremental throughputs of bench/results/pda_throughput.json "

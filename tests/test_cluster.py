@@ -108,6 +108,24 @@ def test_window_range_is_checked(digits):
                       setup.n_windows + 1)
 
 
+@pytest.mark.parametrize("done, block_windows, workers", [(0, None, 2), (0, 40, 2),
+                                                           (37, None, 3), (37, 1, 1)])
+def test_blocks_cover_the_rest_on_the_batch_grid(digits, done, block_windows, workers):
+    """Blocks start where a (possibly off-grid) checkpoint stopped, cover every remaining
+    window once, and never split one of the engine's batches."""
+    images, pool = digits
+    setup = prepare(images[0], MarginalSampler(pool), **KW)  # 625 windows, 16 per batch
+    state = cluster._State(None, setup, {}, {}, {}, None, done)
+    cluster._block_batches([state], workers, block_windows)
+    starts, stops = zip(*state.blocks)
+    assert starts[0] == done and stops[-1] == setup.n_windows
+    assert list(starts[1:]) == list(stops[:-1])
+    assert all(stop % 16 == 0 for stop in stops[:-1])
+    if block_windows is None:
+        assert len(state.blocks) >= min(8 * workers, 38) // 2  # about 8 per worker
+        assert max(b - a for a, b in state.blocks) <= 8 * 16
+
+
 # ------------------------------------------------------------------------- on a local cluster
 
 def test_cluster_equals_single_process_and_builds_each_classifier_once(client, digits):

@@ -47,6 +47,15 @@ same result whatever ``batch_size`` — bit for bit when the classifier's output
 does not depend on the other images of its batch (true of NumPy code written row by row; an
 optimised library may differ in the last bits between batch sizes) — and a resumed run gives
 bit for bit the result of an uninterrupted one with the same batch size.
+
+Pieces for other schedulers
+---------------------------
+:func:`prediction_difference` is :func:`prepare` (checks, seed), :func:`clean_outputs` (the
+unperturbed image), :func:`window_values` / :class:`WindowEvaluator` (the per-window values of
+any range of windows, evaluated in batches on the fixed grid: a pure function of its
+arguments), and :func:`assemble` (the per-pixel average, once, in the window order).
+:mod:`preddiff.cluster` runs blocks of windows on a Dask cluster with them and gets the
+single-process result bit for bit.
 """
 from __future__ import annotations
 

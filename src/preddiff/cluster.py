@@ -369,7 +369,10 @@ def explain_all(client, analyses, *, progress: bool = True, block_windows=None,
     -------
     list of Explanation
         In the order of ``analyses``; bit for bit :func:`preddiff.prediction_difference`'s
-        results with the same arguments and classifier.
+        results with the same arguments and classifier. Timings: ``total`` is the client's
+        wall time of the whole run (all images together, plus earlier runs resumed);
+        ``classifier`` and ``sampler`` are summed over the workers (worker-seconds, so
+        ``outside`` = total − classifier can be negative).
 
     Raises
     ------
