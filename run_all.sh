@@ -15,6 +15,9 @@
 #              computations whose parameters match (defaults: --force at smoke scale, so that
 #              a check tests the current code; --reuse-cache at paper scale: hours of work)
 #   --figures fig1,fig3       run a subset
+#   --workers N | --scheduler ADDRESS   compute the explanations on a Dask cluster: a local one
+#              of N worker processes, or a running one (needs pip install -e ".[cluster]");
+#              the numbers are those of a run in one process
 #
 # Creates .venv (python3 -m venv; pip install -e .) unless a working one is already there.
 # Figures go to figures/<scale>/figN.{png,pdf,json}; computations are cached in
@@ -36,6 +39,7 @@ trap 'echo "run_all.sh: interrupted" >&2; exit 130' INT
 scale=paper
 mode=--check
 extra=()
+cluster=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --smoke) scale=smoke ;;
@@ -49,7 +53,13 @@ while [ $# -gt 0 ]; do
                 exit 64
             fi
             extra+=(--figures "$2"); shift ;;
-        -h|--help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --workers|--scheduler)
+            if [ $# -lt 2 ] || [ -z "$2" ]; then
+                echo "run_all.sh: $1 needs a value, e.g. --workers 2 or --scheduler tcp://HOST:8786" >&2
+                exit 64
+            fi
+            cluster+=("$1" "$2"); shift ;;
+        -h|--help) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "run_all.sh: unknown option $1 (try --help)" >&2; exit 64 ;;
     esac
     shift
@@ -70,16 +80,21 @@ then
     echo "== installing preddiff into .venv (pip install -e .)"
     python -m pip install --quiet -e .
 fi
+if [ ${#cluster[@]} -gt 0 ] && ! python -c "import distributed" 2>/dev/null; then
+    echo "== installing the cluster extra into .venv (pip install -e \".[cluster]\")"
+    python -m pip install --quiet -e ".[cluster]"
+fi
 
 start=$(date +%s)
 status=0
-python -m reproduce.check --scale "$scale" "$mode" ${extra[@]+"${extra[@]}"} || status=$?
+python -m reproduce.check --scale "$scale" "$mode" ${extra[@]+"${extra[@]}"} \
+    ${cluster[@]+"${cluster[@]}"} || status=$?
 # Quantitative evaluation (deletion/insertion curves, randomisation check) on the real LeNet
 # digits, and on the zoo nets whose weights are present. Skipped when the figures stopped at
 # the fetch (status 2) or crashed.
 if [ "$status" -eq 0 ] || [ "$status" -eq 3 ]; then
     echo "== quantitative evaluation (reproduce/evaluation.py, ${scale} scale)"
-    eval_args=(--scale "$scale" --no-progress)
+    eval_args=(--scale "$scale" --no-progress ${cluster[@]+"${cluster[@]}"})
     [ "$scale" = smoke ] && eval_args+=(--force)
     python -m reproduce.evaluation "${eval_args[@]}" || status=1
 fi

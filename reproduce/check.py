@@ -4,6 +4,7 @@ Usage::
 
     python -m reproduce.check [--scale paper|smoke] [--check | --record]
                               [--figures fig1,fig3] [--no-run] [--prepare-only]
+                              [--workers N | --scheduler ADDRESS]
 
 * ``--check`` (default) compares each figure's result (``figures/cache/<scale>/figN_result.npz``)
   with ``figures/reference/<scale>/figN.npz``: PASS when the parameters and seeds are the
@@ -130,7 +131,29 @@ def main(argv: list[str] | None = None) -> int:
     cache.add_argument("--reuse-cache", dest="force", action="store_false",
                        help="reuse cached computations with the same parameters (default at "
                        "paper scale, where they take hours; the table says how many)")
+    cluster = parser.add_mutually_exclusive_group()
+    cluster.add_argument("--workers", type=int, default=None, metavar="N",
+                         help="compute the explanations on a local Dask cluster of N worker "
+                         "processes, shared by all figures (needs preddiff[cluster])")
+    cluster.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                         help="compute the explanations on a running Dask cluster")
     args = parser.parse_args(argv)
+    if args.workers is not None or args.scheduler is not None:
+        from preddiff.cluster import connect
+        from preddiff.errors import PredDiffError
+
+        try:
+            with connect(workers=args.workers, scheduler=args.scheduler) as client:
+                address = client.scheduler.address
+                print(f"== explanations on the Dask cluster at {address}", flush=True)
+                return _main(parser, args, ["--scheduler", address])
+        except PredDiffError as exc:  # no Dask, or no cluster: one line
+            print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+            return EXIT_FAIL
+    return _main(parser, args, [])
+
+
+def _main(parser, args, cluster: list[str]) -> int:
     mode = args.mode or "check"
     figures = [f.strip() for f in args.figures.split(",") if f.strip()]
     unknown = sorted(set(figures) - set(paths.FIGURE_NAMES))
@@ -144,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.prepare_only:
         return EXIT_OK
 
-    extra = [] if sys.stderr.isatty() else ["--no-progress"]
+    extra = ([] if sys.stderr.isatty() else ["--no-progress"]) + cluster
     force = args.force if args.force is not None else args.scale == "smoke"
     if force and not args.no_run:
         cleared = clear_cache(args.scale)

@@ -106,6 +106,13 @@ def build_parser(figure: str, description: str, config: Mapping[str, Mapping]) -
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help=f"root of the cache folders (default {paths.CACHE})")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    cluster = parser.add_mutually_exclusive_group()
+    cluster.add_argument("--workers", type=int, default=None, metavar="N",
+                         help="compute the explanations on a local Dask cluster of N worker "
+                         "processes (needs preddiff[cluster]); the results are those of a run "
+                         "in one process")
+    cluster.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                         help="the same on a running Dask cluster, e.g. tcp://HOST:8786")
     return parser
 
 
@@ -180,6 +187,30 @@ class Run:
     timings: dict = dataclasses.field(default_factory=dict)
     computed: list = dataclasses.field(default_factory=list)
     reused: list = dataclasses.field(default_factory=list)
+    workers: int | None = None
+    scheduler: str | None = None
+    _client: Any = None
+
+    @property
+    def on_cluster(self) -> bool:
+        return self.workers is not None or self.scheduler is not None
+
+    def client(self):
+        """The Dask client of ``--workers``/``--scheduler`` (started on first use, closed at
+        exit), or None for a run in this process."""
+        if not self.on_cluster:
+            return None
+        if self._client is None:
+            import atexit
+            import contextlib
+
+            from preddiff.cluster import connect
+
+            stack = contextlib.ExitStack()
+            self._client = stack.enter_context(connect(workers=self.workers,
+                                                       scheduler=self.scheduler))
+            atexit.register(stack.close)
+        return self._client
 
     @property
     def out_dir(self) -> Path:
@@ -219,7 +250,8 @@ def parse_args(figure: str, description: str, config: Mapping[str, Mapping],
         parser.error(str(exc))
     command = ["python", "-m", f"reproduce.{figure}"] + list(sys.argv[1:] if argv is None else argv)
     return Run(figure=figure, scale=args.scale, config=cfg, argv=command, force=args.force,
-               progress=not args.no_progress, out_root=args.out_dir, cache_root=args.cache_dir)
+               progress=not args.no_progress, out_root=args.out_dir, cache_root=args.cache_dir,
+               workers=args.workers, scheduler=args.scheduler)
 
 
 # --------------------------------------------------------------------------- files and cache
@@ -542,6 +574,14 @@ class Model:
         return {"source": self.source, "onnx_sha256": self.sha256,
                 "file": _relative(self.path)}
 
+    def recipe(self, blobs, batch_size: int, incremental: bool = False):
+        """The :class:`preddiff.cluster.ClassifierRecipe` of :meth:`classifier` (what a Dask
+        worker builds)."""
+        from preddiff.cluster import ClassifierRecipe
+
+        return ClassifierRecipe.for_file(self.path, list(blobs), batch_size,
+                                         incremental=incremental)
+
     def classifier(self, blobs, batch_size: int, incremental: bool = False):
         """A callable (N, C, H, W) float32 → {blob: array} returning ``blobs``.
 
@@ -860,13 +900,23 @@ def explain(run: Run, model: Model, image: Input, *, sampler: str, window: int,
         if run.force:  # recompute means from scratch, not from an interrupted run's windows
             checkpoint.unlink(missing_ok=True)
         start = time.perf_counter()
-        result = prediction_difference(
-            image.x, clf, smp, window=int(window), stride=int(cfg["stride"]),
-            num_samples=num_samples, blobs=blobs, batch_size=int(cfg["batch_size"]),
-            rng=seeds(cfg)["explanation"], laplace_n=int(cfg.get("laplace_n", 100000)),
+        engine = dict(window=int(window), stride=int(cfg["stride"]), num_samples=num_samples,
+                      blobs=blobs, batch_size=int(cfg["batch_size"]),
+                      rng=seeds(cfg)["explanation"],
+                      laplace_n=int(cfg.get("laplace_n", 100000)),
+                      edges=cfg.get("edges", "cover"))
+        if run.on_cluster:  # blocks of windows on the cluster, same numbers
+            from preddiff import cluster
+
+            recipe = model.recipe(blobs, int(cfg["batch_size"]),
+                                  incremental=type(clf).__name__ == "IncrementalClassifier")
+            result = cluster.prediction_difference(
+                image.x, recipe, smp, client=run.client(), name=f"{model.name}/{image.name}",
+                checkpoint=checkpoint, progress=run.progress, classifier=clf, **engine)
+        else:
             # hours per image at paper scale: a crash resumes where it stopped
-            checkpoint=checkpoint, edges=cfg.get("edges", "cover"),
-            progress=run.progress)
+            result = prediction_difference(image.x, clf, smp, checkpoint=checkpoint,
+                                           progress=run.progress, **engine)
         out = {"seconds": np.float64(time.perf_counter() - start),
                "num_samples": np.int64(num_samples)}
         from preddiff.compat import round_relevance

@@ -73,7 +73,7 @@ def compute_lenet(run: common.Run):
                    negative_fraction=float(cfg["negative_fraction"]),
                    randomise=bool(cfg["randomise"]), num_patches=int(cfg["num_patches"]),
                    colour=cfg["colour"], grey=0.0, seed=int(cfg["seed"]),
-                   batch_size=int(cfg["batch_size"]), progress=run.progress,
+                   batch_size=int(cfg["batch_size"]), progress=run.progress, client=run.client(),
                    per_image=_per_image_cache(run, "lenet", params),
                    describe_model=f"{model.source} (real weights); digits 0–{n - 1} of the "
                    f"bundled UCI set, pool = digits {POOL_START}–1796")
@@ -106,6 +106,7 @@ def compute_zoo(run: common.Run, name: str):
                    mean_value=0.0,  # the training-set mean, which the preprocessing subtracts
                    seed=int(cfg["seed"]), batch_size=int(cfg["zoo_batch_size"]),
                    progress=run.progress, per_image=_per_image_cache(run, name, params),
+                   client=run.client(),
                    describe_model=f"{name} ({model.source}); images "
                    f"{', '.join(i.name for i in inputs)}")
 

@@ -48,6 +48,15 @@ same result whatever ``batch_size`` — bit for bit when the classifier's output
 does not depend on the other images of its batch (true of NumPy code written row by row; an
 optimised library may differ in the last bits between batch sizes) — and a resumed run gives
 bit for bit the result of an uninterrupted one with the same batch size.
+
+Pieces for other schedulers
+---------------------------
+:func:`prediction_difference` is :func:`prepare` (checks, seed), :func:`clean_outputs` (the
+unperturbed image), :func:`window_values` / :class:`WindowEvaluator` (the per-window values of
+any range of windows, evaluated in batches on the fixed grid: a pure function of its
+arguments), and :func:`assemble` (the per-pixel average, once, in the window order).
+:mod:`preddiff.cluster` runs blocks of windows on a Dask cluster with them and gets the
+single-process result bit for bit.
 """
 from __future__ import annotations
 
@@ -71,7 +80,9 @@ from .errors import InvalidArgument, PredDiffError
 from .samplers import WindowStreams, resolve_seed
 from .windows import check_edges, coverage_counts, window_positions, window_shape, window_sum
 
-__all__ = ["prediction_difference", "Explanation", "NonFiniteOutput", "weight_of_evidence"]
+__all__ = ["prediction_difference", "Explanation", "NonFiniteOutput", "weight_of_evidence",
+           "AnalysisSetup", "prepare", "clean_outputs", "window_values", "WindowEvaluator",
+           "assemble"]
 
 DEFAULT_BATCH_SIZE = 256
 
@@ -441,6 +452,224 @@ def _check_finite(outputs: dict, blobs, where: str) -> None:
 # the engine
 
 
+@dataclass(frozen=True)
+class AnalysisSetup:
+    """The checked arguments of one analysis: everything a window's value depends on besides
+    the classifier and the sampler objects (see :func:`prepare`).
+
+    Attributes
+    ----------
+    x : ndarray of float32, shape (C, H, W)
+    window : (int, int)
+    stride : int
+    positions : ndarray of int64, shape (n_windows, 2)
+        Top-left corners of the windows, in the fixed order of the window indices.
+    num_samples, batch_size : int
+    blobs, probability_blobs : tuple of str
+    laplace_n : float
+    seed : int
+    sampler : dict
+        The sampler's description.
+    edges : {"cover", "drop"}
+        Whether windows aligned to the last row/column were added
+        (:func:`preddiff.windows.window_grid`).
+    """
+
+    x: np.ndarray
+    window: tuple
+    stride: int
+    positions: np.ndarray
+    num_samples: int
+    batch_size: int
+    blobs: tuple
+    probability_blobs: tuple
+    laplace_n: float
+    seed: int
+    sampler: dict
+    edges: str = "cover"
+
+    @property
+    def n_windows(self) -> int:
+        return len(self.positions)
+
+    @property
+    def windows_per_batch(self) -> int:
+        """Windows per classifier call; batches lie on a fixed grid of window indices."""
+        return max(1, self.batch_size // self.num_samples)
+
+
+def prepare(x, sampler, *, window, stride=1, num_samples, blobs=("prob",),
+            probability_blobs=None, batch_size=DEFAULT_BATCH_SIZE, rng,
+            laplace_n=100000, edges="cover") -> AnalysisSetup:
+    """Check the arguments of :func:`prediction_difference` (same meaning) and resolve the seed.
+
+    Returns
+    -------
+    AnalysisSetup
+    """
+    x = _check_image(x)
+    kh, kw = window_shape(window)
+    edges = check_edges(edges)
+    positions = window_positions(x.shape[1:], (kh, kw), stride, edges=edges)
+    num_samples = _check_positive(num_samples, "num_samples")
+    batch_size = _check_positive(batch_size, "batch_size")
+    blobs, probability = _check_blobs(blobs, probability_blobs)
+    if not isinstance(laplace_n, numbers.Real) or isinstance(laplace_n, bool) or laplace_n < 0:
+        raise InvalidArgument(f"laplace_n must be a number >= 0, got {laplace_n!r}")
+    return AnalysisSetup(x=x, window=(kh, kw), stride=int(stride), positions=positions,
+                         num_samples=num_samples, batch_size=batch_size, blobs=blobs,
+                         probability_blobs=probability, laplace_n=laplace_n,
+                         seed=resolve_seed(rng), sampler=_describe_sampler(sampler),
+                         edges=edges)
+
+
+def clean_outputs(setup: AnalysisSetup, classifier) -> tuple[dict, float]:
+    """The requested blobs on the unperturbed image, and the seconds the call took.
+
+    Returns
+    -------
+    clean : dict of str to ndarray of float64
+        One row per blob (batch dimension dropped).
+    seconds : float
+    """
+    tic = time.perf_counter()
+    outputs = _evaluate(classifier, setup.x[None])
+    seconds = time.perf_counter() - tic
+    missing = [b for b in setup.blobs if b not in outputs]
+    if missing:
+        raise InvalidArgument(
+            f"unknown blob {', '.join(map(repr, missing))}; the classifier returns "
+            f"{', '.join(map(repr, outputs)) or 'nothing'}")
+    _check_blob_arrays(outputs, setup.blobs, 1, None, "on the unperturbed image")
+    _check_finite(outputs, setup.blobs, "on the unperturbed image")
+    return {b: np.asarray(outputs[b], dtype=np.float64)[0] for b in setup.blobs}, seconds
+
+
+def reducers(setup: AnalysisSetup, clean: dict) -> dict:
+    """The per-window reduction of each blob (weight of evidence or activation difference);
+    raises :class:`InvalidArgument` for a probability blob that is not a probability."""
+    return {b: _BlobReducer(b, clean[b], b in setup.probability_blobs, setup.laplace_n)
+            for b in setup.blobs}
+
+
+def checkpoint_fingerprint(setup: AnalysisSetup, classifier) -> dict:
+    """What a checkpoint of this analysis must match to be resumed (see
+    :mod:`preddiff.checkpoint`)."""
+    return {
+        "x_sha1": hashlib.sha1(setup.x.tobytes()).hexdigest(), "x_shape": list(setup.x.shape),
+        "window": list(setup.window), "stride": setup.stride,
+        "num_samples": setup.num_samples, "blobs": list(setup.blobs),
+        "probability_blobs": list(setup.probability_blobs), "laplace_n": setup.laplace_n,
+        "seed": setup.seed, "sampler": setup.sampler,
+        "classifier": _classifier_type(classifier), "n_windows": setup.n_windows,
+        # only when edge windows were added: regular-grid runs keep their fingerprint
+        **({"edges": setup.edges} if setup.n_windows != len(window_positions(
+            setup.x.shape[1:], setup.window, setup.stride, edges="drop")) else {}),
+    }
+
+
+class WindowEvaluator:
+    """Per-window prediction differences of any range of windows of one analysis.
+
+    A window's value depends only on the setup, the classifier's outputs for the batch it is
+    evaluated in and its own random stream, and :meth:`__call__` evaluates windows in batches
+    on the fixed grid of window indices (multiples of ``setup.windows_per_batch``). So any
+    split of the windows into ranges, evaluated anywhere and in any order, gives bit for bit
+    the values of one pass over all windows (with the same classifier, when its output for an
+    image does not depend on the process it runs in).
+
+    Parameters
+    ----------
+    setup : AnalysisSetup
+    classifier, sampler
+        As in :func:`prediction_difference`.
+    clean : dict of str to ndarray
+        :func:`clean_outputs` of the setup.
+    """
+
+    def __init__(self, setup: AnalysisSetup, classifier, sampler, clean: dict):
+        self.setup, self.sampler = setup, sampler
+        self.reducers = reducers(setup, clean)
+        self.per_image = {b: np.shape(clean[b]) for b in setup.blobs}
+        self.runner = _BatchRunner(setup.x, classifier, sampler, setup.window,
+                                   setup.num_samples, setup.windows_per_batch, setup.seed)
+
+    def batches(self, start: int, stop: int):
+        """The grid-aligned batches ``(a, b)`` that cover windows ``start … stop − 1``."""
+        wpb = self.setup.windows_per_batch
+        while start < stop:
+            end = min(stop, (start // wpb + 1) * wpb)
+            yield start, end
+            start = end
+
+    def __call__(self, start: int, stop: int, timings: dict | None = None) -> dict:
+        """Values of windows ``start … stop − 1``.
+
+        Returns
+        -------
+        dict of str to ndarray of float64, shape (stop − start, units)
+            Weight of evidence (eq. 4–5) or activation difference (eq. 9) per window and unit.
+        """
+        setup = self.setup
+        timings = {"classifier": 0.0, "sampler": 0.0} if timings is None else timings
+        values = {b: np.empty((stop - start, r.units)) for b, r in self.reducers.items()}
+        for a, b in self.batches(start, stop):
+            outputs = self.runner(setup.positions, a, b, timings)
+            missing = [blob for blob in setup.blobs if blob not in outputs]
+            if missing:
+                raise InvalidArgument(f"the classifier did not return blob(s) {missing}")
+            wpb, positions = setup.windows_per_batch, setup.positions
+            where = (f"in batch {a // wpb} (windows {a}–{b - 1}, top-left "
+                     f"{tuple(positions[a].tolist())} to {tuple(positions[b - 1].tolist())})")
+            _check_blob_arrays(outputs, setup.blobs, (b - a) * setup.num_samples,
+                               self.per_image, where)
+            _check_finite(outputs, setup.blobs, where)
+            for blob, reduce in self.reducers.items():
+                values[blob][a - start:b - start] = reduce(outputs[blob], b - a,
+                                                           setup.num_samples)
+        return values
+
+
+def window_values(setup: AnalysisSetup, classifier, sampler, clean: dict, start: int,
+                  stop: int, timings: dict | None = None) -> dict:
+    """Per-window prediction differences of windows ``start … stop − 1`` (a pure function of
+    its arguments; see :class:`WindowEvaluator`).
+
+    Returns
+    -------
+    dict of str to ndarray of float64, shape (stop − start, units)
+    """
+    if not 0 <= start <= stop <= setup.n_windows:
+        raise InvalidArgument(f"window range {start}–{stop} outside 0–{setup.n_windows}")
+    return WindowEvaluator(setup, classifier, sampler, clean)(start, stop, timings)
+
+
+def assemble(setup: AnalysisSetup, clean: dict, values: dict, timings: dict) -> Explanation:
+    """The :class:`Explanation` from every window's value: the per-pixel average over the
+    covering windows (§3.2), computed once in the fixed window order.
+
+    Parameters
+    ----------
+    values : dict of str to ndarray, shape (n_windows, units)
+    timings : dict
+        ``total``, ``classifier`` and ``sampler`` seconds; ``outside`` and
+        ``outside_fraction`` are added.
+    """
+    image_shape = setup.x.shape[1:]
+    counts = coverage_counts(image_shape, setup.window, setup.stride, edges=setup.edges)
+    relevance = {b: _relevance(values[b], counts, image_shape, setup.window, setup.stride,
+                               setup.edges)
+                 for b in setup.blobs}
+    timings["outside"] = timings["total"] - timings["classifier"]
+    timings["outside_fraction"] = timings["outside"] / max(timings["total"], 1e-12)
+    return Explanation(
+        relevance=relevance, clean=clean, counts=counts, x=setup.x, window=setup.window,
+        stride=setup.stride, num_samples=setup.num_samples, blobs=setup.blobs,
+        probability_blobs=setup.probability_blobs, laplace_n=setup.laplace_n,
+        seed=setup.seed, sampler=setup.sampler, batch_size=setup.batch_size, timings=timings,
+        edges=setup.edges)
+
+
 def prediction_difference(x, classifier, sampler, *, window, stride=1, num_samples,
                           blobs=("prob",), probability_blobs=None,
                           batch_size=DEFAULT_BATCH_SIZE, rng, laplace_n=100000,
@@ -527,75 +756,32 @@ def prediction_difference(x, classifier, sampler, *, window, stride=1, num_sampl
     (10, 28, 28)
     """
     started = time.perf_counter()
-    x = _check_image(x)
-    kh, kw = window_shape(window)
-    edges = check_edges(edges)
-    positions = window_positions(x.shape[1:], (kh, kw), stride, edges=edges)
-    stride = int(stride)
-    num_samples = _check_positive(num_samples, "num_samples")
-    batch_size = _check_positive(batch_size, "batch_size")
-    blobs, probability = _check_blobs(blobs, probability_blobs)
-    if not isinstance(laplace_n, numbers.Real) or isinstance(laplace_n, bool) or laplace_n < 0:
-        raise InvalidArgument(f"laplace_n must be a number >= 0, got {laplace_n!r}")
-    seed = resolve_seed(rng)
+    setup = prepare(x, sampler, window=window, stride=stride, num_samples=num_samples,
+                    blobs=blobs, probability_blobs=probability_blobs, batch_size=batch_size,
+                    rng=rng, laplace_n=laplace_n, edges=edges)
     _check_classifier(classifier)
-    sampler_desc = _describe_sampler(sampler)
-    n_windows = len(positions)
+    n_windows = setup.n_windows
+    clean, clean_seconds = clean_outputs(setup, classifier)
+    evaluate = WindowEvaluator(setup, classifier, sampler, clean)
 
-    # the unperturbed image
-    tic = time.perf_counter()
-    outputs = _evaluate(classifier, x[None])
-    clean_seconds = time.perf_counter() - tic
-    missing = [b for b in blobs if b not in outputs]
-    if missing:
-        raise InvalidArgument(
-            f"unknown blob {', '.join(map(repr, missing))}; the classifier returns "
-            f"{', '.join(map(repr, outputs)) or 'nothing'}")
-    _check_blob_arrays(outputs, blobs, 1, None, "on the unperturbed image")
-    _check_finite(outputs, blobs, "on the unperturbed image")
-    clean = {b: np.asarray(outputs[b], dtype=np.float64)[0] for b in blobs}
-    per_image = {b: clean[b].shape for b in blobs}
-    reducers = {b: _BlobReducer(b, clean[b], b in probability, laplace_n) for b in blobs}
-
-    values = {b: np.zeros((n_windows, reducers[b].units)) for b in blobs}
+    values = {b: np.zeros((n_windows, r.units)) for b, r in evaluate.reducers.items()}
     timings = {"classifier": 0.0, "sampler": 0.0, "total": 0.0}
     done, store = 0, None
     if checkpoint is not None:
-        fingerprint = {
-            "x_sha1": hashlib.sha1(x.tobytes()).hexdigest(), "x_shape": list(x.shape),
-            "window": [kh, kw], "stride": stride, "num_samples": num_samples,
-            "blobs": list(blobs), "probability_blobs": list(probability),
-            "laplace_n": laplace_n, "seed": seed, "sampler": sampler_desc,
-            "classifier": _classifier_type(classifier), "n_windows": n_windows,
-        }
-        if n_windows != len(window_positions(x.shape[1:], (kh, kw), stride, edges="drop")):
-            # only when edge windows were added: regular-grid runs keep their fingerprint
-            fingerprint["edges"] = edges
-        store = Checkpoint(checkpoint, fingerprint, clean, checkpoint_interval)
+        store = Checkpoint(checkpoint, checkpoint_fingerprint(setup, classifier), clean,
+                           checkpoint_interval)
         done = _resume(store, values, timings)
     previous_total = timings["total"]
     timings["classifier"] += clean_seconds
 
-    windows_per_batch = max(1, batch_size // num_samples)
-    run = _BatchRunner(x, classifier, sampler, (kh, kw), num_samples, windows_per_batch, seed)
     bar = _progress_bar(n_windows, done, progress)
     try:
-        start = done
-        while start < n_windows:
-            # batches on a fixed grid of window indices: a resumed run sees the same batches
-            stop = min(n_windows, (start // windows_per_batch + 1) * windows_per_batch)
-            outputs = run(positions, start, stop, timings)
-            missing = [b for b in blobs if b not in outputs]
-            if missing:
-                raise InvalidArgument(f"the classifier did not return blob(s) {missing}")
-            where = (f"in batch {start // windows_per_batch} (windows {start}–{stop - 1}, "
-                     f"top-left {tuple(positions[start].tolist())} to "
-                     f"{tuple(positions[stop - 1].tolist())})")
-            _check_blob_arrays(outputs, blobs, (stop - start) * num_samples, per_image, where)
-            _check_finite(outputs, blobs, where)
-            for b in blobs:
-                values[b][start:stop] = reducers[b](outputs[b], stop - start, num_samples)
-            done = start = stop
+        # batches on a fixed grid of window indices: a resumed run sees the same batches
+        for start, stop in evaluate.batches(done, n_windows):
+            block = evaluate(start, stop, timings)
+            for b in setup.blobs:
+                values[b][start:stop] = block[b]
+            done = stop
             bar.update(stop - bar.n)
             if store is not None and store.due():
                 timings["total"] = previous_total + time.perf_counter() - started
@@ -612,22 +798,14 @@ def prediction_difference(x, classifier, sampler, *, window, stride=1, num_sampl
     finally:
         bar.close()
 
-    counts = coverage_counts(x.shape[1:], (kh, kw), stride, edges=edges)
-    relevance = {b: _relevance(values[b], counts, x.shape[1:], (kh, kw), stride, edges)
-                 for b in blobs}
     timings["total"] = previous_total + time.perf_counter() - started
-    timings["outside"] = timings["total"] - timings["classifier"]
-    timings["outside_fraction"] = timings["outside"] / max(timings["total"], 1e-12)
+    explanation = assemble(setup, clean, values, timings)
     if store is not None:
         if keep_checkpoint:
             store.save(done, values, timings)
         else:
             store.remove()
-    return Explanation(
-        relevance=relevance, clean=clean, counts=counts, x=x, window=(kh, kw), stride=stride,
-        num_samples=num_samples, blobs=blobs, probability_blobs=probability,
-        laplace_n=laplace_n, seed=seed, sampler=sampler_desc, batch_size=batch_size,
-        timings=timings, edges=edges)
+    return explanation
 
 
 @contextlib.contextmanager

@@ -50,6 +50,49 @@ def _cuda_device_count() -> int:
     return 0
 
 
+_PRELOAD_NOTE = None
+
+
+def preload_cuda_libraries() -> str:
+    """Load the CUDA and cuDNN libraries of the ``nvidia-*`` pip packages (the
+    ``preddiff[gpu]`` extra: ``onnxruntime-gpu[cuda,cudnn]``) with
+    ``onnxruntime.preload_dlls()`` (onnxruntime ≥ 1.21), once per process, so that a machine
+    with only the NVIDIA driver runs on CUDA. Done only when the driver reports a device.
+
+    Returns
+    -------
+    str
+        One line saying what happened (``preddiff doctor`` prints it).
+    """
+    global _PRELOAD_NOTE
+    if _PRELOAD_NOTE is None:
+        import contextlib
+        import io
+
+        import onnxruntime as ort
+
+        if _CUDA not in ort.get_available_providers():
+            _PRELOAD_NOTE = "not needed: this onnxruntime build has no CUDA provider"
+        elif _cuda_device_count() == 0:
+            _PRELOAD_NOTE = "not done: the NVIDIA driver reports no CUDA device"
+        elif not hasattr(ort, "preload_dlls"):
+            _PRELOAD_NOTE = (f"not available in onnxruntime {ort.__version__} (1.21 or newer "
+                             "has it): the CUDA and cuDNN libraries must be on the loader path")
+        else:
+            printed = io.StringIO()  # it reports missing libraries with print()
+            try:
+                with contextlib.redirect_stdout(printed):
+                    ort.preload_dlls()
+            except Exception as exc:  # noqa: BLE001 - a failure is reported, never fatal
+                printed.write(f"{type(exc).__name__}: {exc}")
+            failed = [line for line in printed.getvalue().splitlines() if "Failed" in line
+                      or "rror" in line]
+            _PRELOAD_NOTE = ("done" if not failed else
+                             "incomplete: " + "; ".join(failed[:3]))
+        log.info("onnxruntime.preload_dlls: %s", _PRELOAD_NOTE)
+    return _PRELOAD_NOTE
+
+
 def _load_model(model, name: str | None = None):
     """``(onnx.ModelProto, name for messages)`` of a model or a model file.
 
@@ -251,6 +294,7 @@ class OnnxClassifier:
         if _cuda_device_count() == 0:
             log.log(level, "no CUDA device found; using the CPU")
             return None
+        preload_cuda_libraries()
         ort.set_default_logger_severity(4)  # its own errors would duplicate our one warning
         try:
             try:

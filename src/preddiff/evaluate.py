@@ -908,6 +908,10 @@ class ModelView:
         self._classifier = None
         self._graph = None
 
+    def __getstate__(self):
+        # sessions are rebuilt where the view is unpickled (a Dask worker), never shipped
+        return dict(self.__dict__, _classifier=None, _graph=None)
+
     @property
     def classifier(self):
         if self._classifier is None:
@@ -1246,6 +1250,33 @@ class Comparison:
         return out
 
 
+@dataclass
+class _ImageContext:
+    """Everything :func:`evaluate_image` needs besides the image's index (shipped once to
+    each Dask worker, where its models' sessions are then built once)."""
+
+    images: np.ndarray
+    image_ids: list
+    view: ModelView
+    methods: list
+    fills: dict
+    stages: list
+    kwargs: dict
+
+
+def _evaluate_indexed(context: _ImageContext, i: int) -> dict:
+    return evaluate_image(context.images[i], context.image_ids[i], context.view,
+                          context.methods, context.fills, stages=context.stages,
+                          **context.kwargs)
+
+
+def _evaluate_remote(context: _ImageContext, i: int) -> tuple[dict, list]:
+    """:func:`_evaluate_indexed` on a worker, with the providers its networks ran on."""
+    arrays = _evaluate_indexed(context, i)
+    views = [context.view] + [v for _, v in context.stages]
+    return arrays, [v.provider for v in views if v.provider is not None]
+
+
 def compare(images, image_ids: Sequence[int], model, pool, *, window: int = 4,
             padding: int = 2, num_samples: int = 10, stride: int = 1,
             fills: Sequence[str] = FILLS, step: float = 0.05, num_draws: int = 3,
@@ -1253,7 +1284,8 @@ def compare(images, image_ids: Sequence[int], model, pool, *, window: int = 4,
             num_patches: int = 5000, colour: str = "per-channel", grey=0.0,
             mean_value=None, seed: int = 0,
             batch_size: int = 256, device: str = "auto", progress: bool = True,
-            per_image: Callable | None = None, describe_model: str = "") -> Comparison:
+            per_image: Callable | None = None, describe_model: str = "",
+            client=None) -> Comparison:
     """Compare the five explanations (:func:`standard_methods`) on ``images``.
 
     Parameters
@@ -1290,6 +1322,9 @@ def compare(images, image_ids: Sequence[int], model, pool, *, window: int = 4,
     per_image : callable, optional
         ``per_image(image_id, compute) -> arrays``: wraps each image's computation (e.g. a
         cache, so that an interrupted run resumes); default calls ``compute()``.
+    client : distributed.Client, optional
+        Evaluate the images on this Dask cluster (:func:`preddiff.cluster.map_images`), one
+        task per image; the numbers are those of a run in one process.
     """
     import time
 
@@ -1317,19 +1352,33 @@ def compare(images, image_ids: Sequence[int], model, pool, *, window: int = 4,
     stage_views = [(name, ModelView(m, output=view.output, batch_size=batch_size,
                                     device=device)) for name, m in chosen]
 
-    def run_one(i):
-        def compute():
-            return evaluate_image(images[i], image_ids[i], view, methods, fill_objects,
-                                  stages=stage_views, seed=seed, step=step,
-                                  negative_fraction=negative_fraction, num_draws=num_draws)
-        return compute
+    context = _ImageContext(images, list(image_ids), view, methods, fill_objects,
+                            stage_views, dict(seed=seed, step=step,
+                                              negative_fraction=negative_fraction,
+                                              num_draws=num_draws))
+    remote_providers = set()
+    if client is not None:
+        from .cluster import map_images
 
-    from tqdm.auto import tqdm
+        def per_remote(image_id, compute):
+            def unpack():
+                arrays, used = compute()
+                remote_providers.update(used)
+                return arrays
+            return per_image(image_id, unpack) if per_image else unpack()
 
-    results = []
-    for i in tqdm(range(len(images)), desc="evaluate", unit="image", disable=not progress):
-        compute = run_one(i)
-        results.append(dict(per_image(int(image_ids[i]), compute) if per_image else compute()))
+        results = map_images(client, _evaluate_remote, context, list(range(len(images))),
+                             [int(i) for i in image_ids], per_image=per_remote,
+                             progress=progress, desc="evaluate")
+    else:
+        from tqdm.auto import tqdm
+
+        results = []
+        for i in tqdm(range(len(images)), desc="evaluate", unit="image", disable=not progress):
+            def compute(i=i):
+                return _evaluate_indexed(context, i)
+            results.append(dict(per_image(int(image_ids[i]), compute) if per_image
+                                else compute()))
     stage_names = [name for name, _ in chosen]
     rows = summarise(results, methods, list(fills), stage_names,
                      negative_fraction=negative_fraction)
@@ -1350,7 +1399,7 @@ def compare(images, image_ids: Sequence[int], model, pool, *, window: int = 4,
         "seed": seed,
     }
     providers = sorted({v.provider for v in [view] + [sv for _, sv in stage_views]
-                        if v.provider is not None})
+                        if v.provider is not None} | remote_providers)
     return Comparison(results, [int(i) for i in image_ids], methods,
                       {k: v.describe() for k, v in fill_objects.items()}, stage_names, rows,
                       settings, time.perf_counter() - started, providers)

@@ -287,9 +287,11 @@ def _cuda_usable() -> bool:
         import onnxruntime as ort
 
         from .classifier import _cuda_device_count  # asks the driver, not onnxruntime
+        from .classifier import preload_cuda_libraries
 
         _CUDA_OK = False
         if "CUDAExecutionProvider" in ort.get_available_providers() and _cuda_device_count():
+            preload_cuda_libraries()
             so = ort.SessionOptions()
             so.log_severity_level = 4
             try:

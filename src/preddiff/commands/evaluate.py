@@ -54,6 +54,9 @@ def register(subparsers) -> None:
     p.add_argument("--out", type=Path, default=Path("evaluation"),
                    help="output folder (default ./evaluation)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from ..cluster import add_arguments as add_cluster_arguments
+
+    add_cluster_arguments(p)  # --workers N | --scheduler ADDRESS: one task per digit
     p.set_defaults(func=run)
 
 
@@ -143,13 +146,21 @@ def run(args: argparse.Namespace) -> int:
     settings = {k: getattr(args, k) for k in ("window", "padding", "samples", "stride", "step",
                                               "draws", "seed", "no_randomisation")}
     settings["fills"], settings["model_sha1"] = list(fills), zoo.manifest("lenet").sha1
+    from contextlib import nullcontext
+
+    from .. import cluster
+
     started = time.perf_counter()
-    result = compare(images, ids, model, pool, window=args.window, padding=args.padding,
-                     num_samples=args.samples, stride=args.stride, fills=fills, step=args.step,
-                     num_draws=args.draws, randomise=not args.no_randomisation,
-                     seed=args.seed, batch_size=args.batch_size, grey=0.0,
-                     progress=not args.no_progress, per_image=_resumable(out, settings),
-                     describe_model="Caffe LeNet (bundled weights) on the bundled UCI digits")
+    with (cluster.connect(workers=args.workers, scheduler=args.scheduler)
+          if cluster.wanted(args) else nullcontext()) as client:
+        result = compare(images, ids, model, pool, window=args.window, padding=args.padding,
+                         num_samples=args.samples, stride=args.stride, fills=fills,
+                         step=args.step, num_draws=args.draws,
+                         randomise=not args.no_randomisation, seed=args.seed,
+                         batch_size=args.batch_size, grey=0.0, progress=not args.no_progress,
+                         per_image=_resumable(out, settings),
+                         describe_model="Caffe LeNet (bundled weights) on the bundled UCI "
+                         "digits", client=client)
     seconds = time.perf_counter() - started
     command = _command(args, fills)
     ran = ", ".join(result.providers) or "no network run"

@@ -137,6 +137,9 @@ def register(subparsers) -> None:
     p.add_argument("--no-incremental", action="store_true",
                    help="evaluate full perturbed images (by default exact incremental inference "
                    "is used when the network allows it and its cost model predicts a gain)")
+    from ..cluster import add_arguments as add_cluster_arguments
+
+    add_cluster_arguments(p)  # --workers N | --scheduler ADDRESS (preddiff.cluster)
     p.set_defaults(func=_run_with_locks)
 
 
@@ -670,12 +673,56 @@ def _figure(model: _Model, explanation, top, names, stem: Path) -> Path:
     return plot.save_figure(fig, stem, formats=("png",))[0]
 
 
+def _prepare_image(args, model: _Model, spec: str, window: int, loaded=None):
+    """IMAGE argument → (name, x, pool, fitted sampler, output stem, checkpoint or None).
+
+    ``loaded``: the image as :func:`_read_inputs` read it, ``(name, x, exclude, source)``."""
+    from ..windows import window_grid
+
+    name, x, exclude, source = loaded or _load_input(spec, model)
+    window_grid(x.shape[1:], window, args.stride)  # a bad window fails before the fit
+    pool = _pool(args, model, exclude, source)
+    sampler = _sampler(args, pool, window)
+    stem = args.out / f"{name}_{model.name}"
+    checkpoint = None if args.no_checkpoint else stem.with_name(stem.name + ".ckpt.npz")
+    return name, x, pool, sampler, stem, checkpoint
+
+
+def _engine_kwargs(args, model: _Model, window: int) -> dict:
+    """The arguments of :func:`preddiff.prediction_difference` besides the image, the
+    classifier, the sampler and the checkpoint (shared with :mod:`preddiff.cluster`)."""
+    from ..compat import settings as compat_settings
+
+    incremental = bool(getattr(model.classifier, "incremental", False))
+    return dict(window=window, stride=args.stride, num_samples=args.samples,
+                blobs=(model.blob,),
+                probability_blobs=(model.blob,) if model.probability else (),
+                batch_size=_batch_size(args, incremental), rng=args.seed,
+                edges=compat_settings(getattr(args, "compat", "intended")).get("edges", "cover"))
+
+
+def _check_classes(args, model: _Model, x) -> list[int]:
+    """``--labels`` and ``--classes`` checked against the blob's units (one forward pass of
+    the first image, before any work); returns the unit indices of ``--classes``."""
+    from ..errors import InvalidArgument
+
+    if not (args.labels or args.classes):
+        return []
+    units = _count_units(model, x)
+    if args.labels and units != len(model.labels):
+        raise InvalidArgument(
+            f"--labels {args.labels}: {len(model.labels)} names, but blob {model.blob!r} has "
+            f"{units} units; give one name a line for each unit")
+    labelled = bool(model.labels) and len(model.labels) == units
+    return _parse_classes(args.classes, _unit_names(model, units), units, labelled) \
+        if args.classes else []
+
+
 def run(args: argparse.Namespace) -> int:
     """Explain each image; print the top classes and where the results went."""
     import numpy as np
 
-    from .. import __version__, prediction_difference
-    from ..compat import settings as compat_settings
+    from .. import __version__, cluster, prediction_difference
     from ..errors import InvalidArgument
     from ..windows import window_grid
 
@@ -695,38 +742,30 @@ def run(args: argparse.Namespace) -> int:
                               "inputs")
     _options_that_apply(args)
     model = _load_model(args)
-    classes = None  # unit indices of --classes, checked on the first image
     window = args.window if args.window is not None else (4 if model.input_shape[0] == 1 else 10)
     window_grid(model.input_shape[1:], window, args.stride)  # a bad window fails first
     note = _use_incremental(model, args, window)
-    incremental = bool(getattr(model.classifier, "incremental", False))
     args.out.mkdir(parents=True, exist_ok=True)
     jobs = _read_inputs(args.images, model)  # every image checked before any work
     args.claim = _claim_outputs(args.out, [f"{job[1]}_{model.name}" for job in jobs])
-    for spec, name, x, exclude, source in jobs:
+    loaded = {job[0]: tuple(job[1:]) for job in jobs}
+    classes = _check_classes(args, model, jobs[0][2])
+
+    def prepare_image(args, model, spec, window):
+        return _prepare_image(args, model, spec, window, loaded[spec])
+
+    prepared = {}
+    if cluster.wanted(args):  # every image on a Dask cluster; handed over as checkpoints
+        prepared = cluster.explain_images(args, model, window, prepare_image, _engine_kwargs)
+    for spec in loaded:
         started = time.perf_counter()
-        window_grid(x.shape[1:], window, args.stride)  # a bad window fails before the fit
-        if classes is None:
-            units = _count_units(model, x) if (args.labels or args.classes) else None
-            if args.labels and units != len(model.labels):
-                raise InvalidArgument(
-                    f"--labels {args.labels}: {len(model.labels)} names, but blob "
-                    f"{model.blob!r} has {units} units; give one name a line for each unit")
-            labelled = bool(model.labels) and len(model.labels) == units
-            classes = _parse_classes(args.classes, _unit_names(model, units or 0), units or 0,
-                                     labelled) if args.classes else []
-        pool = _pool(args, model, exclude, source)
-        sampler = _sampler(args, pool, window)
-        stem = args.out / f"{name}_{model.name}"
-        checkpoint = None if args.no_checkpoint else stem.with_name(stem.name + ".ckpt.npz")
-        resumed = _resumable(checkpoint)
+        name, x, pool, sampler, stem, checkpoint = (
+            prepared.get(spec) or prepare_image(args, model, spec, window))
+        resumed = not prepared and _resumable(checkpoint)
         explanation = prediction_difference(
-            x, model.classifier, sampler, window=window, stride=args.stride,
-            num_samples=args.samples, blobs=(model.blob,),
-            probability_blobs=(model.blob,) if model.probability else (),
-            batch_size=_batch_size(args, incremental), rng=args.seed, checkpoint=checkpoint,
-            keep_checkpoint=True, progress=not args.no_progress,
-            edges=compat_settings(args.compat).get("edges", "cover"))
+            x, model.classifier, sampler, **_engine_kwargs(args, model, window),
+            checkpoint=checkpoint, keep_checkpoint=True,
+            progress=not args.no_progress and not prepared)
         if resumed:
             _say_resumed(checkpoint)
         from ..compat import round_relevance
