@@ -511,8 +511,8 @@ def test_18_bench_json_folder_is_refused_before_the_benchmark(tmp_path, home):
 def test_18_resumed_run_without_progress_bar_says_so(tmp_path, home):
     out = tmp_path / "out"
     log = tmp_path / "stderr.txt"
-    argv = ["digits:3", "--window", "4", "--stride", "1", "--samples", "200", "--patches",
-            "2000", "--no-incremental", "--batch-size", "200", "--device", "cpu",
+    argv = ["digits:3", "--window", "4", "--stride", "2", "--samples", "150", "--patches",
+            "2000", "--no-incremental", "--batch-size", "150", "--device", "cpu",
             "--threads", "1", "--out", str(out)]
     environ = dict(os.environ, MPLBACKEND="Agg", PREDDIFF_HOME=str(home))
     with open(log, "w") as err:
