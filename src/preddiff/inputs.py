@@ -24,7 +24,7 @@ import numpy as np
 from .errors import InvalidArgument
 
 #: Pillow modes read as they are: gray, RGB, RGBA (uint8).
-_DIRECT = {"L": None, "RGB": None, "RGBA": None}
+_DIRECT = ("L", "RGB", "RGBA")
 #: Files Pillow cannot decode that are tried with scikit-image (float TIFFs via tifffile).
 SKIMAGE_SUFFIXES = (".tif", ".tiff")
 #: Images with more pixels than this are box-reduced before an anti-aliased resize.

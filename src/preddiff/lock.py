@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -71,6 +72,12 @@ class OutputLock:
                 raise OutputBusy(
                     f"{self.stem}.npz is being computed by another preddiff run ({holder}); "
                     "wait for it to finish, or use another --out") from None
+            except OSError as exc:  # a file system without locks (some network mounts)
+                os.close(fd)
+                self.path.unlink(missing_ok=True)
+                print(f"preddiff: warning: cannot lock {self.path} ({exc.strerror}): another "
+                      "run into the same output would not be detected", file=sys.stderr)
+                return self
             try:  # the holder may have removed the file between our open and flock: retry
                 same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
             except FileNotFoundError:
