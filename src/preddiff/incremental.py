@@ -1030,7 +1030,10 @@ class IncrementalClassifier:
                 region = _gather(padded, g0, h0, region_size)
                 _paste(region, src, sr + pt - g0, sc + pl - h0)
                 session = self._crop_session(i, region.shape[1])
-                out = region if session is None else session.run({step.inputs[0]: region})[0]
+                feeds = {step.inputs[0]: region}
+                feeds.update({t: self._recrop(t, crops[t], r0, c0, size)
+                              for t in step.inputs[1:]})  # a fused residual Add's operands
+                out = region if session is None else session.run(feeds)[0]
                 if plan.scales.get(i) is not None:
                     out = out * _gather(plan.scales[i][:, :, None], r0, c0, size)
             crops[step.output] = (out, r0, c0)

@@ -39,8 +39,7 @@ LOCAL_OPS = ("Conv", "MaxPool", "AveragePool", "Pad")
 POINTWISE_OPS = ("Relu", "LeakyRelu", "LRN", "Identity", "Dropout", "BatchNormalization",
                  "Sigmoid", "Tanh", "Clip", "Elu", "HardSigmoid", "HardSwish", "PRelu",
                  "Softplus", "Selu", "Gelu", "Erf", "Softsign", "ThresholdedRelu", "Celu",
-                 "Mish", "Add", "Sub", "Mul", "Div", "Pow", "Max",
-                 "Min", "Sum")
+                 "Mish", "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum")
 #: Element-wise operators with several inputs: with one spatial input and constants they are
 #: point-wise; with several spatial inputs (a residual Add, x * sigmoid(x), ...) they merge
 #: them on the union of their changed boxes.
@@ -121,7 +120,9 @@ class Step:
     nodes : list of onnx.NodeProto
         The fused nodes, in order (for ``"concat"`` the single Concat node).
     inputs : tuple of str
-        The dynamic (non-constant) input tensors.
+        The dynamic (non-constant) input tensors. For ``"local"``: the local operator's input
+        first, then the other operands of element-wise merges fused behind it (a residual
+        Add), which are read on the step's output box.
     output : str
         The tensor this step produces (its crop is kept for later steps).
     axes : (Axis, Axis) or None
@@ -362,6 +363,14 @@ def _evaluate_node(model, node, consts) -> list:
     return [full.get(t) for t in node.output]
 
 
+def _can_host(step, tensor, operands, consumers, external) -> bool:
+    """Whether the element-wise merge of ``operands`` reading ``tensor`` can be fused into
+    ``step``: its local operator's input (a crop of another size) must not be an operand."""
+    return (step is not None and step.kind == "local" and step.output == tensor
+            and step.average is None and len(consumers.get(tensor, [])) == 1
+            and tensor not in external and step.inputs[0] not in operands)
+
+
 def analyse(model, outputs=None) -> Analysis:
     """Split a graph into an incremental prefix of steps and a remainder run in full.
 
@@ -450,6 +459,23 @@ def analyse(model, outputs=None) -> Analysis:
                 continue
             step = Step("pointwise", [node], (src,), out, op=node.op_type)
         elif node.op_type in ELEMENTWISE_OPS:
+            host = next((t for t in dyn if _can_host(producer_step.get(t), t, dyn, consumers,
+                                                        external)), None)
+            if host is not None:
+                # fused into the local step producing one operand (a residual Add behind the
+                # block's last convolution): one session call less, and onnxruntime fuses
+                # Conv + Add (+ Relu) in the crop session as it does in the full graph
+                step = producer_step[host]
+                step.nodes.append(node)
+                step.inputs = step.inputs + tuple(t for t in dyn
+                                                  if t != host and t not in step.inputs)
+                step.output = out
+                steps.remove(step)  # after the steps computing the other operands
+                steps.append(step)
+                producer_step[out] = step
+                spatial.add(out)
+                prefix_nodes.add(id(node))
+                continue
             step = Step("merge", [node], tuple(dyn), out, op=node.op_type)
         elif node.op_type in MERGE_OPS:
             step = Step("concat", [node], tuple(dyn), out, op="Concat")
@@ -568,7 +594,14 @@ def geometry(analysis: Analysis, shapes: dict, window) -> Geometry:
             for d in range(2):
                 begin, end = step.axes[d].resolve(in_shape[1 + d], out_shape[1 + d])
                 axis_pads.append((begin, end))
-                axis_ranges.append(_affected(*src[d], step.axes[d], begin, out_shape[1 + d]))
+                lo, hi = _affected(*src[d], step.axes[d], begin, out_shape[1 + d])
+                for t in step.inputs[1:]:  # operands of a fused merge: the union of boxes
+                    if tuple(shapes[t][1:]) != tuple(out_shape[1:]):
+                        raise ValueError(f"{step.nodes[-1].op_type} behind {step.name!r} "
+                                         f"merges maps of different sizes {shapes[t][1:]} and "
+                                         f"{out_shape[1:]}")
+                    lo, hi = np.minimum(lo, ranges[t][d][0]), np.maximum(hi, ranges[t][d][1])
+                axis_ranges.append((lo, hi))
             pads[i] = tuple(axis_pads)
             ranges[step.output] = axis_ranges
         elif step.kind == "pointwise":
@@ -616,7 +649,7 @@ def _step_costs(analysis: Analysis, geo: Geometry, i: int) -> dict:
         ax = step.axes
         gh = (box.size[0] - 1) * ax[0].stride + ax[0].extent
         gw = (box.size[1] - 1) * ax[1].stride + ax[1].extent
-        copied = c_in * gh.mean() * gw.mean()
+        copied = c_in * gh.mean() * gw.mean() + (len(step.inputs) - 1) * c_out * crop_pos
     elif step.kind == "concat":
         copied = 2 * c_out * crop_pos
     elif step.kind == "merge":
