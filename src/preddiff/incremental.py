@@ -42,13 +42,24 @@ to the reference notes' counts: AlexNet 0.72 → 0.23 G (3.2×), GoogLeNet 1.58 
 VGG16 15.5 → 1.7 G (9.1×). Averaged over all window positions (border windows change less)
 they are 4.3×, 2.6× and 10.4×.
 
-Scope: the incremental prefix is the graph, in topological order, up to the first node that is
-not one of Conv (any groups, strides, dilations, padding), MaxPool, AveragePool, constant Pad,
-channel Concat, or a point-wise Relu, LeakyRelu, LRN, Identity, Dropout, BatchNormalization,
-Sigmoid, Tanh, Clip, Elu; everything from there on runs in full inference, whatever its
-operators. A graph with no spatially local layer before that point (or without one 4-D float
-input) is evaluated naively, with the reason logged at WARNING level (:func:`supported`
-gives it without building anything).
+Scope: the incremental prefix is the *data path* of the graph (the nodes computed from the
+image input; shape computations such as torch's Shape/Gather/Unsqueeze/Concat chains are not on
+it, and subgraphs of constants -- e.g. the pads torch computes for ``nn.ZeroPad2d`` -- are
+folded first) up to the first node that is not one of Conv (any groups, strides, dilations,
+padding), MaxPool, AveragePool, constant Pad, channel Concat; a point-wise Relu, LeakyRelu,
+LRN, Identity, Dropout, BatchNormalization, Sigmoid, Tanh, Clip (ReLU6), Elu, HardSigmoid,
+HardSwish, PRelu, Softplus, Selu, Gelu, Erf, Softsign, ThresholdedRelu, Celu, Mish; an
+element-wise Add, Sub, Mul, Div, Pow, Max, Min or Sum with constants that broadcast over the
+spatial axes (scalars or one value per channel: the input normalisation ``(x - mean) / std``);
+or such an element-wise operator on several spatial maps of the prefix (a residual Add,
+``x * sigmoid(x)``, GELU's Erf chain), evaluated on the union of their changed boxes as a
+Concat. A global operator (GlobalAveragePool, a ReduceMean over H and W as in
+squeeze-and-excitation, InstanceNormalization, Flatten, Gemm, ...) ends the prefix on its
+path; everything computed from it runs in full inference. A graph with no spatially local layer
+on the prefix (or without one 4-D float input) is evaluated naively, with the reason logged at
+WARNING level (:func:`supported` gives it without building anything). Whether the incremental
+engine is actually faster on a machine is measured by
+:func:`preddiff.incremental_decision.decide_incremental`.
 
 With the CUDA execution provider, sessions use I/O binding: the clean maps of the tensors at
 the switch point live on the device as ``OrtValue`` objects, and the full maps are assembled
@@ -442,7 +453,8 @@ def _crop_model(analysis: Analysis, step, channels: int) -> onnx.ModelProto | No
         nodes.append(n)
         needed.update(t for t in node.input if t in analysis.constants)
     inits = [numpy_helper.from_array(np.asarray(analysis.constants[t]), t) for t in sorted(needed)]
-    inputs = [_value_info(t, ["n", channels, "h", "w"]) for t in step.inputs]
+    inputs = [_value_info(t, ["n", channels if len(step.inputs) == 1 else f"c{k}", "h", "w"])
+              for k, t in enumerate(step.inputs)]
     return _new_model(analysis.model, nodes, inputs, [_value_info(step.output, None)], inits,
                       "crop_" + step.name.replace("/", "_"))
 
@@ -1006,6 +1018,9 @@ class IncrementalClassifier:
             elif step.kind == "concat":
                 parts = [self._recrop(t, crops[t], r0, c0, size) for t in step.inputs]
                 out = np.concatenate(parts, axis=1)
+            elif step.kind == "merge":
+                feeds = {t: self._recrop(t, crops[t], r0, c0, size) for t in step.inputs}
+                out = self._crop_session(i, None).run(feeds)[0]
             else:
                 src, sr, sc = crops[step.inputs[0]]
                 (pt, _), (pl, _) = geo.pads[i]
@@ -1017,7 +1032,10 @@ class IncrementalClassifier:
                 region = _gather(padded, g0, h0, region_size)
                 _paste(region, src, sr + pt - g0, sc + pl - h0)
                 session = self._crop_session(i, region.shape[1])
-                out = region if session is None else session.run({step.inputs[0]: region})[0]
+                feeds = {step.inputs[0]: region}
+                feeds.update({t: self._recrop(t, crops[t], r0, c0, size)
+                              for t in step.inputs[1:]})  # a fused residual Add's operands
+                out = region if session is None else session.run(feeds)[0]
                 if plan.scales.get(i) is not None:
                     out = out * _gather(plan.scales[i][:, :, None], r0, c0, size)
             crops[step.output] = (out, r0, c0)

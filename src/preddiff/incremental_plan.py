@@ -34,11 +34,20 @@ log = logging.getLogger(__name__)
 
 #: Operators recomputed on a crop with a kernel (padding handled at the true border only).
 LOCAL_OPS = ("Conv", "MaxPool", "AveragePool", "Pad")
-#: Operators that act on each spatial position separately (LRN mixes channels only).
+#: Operators that act on each spatial position separately (LRN mixes channels only); their
+#: other inputs, if any, must be constants that broadcast over the spatial axes.
 POINTWISE_OPS = ("Relu", "LeakyRelu", "LRN", "Identity", "Dropout", "BatchNormalization",
-                 "Sigmoid", "Tanh", "Clip", "Elu")
+                 "Sigmoid", "Tanh", "Clip", "Elu", "HardSigmoid", "HardSwish", "PRelu",
+                 "Softplus", "Selu", "Gelu", "Erf", "Softsign", "ThresholdedRelu", "Celu",
+                 "Mish", "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum")
+#: Element-wise operators with several inputs: with one spatial input and constants they are
+#: point-wise; with several spatial inputs (a residual Add, x * sigmoid(x), ...) they merge
+#: them on the union of their changed boxes.
+ELEMENTWISE_OPS = ("Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "PRelu")
 #: Operators that merge several spatial tensors (the union of their changed boxes).
 MERGE_OPS = ("Concat",)
+#: Operators that read only the shape of a tensor: not on the data path.
+SHAPE_OPS = ("Shape", "Size")
 
 #: Cost-model weights, in multiply-add equivalents: moving one float32 element through a
 #: NumPy gather or paste, one element of a point-wise operator, one pooling comparison/add,
@@ -106,11 +115,14 @@ class Step:
     Attributes
     ----------
     kind : str
-        ``"local"``, ``"pointwise"`` or ``"concat"``.
+        ``"local"``, ``"pointwise"``, ``"concat"`` or ``"merge"`` (an element-wise operator
+        on several spatial maps, e.g. a residual Add, with point-wise followers).
     nodes : list of onnx.NodeProto
         The fused nodes, in order (for ``"concat"`` the single Concat node).
     inputs : tuple of str
-        The dynamic (non-constant) input tensors.
+        The dynamic (non-constant) input tensors. For ``"local"``: the local operator's input
+        first, then the other operands of element-wise merges fused behind it (a residual
+        Add), which are read on the step's output box.
     output : str
         The tensor this step produces (its crop is kept for later steps).
     axes : (Axis, Axis) or None
@@ -235,6 +247,17 @@ def _local_geometry(node, constants) -> tuple:
     return axes, value, average
 
 
+def _spatial_broadcast(value) -> bool:
+    """Whether a constant broadcasts over the batch and spatial axes of an (N, C, H, W) map
+    without changing its shape: a scalar or one value per channel (shape (C, 1, 1) or
+    (1, C, 1, 1)). A (C,) vector would broadcast along the columns instead."""
+    shape = tuple(np.shape(value))
+    if len(shape) > 4:
+        return False
+    shape = (1,) * (4 - len(shape)) + shape
+    return shape[0] == 1 and shape[2] == 1 and shape[3] == 1
+
+
 def _local_reason(node, constants) -> str | None:
     """Why ``node`` cannot be a step (None when it can)."""
     if node.op_type in LOCAL_OPS:
@@ -242,6 +265,12 @@ def _local_reason(node, constants) -> str | None:
             _local_geometry(node, constants)
         except ValueError as exc:
             return str(exc)
+        return None
+    if node.op_type in ELEMENTWISE_OPS:
+        wide = [t for t in node.input if t in constants and not _spatial_broadcast(constants[t])]
+        if wide:
+            return (f"{node.op_type} with constants {wide} that do not broadcast over the "
+                    "spatial axes (only scalars or one value per channel)")
         return None
     if node.op_type in POINTWISE_OPS:
         extra = [t for t in node.input[1:] if t and t not in constants]
@@ -258,8 +287,99 @@ def _local_reason(node, constants) -> str | None:
     return "not spatially local"
 
 
+#: Largest constant (elements) that :func:`fold_constants` writes into the graph.
+FOLD_LIMIT = 1 << 20
+
+
+def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The graph with every node computed from constants alone replaced by an initializer.
+
+    Exporters compute some operator arguments in the graph: torch writes the pads of
+    ``nn.ZeroPad2d`` as a ``ConstantOfShape``/``Concat``/``Reshape``/``Slice`` chain, which
+    leaves a ``Pad`` with a non-constant ``pads`` input. Evaluated once (with
+    :mod:`onnx.reference`), such a ``Pad`` is an ordinary local step.
+
+    Parameters
+    ----------
+    model : onnx.ModelProto
+
+    Returns
+    -------
+    onnx.ModelProto
+        ``model`` itself when nothing can be folded, otherwise a folded copy. Nodes with a
+        random output, of another domain, or whose result has more than ``FOLD_LIMIT``
+        elements are kept.
+    """
+    graph = model.graph
+    consts = _constants(graph)
+    folded, values = set(), {}
+    for index, node in enumerate(graph.node):
+        if (node.op_type == "Constant" or node.op_type.startswith("Random")
+                or node.domain not in ("", "ai.onnx") or not node.input
+                or not all(not t or t in consts for t in node.input)):
+            continue
+        try:
+            outs = _evaluate_node(model, node, consts)
+        except Exception as exc:  # noqa: BLE001 - an operator the reference cannot run stays
+            log.debug("not folded: %s %s (%s)", node.op_type, node.name, exc)
+            continue
+        if any(np.size(v) > FOLD_LIMIT for v in outs):
+            continue
+        for name, value in zip(node.output, outs):
+            if name:
+                consts[name] = values[name] = np.asarray(value)
+        folded.add(index)
+    if not folded:
+        return model
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    keep = []
+    for index, node in enumerate(graph.node):
+        if index not in folded:
+            keep.append(onnx.NodeProto())
+            keep[-1].CopyFrom(node)
+    del m.graph.node[:]
+    m.graph.node.extend(keep)
+    used = {t for n in keep for t in n.input} | {o.name for o in m.graph.output}
+    m.graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in values.items()
+                               if k in used)
+    return m
+
+
+def _evaluate_node(model, node, consts) -> list:
+    """Outputs of one node whose inputs are all in ``consts`` (onnx reference evaluator)."""
+    from onnx.reference import ReferenceEvaluator
+
+    inputs = [t for t in dict.fromkeys(node.input) if t]
+    ins = [helper.make_tensor_value_info(t, helper.np_dtype_to_tensor_dtype(
+        np.asarray(consts[t]).dtype), np.shape(consts[t])) for t in inputs]
+    outs = [helper.make_empty_tensor_value_info(t) for t in node.output if t]
+    g = helper.make_graph([node], "fold", ins, outs)
+    m = helper.make_model(g, opset_imports=list(model.opset_import))
+    m.ir_version = model.ir_version
+    result = ReferenceEvaluator(m).run(None, {t: np.asarray(consts[t]) for t in inputs})
+    names = [t for t in node.output if t]
+    full = dict(zip(names, result))
+    return [full.get(t) for t in node.output]
+
+
+def _can_host(step, tensor, operands, consumers, external) -> bool:
+    """Whether the element-wise merge of ``operands`` reading ``tensor`` can be fused into
+    ``step``: its local operator's input (a crop of another size) must not be an operand."""
+    return (step is not None and step.kind == "local" and step.output == tensor
+            and step.average is None and len(consumers.get(tensor, [])) == 1
+            and tensor not in external and step.inputs[0] not in operands)
+
+
 def analyse(model, outputs=None) -> Analysis:
     """Split a graph into an incremental prefix of steps and a remainder run in full.
+
+    Only the *data path* is analysed: the nodes that read the image input or a tensor computed
+    from it. Shape computations (``Shape``, ``Size`` and whatever reads only their results or
+    constants) are not on it, and constant subgraphs are folded first
+    (:func:`fold_constants`). A node on the data path that is not spatially local ends the
+    prefix along its own path: everything computed from it runs in full; other branches
+    continue.
 
     Parameters
     ----------
@@ -273,8 +393,8 @@ def analyse(model, outputs=None) -> Analysis:
     -------
     Analysis
         ``steps`` is empty when nothing can be done incrementally; ``stop_reason`` says why
-        the prefix ends (the first operator, in topological order, that is not spatially local,
-        or a local operator with an unsupported attribute).
+        the prefix ends (the first operator on the data path, in topological order, that is
+        not spatially local, or a local operator with an unsupported attribute).
 
     Raises
     ------
@@ -290,6 +410,9 @@ def analyse(model, outputs=None) -> Analysis:
     ttype = inputs[0].type.tensor_type
     if ttype.elem_type != onnx.TensorProto.FLOAT or len(ttype.shape.dim) != 4:
         raise ValueError(f"input {inputs[0].name!r} is not a 4-D float32 tensor")
+    model = fold_constants(model)
+    graph = model.graph
+    constants = _constants(graph)
     if outputs is None:
         outputs = tuple(o.name for o in graph.output)
     outputs = tuple(outputs)
@@ -300,22 +423,28 @@ def analyse(model, outputs=None) -> Analysis:
     external = set(outputs) | {o.name for o in graph.output}
 
     spatial = {inputs[0].name}
+    blocked: set = set()  # data-path tensors computed by a node outside the prefix
     producer_step: dict = {}
     steps, prefix_nodes, stop = [], set(), ""
     for node in graph.node:
         if node.op_type == "Constant":
             continue
-        dyn = _dynamic_inputs(node, constants)
+        dyn = list(dict.fromkeys(_dynamic_inputs(node, constants)))
+        if not any(t in spatial or t in blocked for t in dyn) or node.op_type in SHAPE_OPS:
+            continue  # not on the data path
         reason = _local_reason(node, constants)
         if reason is None and not all(t in spatial for t in dyn):
             reason = "an input that is not a spatial map of the prefix"
-        if reason is None and node.op_type not in MERGE_OPS and len(dyn) != 1:
+        if (reason is None and node.op_type not in MERGE_OPS + ELEMENTWISE_OPS
+                and len(dyn) != 1):
             reason = f"{len(dyn)} non-constant inputs"
         if reason is not None:
-            stop = f"{node.op_type} {node.name or node.output[0]!r}: {reason}"
-            break
+            if not stop:
+                stop = f"{node.op_type} {node.name or node.output[0]!r}: {reason}"
+            blocked.update(t for t in node.output if t)
+            continue
         out = node.output[0]
-        if node.op_type in POINTWISE_OPS:
+        if node.op_type in POINTWISE_OPS and len(dyn) == 1:
             src = dyn[0]
             step = producer_step.get(src)
             fusable = (step is not None and step.output == src and step.kind != "concat"
@@ -329,6 +458,25 @@ def analyse(model, outputs=None) -> Analysis:
                 prefix_nodes.add(id(node))
                 continue
             step = Step("pointwise", [node], (src,), out, op=node.op_type)
+        elif node.op_type in ELEMENTWISE_OPS:
+            host = next((t for t in dyn if _can_host(producer_step.get(t), t, dyn, consumers,
+                                                        external)), None)
+            if host is not None:
+                # fused into the local step producing one operand (a residual Add behind the
+                # block's last convolution): one session call less, and onnxruntime fuses
+                # Conv + Add (+ Relu) in the crop session as it does in the full graph
+                step = producer_step[host]
+                step.nodes.append(node)
+                step.inputs = step.inputs + tuple(t for t in dyn
+                                                  if t != host and t not in step.inputs)
+                step.output = out
+                steps.remove(step)  # after the steps computing the other operands
+                steps.append(step)
+                producer_step[out] = step
+                spatial.add(out)
+                prefix_nodes.add(id(node))
+                continue
+            step = Step("merge", [node], tuple(dyn), out, op=node.op_type)
         elif node.op_type in MERGE_OPS:
             step = Step("concat", [node], tuple(dyn), out, op="Concat")
         else:
@@ -446,12 +594,23 @@ def geometry(analysis: Analysis, shapes: dict, window) -> Geometry:
             for d in range(2):
                 begin, end = step.axes[d].resolve(in_shape[1 + d], out_shape[1 + d])
                 axis_pads.append((begin, end))
-                axis_ranges.append(_affected(*src[d], step.axes[d], begin, out_shape[1 + d]))
+                lo, hi = _affected(*src[d], step.axes[d], begin, out_shape[1 + d])
+                for t in step.inputs[1:]:  # operands of a fused merge: the union of boxes
+                    if tuple(shapes[t][1:]) != tuple(out_shape[1:]):
+                        raise ValueError(f"{step.nodes[-1].op_type} behind {step.name!r} "
+                                         f"merges maps of different sizes {shapes[t][1:]} and "
+                                         f"{out_shape[1:]}")
+                    lo, hi = np.minimum(lo, ranges[t][d][0]), np.maximum(hi, ranges[t][d][1])
+                axis_ranges.append((lo, hi))
             pads[i] = tuple(axis_pads)
             ranges[step.output] = axis_ranges
         elif step.kind == "pointwise":
             ranges[step.output] = ranges[step.inputs[0]]
         else:
+            sizes = {tuple(shapes[t][1:]) for t in step.inputs}
+            if len(sizes) != 1:
+                raise ValueError(f"{step.op} {step.name!r} merges maps of different sizes "
+                                 f"{sorted(sizes)}")
             ranges[step.output] = [
                 (np.min([ranges[t][d][0] for t in step.inputs], axis=0),
                  np.max([ranges[t][d][1] for t in step.inputs], axis=0)) for d in range(2)]
@@ -490,9 +649,11 @@ def _step_costs(analysis: Analysis, geo: Geometry, i: int) -> dict:
         ax = step.axes
         gh = (box.size[0] - 1) * ax[0].stride + ax[0].extent
         gw = (box.size[1] - 1) * ax[1].stride + ax[1].extent
-        copied = c_in * gh.mean() * gw.mean()
+        copied = c_in * gh.mean() * gw.mean() + (len(step.inputs) - 1) * c_out * crop_pos
     elif step.kind == "concat":
         copied = 2 * c_out * crop_pos
+    elif step.kind == "merge":
+        copied = (len(step.inputs) + 1) * c_out * crop_pos
     full = (macs_per_pos + other_per_pos) * full_pos + (c_out * full_pos if step.kind == "concat"
                                                          else 0)
     incr = (macs_per_pos + other_per_pos) * crop_pos + COPY_COST * copied + STEP_COST

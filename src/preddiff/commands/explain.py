@@ -134,9 +134,12 @@ def register(subparsers) -> None:
     g.add_argument("--normalize", choices=("imagenet",), default=None,
                    help="imagenet: --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 "
                    "(torchvision)")
+    p.add_argument("--incremental", choices=("auto", "on", "off"), default="auto",
+                   help="exact incremental inference: auto (default) = when the network allows "
+                   "it and a few batches timed both ways on this machine (cached per model) "
+                   "show a gain; on = whenever the network allows it; off = full images")
     p.add_argument("--no-incremental", action="store_true",
-                   help="evaluate full perturbed images (by default exact incremental inference "
-                   "is used when the network allows it and its cost model predicts a gain)")
+                   help="the same as --incremental off")
     from ..cluster import add_arguments as add_cluster_arguments
 
     add_cluster_arguments(p)  # --workers N | --scheduler ADDRESS (preddiff.cluster)
@@ -391,45 +394,44 @@ def _batch_size(args, incremental: bool = False) -> int:
     return 1000 if incremental else 256
 
 
-#: Use exact incremental inference when the cost model plans at least this reduction of
-#: multiply-adds; below it the extra per-layer session calls cost more than they save
-#: (LeNet: no reduction at all, the plan switches to full inference at once).
-MIN_INCREMENTAL_REDUCTION = 1.5
-
-
 def _use_incremental(model: _Model, args, window: int) -> str:
     """Swap ``model.classifier`` for an :class:`~preddiff.incremental.IncrementalClassifier`
-    when the graph allows it and the cost model says it is faster; returns a one-line note.
+    when the graph allows it and, with ``--incremental auto``, a few batches timed both ways
+    on this machine show it is faster (:func:`preddiff.incremental_decision.
+    decide_incremental`, cached per model and machine); the batch size of the engine kept is
+    the fastest measured unless ``--batch-size`` is given. Returns a one-line note.
 
-    Any failure while planning (a graph onnxruntime or the planner cannot handle) keeps the
-    plain classifier, with the reason in the note and the log."""
+    Any failure while planning or measuring (a graph onnxruntime or the planner cannot handle)
+    keeps the plain classifier, with the reason in the note and the log."""
     if args.no_incremental:
         return "incremental inference off (--no-incremental)"
+    if args.incremental == "off":
+        return "incremental inference off (--incremental off)"
     import logging
 
-    from ..incremental import IncrementalClassifier, supported, theoretical_macs
+    import numpy as np
+
+    from ..incremental_decision import decide_incremental
     from ..incremental_plan import load_model
 
     try:
-        source = load_model(model.extra["onnx"])  # parsed once for the three uses below
-        ok, reason = supported(source, [model.blob])
-        if not ok:
-            return f"incremental inference off: {reason}"
-        report = theoretical_macs(source, model.input_shape, (window, window),
-                                  outputs=[model.blob])
-        reduction = report["macs_full"] / max(report["macs_planned"], 1.0)
-        if reduction < MIN_INCREMENTAL_REDUCTION:
-            return (f"incremental inference off: planned multiply-add reduction "
-                    f"{reduction:.2f}x < {MIN_INCREMENTAL_REDUCTION}x")
-        classifier = IncrementalClassifier(source, outputs=[model.blob], device=args.device,
-                                           threads=args.threads)
+        source = load_model(model.extra["onnx"])
+        # timing hardly depends on the values: a seeded image of the input's size
+        x = np.random.default_rng(args.seed).normal(size=model.input_shape).astype(np.float32)
+        decision = decide_incremental(source, x, window, args.incremental,
+                                      outputs=[model.blob], device=args.device,
+                                      threads=args.threads, batch_size=args.batch_size,
+                                      samples=args.samples, seed=args.seed)
     except Exception as exc:  # noqa: BLE001 - the plain classifier is always a safe choice
         why = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
         logging.getLogger(__name__).warning("incremental inference off, evaluating full "
                                             "images: %s", why)
         return f"incremental inference off: it could not be planned ({why})"
-    model.classifier = classifier
-    return f"incremental inference on: planned multiply-add reduction {reduction:.1f}x"
+    if decision.use:
+        model.classifier = decision.classifier
+    elif args.batch_size is None:
+        model.classifier.batch_size = decision.batch_size
+    return decision.message
 
 
 # ----------------------------------------------------------------------------------------------

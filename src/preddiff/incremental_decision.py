@@ -1,0 +1,311 @@
+"""Whether to run exact incremental inference, and at which batch size, decided by measurement.
+
+The multiply-add model of :mod:`preddiff.incremental_plan` predicts the *arithmetic* saved by
+incremental inference, not the time: on networks with many cheap layers (MobileNet,
+EfficientNet) the per-layer session calls, gathers and pastes cost more than the model
+charges, and on others the plain classifier is slower than its multiply-adds suggest (a
+depthwise convolution over a full map). :func:`decide_incremental` therefore times a few
+batches both ways on this machine -- full perturbed images through
+:class:`preddiff.classifier.OnnxClassifier`, and windows through
+:meth:`preddiff.incremental.IncrementalClassifier.evaluate_windows` -- at a few batch sizes
+each, and keeps the faster engine at its fastest batch size. The result is cached in the
+preddiff cache folder (``incremental-decisions.json``), keyed by the model's SHA-1, the
+input shape, window, outputs, execution provider, threads, CPU and onnxruntime version, so a
+model is measured once per machine.
+
+The batch size matters as much: on the real EfficientNet-Lite0 a fixed batch of 256 was slower
+than 16 and needed 4.4 GB. Candidates whose modelled memory exceeds a quarter of the
+available memory are not tried.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import platform
+import time
+
+import numpy as np
+
+from .errors import InvalidArgument
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Decision", "decide_incremental", "MODES"]
+
+MODES = ("auto", "on", "off")
+#: Batch sizes tried: images per session run (full) and windows per session run (incremental).
+FULL_BATCHES = (1, 8, 32)
+INCREMENTAL_BATCHES = (16, 64, 256)
+#: Incremental inference is used in mode "auto" when measured at least this much faster.
+MIN_RATIO = 1.0
+CACHE_FILE = "incremental-decisions.json"
+CACHE_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    """The outcome of :func:`decide_incremental`.
+
+    Attributes
+    ----------
+    use : bool
+        Run windows through the incremental engine.
+    ratio : float or None
+        Measured speed of the incremental engine over full images, in window-samples per
+        second ÷ images per second, each at its best batch size (None when not measured).
+    planned : float or None
+        The cost model's multiply-add reduction, mean over window positions.
+    batch_size : int
+        Batch size of the chosen engine: windows per session run (incremental) or images per
+        session run (full images).
+    message : str
+        One line for the user, e.g. ``"incremental inference on: measured 1.8x faster than
+        full images (planned 2.3x)"``.
+    timings : dict
+        ``{"full": {batch: images/s}, "incremental": {batch: window-samples/s}}``.
+    cached : bool
+        Whether the measurement came from the cache.
+    classifier : object or None
+        The classifier for the chosen engine, built with ``batch_size`` (an
+        :class:`~preddiff.incremental.IncrementalClassifier` when ``use``, else an
+        :class:`~preddiff.classifier.OnnxClassifier`); None when it was not built.
+    """
+
+    use: bool
+    ratio: float | None
+    planned: float | None
+    batch_size: int
+    message: str
+    timings: dict = dataclasses.field(default_factory=dict)
+    cached: bool = False
+    classifier: object = dataclasses.field(default=None, compare=False, repr=False)
+
+
+def _machine_key(device: str, threads) -> str:
+    import onnxruntime
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            names = [ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    return f"{cpu}|{os.cpu_count()}|onnxruntime {onnxruntime.__version__}|{device}|{threads}"
+
+
+def _available_memory() -> float | None:
+    try:
+        return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _windows(x: np.ndarray, window, count: int, samples: int, rng) -> tuple:
+    """``count`` perturbations: ``count / samples`` random window positions, each repeated
+    ``samples`` times as PDA passes them, with noisy copies of the window's own values."""
+    kh, kw = window
+    positions = max(1, -(-count // samples))
+    rows = rng.integers(0, x.shape[1] - kh + 1, positions)
+    cols = rng.integers(0, x.shape[2] - kw + 1, positions)
+    top_left = np.repeat(np.stack([rows, cols], axis=1), samples, axis=0)[:count]
+    scale = float(x.std()) or 1.0
+    patches = np.stack([x[:, r:r + kh, c:c + kw] for r, c in top_left])
+    patches = patches + rng.normal(0, scale, patches.shape).astype(np.float32)
+    return top_left.astype(np.int64), patches.astype(np.float32)
+
+
+def _timed(fn) -> float:
+    tic = time.perf_counter()
+    fn()
+    return time.perf_counter() - tic
+
+
+def _measure_full(model, outputs, x, window, device, threads, batches, budget, rng) -> tuple:
+    """Images/s of full perturbed images at each batch size within ``budget`` seconds."""
+    from .classifier import OnnxClassifier
+    from .incremental import _patch_images
+
+    rates, classifiers, spent = {}, {}, 0.0
+    for b in batches:
+        clf = OnnxClassifier(model, outputs=list(outputs), batch_size=b, device=device,
+                             threads=threads)
+        top_left, patches = _windows(x, window, b, 1, rng)
+        images = _patch_images(x, top_left, patches)
+        if rates and spent + 2 * b / max(rates.values()) > budget:
+            break
+        spent += _timed(lambda: clf(images[:1]))  # warm-up: allocations, first-run kernels
+        seconds = _timed(lambda: clf(images))
+        spent += seconds
+        rates[b], classifiers[b] = b / seconds, clf
+    return rates, classifiers
+
+
+def _measure_incremental(clf, x, window, batches, budget, samples, rng) -> dict:
+    """Window-samples/s of ``clf.evaluate_windows`` at each batch size within ``budget``."""
+    top_left, patches = _windows(x, window, 1, 1, rng)
+    spent = _timed(lambda: clf.evaluate_windows(x, top_left, patches))  # sessions, plan, clean
+    rates = {}
+    for b in batches:
+        if rates and spent + b / max(rates.values()) > budget:
+            break
+        clf.batch_size = b
+        top_left, patches = _windows(x, window, b, samples, rng)
+        seconds = _timed(lambda: clf.evaluate_windows(x, top_left, patches))
+        spent += seconds
+        rates[b] = b / seconds
+    return rates
+
+
+def _cache_path(cache_dir):
+    from pathlib import Path
+
+    if cache_dir is None:
+        from .resources import cache_dir as default
+
+        cache_dir = default()
+    return Path(cache_dir) / CACHE_FILE
+
+
+def _cache_read(path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) and data.get("version") == CACHE_VERSION else {}
+
+
+def _cache_write(path, key: str, record: dict) -> None:
+    from .fileio import atomic_write_text
+
+    data = _cache_read(path) or {"version": CACHE_VERSION, "entries": {}}
+    data.setdefault("entries", {})[key] = record
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
+    except OSError as exc:  # a read-only cache only costs a new measurement next time
+        log.warning("could not cache the incremental decision in %s: %s", path, exc)
+
+
+def decide_incremental(model, x, window, mode: str = "auto", *, outputs=("prob",),
+                       device: str = "auto", threads=None, batch_size=None, samples: int = 10,
+                       budget_s: float = 30.0, cache: bool = True, cache_dir=None,
+                       seed: int = 0) -> Decision:
+    """Decide by measurement whether to run PDA windows incrementally, and the batch size.
+
+    Parameters
+    ----------
+    model : onnx.ModelProto, path or bytes
+        The classifier graph, input (N, C, H, W).
+    x : ndarray, shape (C, H, W)
+        An input of the size the run will use (its values hardly matter for the timing).
+    window : int or (int, int)
+        Window size k (or (kh, kw)).
+    mode : {"auto", "on", "off"}
+        "auto": incremental when measured faster; "on": incremental whenever the graph allows
+        it; "off": full images (only their batch size is measured).
+    outputs : sequence of str
+        Tensors the run requests.
+    device : {"auto", "cpu", "cuda"}
+    threads : int, optional
+        onnxruntime intra-op threads.
+    batch_size : int, optional
+        The user's batch size: measured alone instead of the candidate list.
+    samples : int
+        Samples per window S (windows are timed repeated S times, as PDA sends them).
+    budget_s : float
+        Rough limit of the measuring time per engine, in seconds (the largest batch sizes are
+        skipped when they would exceed it).
+    cache : bool
+        Read and write the measurement in ``cache_dir``.
+    cache_dir : path, optional
+        Default: :func:`preddiff.resources.cache_dir`.
+    seed : int
+        Seed of the timed windows' positions and values.
+
+    Returns
+    -------
+    Decision
+
+    Raises
+    ------
+    InvalidArgument
+        For a bad ``mode``, ``window``, ``batch_size`` or ``x``.
+    """
+    from .incremental import IncrementalClassifier, resolve_device, supported
+    from .incremental_plan import load_model
+
+    if mode not in MODES:
+        raise InvalidArgument(f"incremental mode must be one of {', '.join(MODES)}, got {mode!r}")
+    kh, kw = (window, window) if np.isscalar(window) else tuple(window)
+    x = np.ascontiguousarray(x, np.float32)
+    if x.ndim != 3:
+        raise InvalidArgument(f"x must be (C, H, W), got shape {x.shape}")
+    if not (1 <= kh <= x.shape[1] and 1 <= kw <= x.shape[2]):
+        raise InvalidArgument(f"window {kh}x{kw} does not fit the input {x.shape[1:]}")
+    if batch_size is not None and (int(batch_size) != batch_size or batch_size < 1):
+        raise InvalidArgument(f"batch_size must be a positive integer, got {batch_size!r}")
+    model = load_model(model)
+    outputs = tuple(outputs)
+    device = resolve_device(device)
+    rng = np.random.default_rng(seed)
+    full_batches = (int(batch_size),) if batch_size else FULL_BATCHES
+    incr_batches = (int(batch_size),) if batch_size else INCREMENTAL_BATCHES
+
+    ok, reason = supported(model, outputs) if mode != "off" else (False, "")
+    if mode == "off" or not ok:
+        rates, classifiers = _measure_full(model, outputs, x, (kh, kw), device, threads,
+                                           full_batches, budget_s, rng)
+        best = max(rates, key=rates.get)
+        why = " (mode off)" if mode == "off" else f": {reason}"
+        return Decision(False, None, None, best, f"incremental inference off{why}",
+                        {"full": rates, "incremental": {}}, False, classifiers[best])
+
+    sha1 = hashlib.sha1(model.SerializeToString()).hexdigest()
+    key = "|".join([sha1, "x".join(map(str, x.shape)), f"{kh}x{kw}", ",".join(outputs),
+                    f"S{samples}", str(batch_size), _machine_key(device, threads)])
+    path = _cache_path(cache_dir) if cache else None
+    record = _cache_read(path).get("entries", {}).get(key) if cache else None
+    incremental = IncrementalClassifier(model, outputs=outputs, device=device, threads=threads)
+    planned = incremental.report(x.shape, (kh, kw))
+    planned = planned["macs_full"] / max(planned["macs_planned"], 1.0)
+    cached = record is not None
+    if cached:
+        full_rates = {int(k): v for k, v in record["full"].items()}
+        incr_rates = {int(k): v for k, v in record["incremental"].items()}
+    else:
+        memory = _available_memory()
+        plan = incremental._plan(x.shape, (kh, kw))
+        per_window = incremental._bytes_per_window(plan)
+        if memory is not None and not batch_size:
+            fitting = tuple(b for b in incr_batches if b * per_window <= memory / 4)
+            incr_batches = fitting or incr_batches[:1]
+        full_rates, _ = _measure_full(model, outputs, x, (kh, kw), device, threads,
+                                      full_batches, budget_s, rng)
+        incr_rates = _measure_incremental(incremental, x, (kh, kw), incr_batches, budget_s,
+                                          samples, rng)
+        if cache:
+            _cache_write(path, key, {"full": full_rates, "incremental": incr_rates,
+                                     "planned": planned, "date": time.strftime("%Y-%m-%d")})
+    best_full = max(full_rates, key=full_rates.get)
+    best_incr = max(incr_rates, key=incr_rates.get)
+    ratio = incr_rates[best_incr] / full_rates[best_full]
+    use = mode == "on" or ratio >= MIN_RATIO
+    timings = {"full": full_rates, "incremental": incr_rates}
+    how = f"measured {ratio:.1f}x " + ("faster than" if ratio >= 1 else "the speed of")
+    detail = f"{how} full images (planned {planned:.1f}x)" + (", cached" if cached else "")
+    if use:
+        incremental.batch_size = best_incr
+        forced = " (forced)" if mode == "on" and ratio < MIN_RATIO else ""
+        return Decision(True, ratio, planned, best_incr,
+                        f"incremental inference on{forced}: {detail}", timings, cached,
+                        incremental)
+    from .classifier import OnnxClassifier
+
+    plain = OnnxClassifier(model, outputs=list(outputs), batch_size=best_full, device=device,
+                           threads=threads)
+    return Decision(False, ratio, planned, best_full, f"incremental inference off: {detail}",
+                    timings, cached, plain)

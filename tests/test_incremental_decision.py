@@ -1,0 +1,197 @@
+"""The measured on/off decision and batch size of incremental inference, and the benchmark
+networks of :mod:`preddiff.netzoo` (graph analysis and exactness on them)."""
+import json
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import preddiff.incremental_decision as decision
+from preddiff.errors import InvalidArgument
+from preddiff.incremental_decision import decide_incremental
+
+
+def _small_net(rng, height=20, width=22):
+    """Normalisation, two convolutions, a residual Add, global pool, Gemm, Softmax."""
+    def init(name, shape, scale=0.3):
+        return numpy_helper.from_array((rng.normal(size=shape) * scale).astype(np.float32), name)
+
+    inits = [init("w1", (6, 3, 3, 3)), init("w2", (6, 6, 3, 3)), init("fc", (4, 6)),
+             numpy_helper.from_array(np.array([0.4, 0.5, 0.6], np.float32).reshape(1, 3, 1, 1),
+                                     "mean")]
+    nodes = [helper.make_node("Sub", ["data", "mean"], ["n"]),
+             helper.make_node("Conv", ["n", "w1"], ["c1"], kernel_shape=[3, 3],
+                              pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2"], ["c2"], kernel_shape=[3, 3],
+                              pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["c2", "r1"], ["a"]),
+             helper.make_node("GlobalAveragePool", ["a"], ["g"]),
+             helper.make_node("Flatten", ["g"], ["f"]),
+             helper.make_node("Gemm", ["f", "fc"], ["scores"], transB=1),
+             helper.make_node("Softmax", ["scores"], ["prob"], axis=1)]
+    graph = helper.make_graph(
+        nodes, "small", [helper.make_tensor_value_info("data", TensorProto.FLOAT,
+                                                       ["N", 3, height, width])],
+        [helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["N", 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.fixture
+def fake_rates(monkeypatch):
+    """Replace both measurements by given rates (images/s and window-samples/s)."""
+    calls = []
+
+    def install(full, incremental):
+        def measure_full(model, outputs, x, window, device, threads, batches, budget, rng):
+            calls.append("full")
+            from preddiff.classifier import OnnxClassifier
+
+            rates = {b: full[b] for b in batches if b in full}
+            return rates, {b: OnnxClassifier(model, outputs=list(outputs), batch_size=b,
+                                             device="cpu") for b in rates}
+
+        def measure_incremental(clf, x, window, batches, budget, samples, rng):
+            calls.append("incremental")
+            return {b: incremental[b] for b in batches if b in incremental}
+
+        monkeypatch.setattr(decision, "_measure_full", measure_full)
+        monkeypatch.setattr(decision, "_measure_incremental", measure_incremental)
+        return calls
+    return install
+
+
+def test_faster_engine_and_batch_size_are_chosen_and_cached(tmp_path, rng, fake_rates):
+    calls = fake_rates({1: 10.0, 8: 40.0, 32: 30.0}, {16: 50.0, 64: 90.0, 256: 70.0})
+    model = _small_net(rng)
+    x = rng.normal(size=(3, 20, 22)).astype(np.float32)
+    d = decide_incremental(model, x, 5, outputs=["prob"], device="cpu", cache_dir=tmp_path)
+    assert d.use and d.batch_size == 64 and d.ratio == pytest.approx(90.0 / 40.0)
+    assert d.classifier.incremental and d.classifier.batch_size == 64
+    assert d.message.startswith("incremental inference on: measured 2.2x faster than full "
+                                "images (planned ")
+    assert not d.cached and calls == ["full", "incremental"]
+    entries = json.loads((tmp_path / decision.CACHE_FILE).read_text())["entries"]
+    assert len(entries) == 1
+    again = decide_incremental(model, x, 5, outputs=["prob"], device="cpu", cache_dir=tmp_path)
+    assert again.cached and again.ratio == d.ratio and calls == ["full", "incremental"]
+    assert again.message.endswith(", cached")
+    # another window size is another measurement
+    decide_incremental(model, x, 3, outputs=["prob"], device="cpu", cache_dir=tmp_path)
+    assert calls[2:] == ["full", "incremental"]
+
+
+def test_slower_incremental_engine_is_off_in_auto_and_forced_in_on(tmp_path, rng, fake_rates):
+    fake_rates({1: 10.0, 8: 40.0, 32: 60.0}, {16: 30.0, 64: 20.0, 256: 10.0})
+    model = _small_net(rng)
+    x = rng.normal(size=(3, 20, 22)).astype(np.float32)
+    d = decide_incremental(model, x, 5, outputs=["prob"], device="cpu", cache=False)
+    assert not d.use and d.batch_size == 32 and d.ratio == pytest.approx(0.5)
+    assert d.classifier.batch_size == 32 and not hasattr(d.classifier, "evaluate_windows")
+    assert d.message.startswith("incremental inference off: measured 0.5x the speed of full")
+    on = decide_incremental(model, x, 5, "on", outputs=["prob"], device="cpu", cache=False)
+    assert on.use and on.batch_size == 16 and "on (forced)" in on.message
+
+
+def test_user_batch_size_is_the_only_candidate(tmp_path, rng, fake_rates):
+    fake_rates({1: 10.0, 8: 40.0, 12: 45.0}, {12: 80.0, 64: 900.0})
+    model = _small_net(rng)
+    x = rng.normal(size=(3, 20, 22)).astype(np.float32)
+    d = decide_incremental(model, x, 5, outputs=["prob"], device="cpu", batch_size=12,
+                           cache=False)
+    assert d.use and d.batch_size == 12 and set(d.timings["incremental"]) == {12}
+
+
+def test_real_measurement_off_mode_and_unsupported_graph(rng, tmp_path):
+    """Unpatched: the timings are positive and the maps' engine is usable; mode off and a
+    graph without a local layer measure only full images."""
+    model = _small_net(rng)
+    x = rng.normal(size=(3, 20, 22)).astype(np.float32)
+    d = decide_incremental(model, x, 4, outputs=["prob"], device="cpu", cache_dir=tmp_path,
+                           budget_s=5)
+    assert d.ratio > 0 and d.planned >= 1 and all(v > 0 for v in d.timings["full"].values())
+    assert d.batch_size in (d.timings["incremental"] if d.use else d.timings["full"])
+    off = decide_incremental(model, x, 4, "off", outputs=["prob"], device="cpu", budget_s=2)
+    assert not off.use and off.ratio is None and off.message == "incremental inference off " \
+        "(mode off)" and off.timings["incremental"] == {}
+    flat = helper.make_model(helper.make_graph(
+        [helper.make_node("Flatten", ["data"], ["f"]),
+         helper.make_node("Softmax", ["f"], ["prob"], axis=1)], "flat",
+        [helper.make_tensor_value_info("data", TensorProto.FLOAT, ["N", 3, 4, 4])],
+        [helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["N", 48])]),
+        opset_imports=[helper.make_opsetid("", 13)])
+    flat.ir_version = 8
+    d = decide_incremental(flat, np.zeros((3, 4, 4), np.float32), 2, outputs=["prob"],
+                           device="cpu", budget_s=2)
+    assert not d.use and "Flatten" in d.message
+
+
+@pytest.mark.parametrize("kwargs, word", [({"mode": "fast"}, "'fast'"),
+                                          ({"window": 40}, "40x40"),
+                                          ({"batch_size": 0}, "0"),
+                                          ({"x": np.zeros((20, 22), np.float32)}, "(20, 22)")])
+def test_bad_arguments_name_the_value(kwargs, word, rng):
+    args = {"model": _small_net(rng), "x": np.zeros((3, 20, 22), np.float32), "window": 4}
+    args.update(kwargs)
+    with pytest.raises(InvalidArgument, match=word.replace("(", r"\(").replace(")", r"\)")):
+        decide_incremental(outputs=["prob"], device="cpu", cache=False, **args)
+
+
+# ---------------------------------------------------------------------------------------------
+# the benchmark networks
+
+
+@pytest.mark.parametrize("name, steps", [("resnet18", 22), ("mobilenet_v2", 53),
+                                         ("efficientnet_lite0", 55), ("resnet50", 55)])
+def test_benchmark_networks_are_incremental_up_to_the_global_pool(name, steps):
+    """Normalisation, residual Adds, ReLU6, depthwise convolutions and torch's ZeroPad2d
+    chain are all in the prefix: it ends at the global average pool."""
+    from preddiff import netzoo
+    from preddiff.incremental_plan import analyse
+
+    analysis = analyse(netzoo.build(name), ["prob"])
+    assert analysis.stop_reason.startswith("GlobalAveragePool"), analysis.stop_reason
+    assert len(analysis.steps) == steps
+    ops = {n.op_type for s in analysis.steps for n in s.nodes}
+    assert {"Sub", "Div", "Conv", "Add"} <= ops
+    # every residual Add is fused into the step of the convolution in front of it
+    assert not [s for s in analysis.steps if s.kind == "merge"]
+    if name == "efficientnet_lite0":
+        assert "Pad" in ops
+
+
+def _pda_maps(model, x, pool, clf, stride):
+    from preddiff import prediction_difference
+    from preddiff.samplers import MarginalSampler
+
+    e = prediction_difference(x, clf, MarginalSampler(pool), window=10, stride=stride,
+                              num_samples=2, blobs=("prob",), batch_size=64, rng=0,
+                              progress=False)
+    return e.relevance["prob"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "efficientnet_lite0"])
+def test_benchmark_network_maps_equal_the_naive_engine(name):
+    """Full-size benchmark networks: incremental maps equal the naive engine's on a coarse
+    grid of windows (corners included)."""
+    from preddiff import netzoo
+    from preddiff.classifier import OnnxClassifier
+    from preddiff.incremental import IncrementalClassifier
+
+    model = netzoo.build(name)
+    pool = netzoo.example_pool()
+    want = _pda_maps(model, pool[0], pool[1:4], OnnxClassifier(model, outputs=["prob"],
+                                                               device="cpu"), 107)
+    clf = IncrementalClassifier(model, outputs=["prob"], device="cpu", cut=10 ** 6)
+    got = _pda_maps(model, pool[0], pool[1:4], clf, 107)
+    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+
+
+def test_unknown_network_is_refused():
+    from preddiff import netzoo
+
+    with pytest.raises(InvalidArgument, match="'resnet19'"):
+        netzoo.build("resnet19")
