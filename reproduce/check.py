@@ -40,12 +40,18 @@ from . import common, paths
 
 EXIT_OK, EXIT_FAIL, EXIT_FETCH, EXIT_UNVERIFIED = 0, 1, 2, 3
 
+#: The environment the figure scripts run in, taken before a Dask cluster is started here:
+#: Dask sets OMP_NUM_THREADS=1 (and the like) in its own process for its workers, which
+#: would make the figure scripts' NumPy BLAS single-threaded (last-bit changes in the
+#: sensitivity maps).
+ENVIRON = dict(os.environ)
+
 
 def run_figure(figure: str, scale: str, extra: list[str]) -> tuple[int, float]:
     """Run one figure script in a fresh interpreter; return (exit status, seconds)."""
     command = [sys.executable, "-m", f"reproduce.{figure}", "--scale", scale, *extra]
     print(f"== {figure}: {' '.join(command[1:])}", flush=True)
-    env = dict(os.environ)
+    env = dict(ENVIRON)
     env.setdefault("MPLBACKEND", "Agg")
     env[common.INTERRUPT_QUIET] = "1"  # on Ctrl-C this script says "interrupted", once
     start = time.perf_counter()
