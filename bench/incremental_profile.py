@@ -72,7 +72,8 @@ def profile(name: str, stride: int, seed: int = 0) -> dict:
     relevance = _own(stats, "analysis.py", "_relevance")[1]
     session_calls, steps_session = _called_from(stats, "incremental.py", "run", "_prefix")
     return {
-        "name": name, "stride": stride, "total": total, "steps": plan["cut"], "batches": prefix_calls,
+        "name": name, "stride": stride, "total": total, "steps": plan["cut"],
+        "batches": prefix_calls,
         "prefix": prefix, "prefix_sessions": steps_session,
         "prefix_session_calls": session_calls, "gather": gathers, "paste": pastes,
         "remainder": remainder, "sampler": e.timings["sampler"], "relevance": relevance,

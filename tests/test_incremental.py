@@ -229,7 +229,8 @@ def _torch_zero_pad(g, x, left, right, top, bottom):
     """``nn.ZeroPad2d`` as torch exports it: the pads computed by a ConstantOfShape, Concat,
     Reshape, Slice, Transpose, Reshape, Cast chain of constants."""
     n = g._name("zpad")
-    g.inits += [numpy_helper.from_array(np.array([left, right, top, bottom], np.int64), n + "_lrtb"),
+    lrtb = np.array([left, right, top, bottom], np.int64)
+    g.inits += [numpy_helper.from_array(lrtb, n + "_lrtb"),
                 numpy_helper.from_array(np.array([4], np.int64), n + "_four"),
                 numpy_helper.from_array(np.array([-1, 2], np.int64), n + "_pairs"),
                 numpy_helper.from_array(np.array([-1], np.int64), n + "_m1"),
