@@ -87,9 +87,8 @@ class Decision:
     classifier: object = dataclasses.field(default=None, compare=False, repr=False)
 
 
-def _machine_key(device: str, threads) -> str:
-    import onnxruntime
-
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what :mod:`platform` says."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
@@ -97,7 +96,14 @@ def _machine_key(device: str, threads) -> str:
         cpu = names[0] if names else cpu
     except OSError:
         pass
-    return f"{cpu}|{os.cpu_count()}|onnxruntime {onnxruntime.__version__}|{device}|{threads}"
+    return cpu
+
+
+def _machine_key(device: str, threads) -> str:
+    import onnxruntime
+
+    return (f"{cpu_name()}|{os.cpu_count()}|onnxruntime {onnxruntime.__version__}|{device}|"
+            f"{threads}")
 
 
 def _available_memory() -> float | None:

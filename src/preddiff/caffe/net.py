@@ -529,17 +529,23 @@ def _check_bottoms(layer, shapes, count):
                                f"blob(s), found {len(shapes)}")
 
 
-def _conv_shape(layer, shapes):
+def _conv_input(layer, shapes, kind: str):
+    """The checked (N, C, H, W) input and the geometry of a (de)convolution layer."""
     _check_bottoms(layer, shapes, 1)
     (shape,) = shapes
     if len(shape) != 4:
-        raise UnsupportedLayer(f"layer {layer.name!r} (Convolution) gets a {len(shape)}-D "
-                               "input; only 2-D convolution on (N, C, H, W) is supported")
+        raise UnsupportedLayer(f"layer {layer.name!r} ({kind}) gets a {len(shape)}-D "
+                               f"input; only 2-D {kind.lower()} on (N, C, H, W) is supported")
     g = conv_geometry(layer)
     n, c, h, w = shape
     if c % g.group or g.num_output % g.group:
         raise CaffeFormatError(f"layer {layer.name!r}: group {g.group} must divide the input "
                                f"channels {c} and num_output {g.num_output}")
+    return g, n, h, w
+
+
+def _conv_shape(layer, shapes):
+    g, n, h, w = _conv_input(layer, shapes, "Convolution")
     out = [(x + 2 * p - (d * (k - 1) + 1)) // s + 1
            for x, k, p, s, d in zip((h, w), g.kernel, g.pad, g.stride, g.dilation)]
     if min(out) < 1:
@@ -549,16 +555,7 @@ def _conv_shape(layer, shapes):
 
 
 def _deconv_shape(layer, shapes):
-    _check_bottoms(layer, shapes, 1)
-    (shape,) = shapes
-    if len(shape) != 4:
-        raise UnsupportedLayer(f"layer {layer.name!r} (Deconvolution) gets a {len(shape)}-D "
-                               "input; only 2-D deconvolution on (N, C, H, W) is supported")
-    g = conv_geometry(layer)
-    n, c, h, w = shape
-    if c % g.group or g.num_output % g.group:
-        raise CaffeFormatError(f"layer {layer.name!r}: group {g.group} must divide the input "
-                               f"channels {c} and num_output {g.num_output}")
+    g, n, h, w = _conv_input(layer, shapes, "Deconvolution")
     # Caffe's DeconvolutionLayer::compute_output_shape: stride·(in − 1) + extent − 2·pad
     out = [s * (x - 1) + d * (k - 1) + 1 - 2 * p
            for x, k, p, s, d in zip((h, w), g.kernel, g.pad, g.stride, g.dilation)]

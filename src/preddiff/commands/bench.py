@@ -202,13 +202,9 @@ def machine_info() -> dict:
 
     from .. import __version__
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            names = [line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
+    from ..incremental_decision import cpu_name
+
+    cpu = cpu_name()
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:
