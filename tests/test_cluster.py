@@ -186,7 +186,9 @@ def test_interrupted_client_resumes_from_finished_blocks(client, digits, tmp_pat
     analysis = cluster.Analysis("digit1", images[1], lenet_recipe(), MarginalSampler(pool), KW,
                                 checkpoint=ckpt)
     with pytest.raises(KeyboardInterrupt):
-        cluster.explain_all(client, [analysis], progress=False, block_windows=64,
+        # 40 blocks of one batch each, so that the interrupt lands long before the last
+        # (with 10 blocks a quiet machine sometimes finished them all first)
+        cluster.explain_all(client, [analysis], progress=False, block_windows=16,
                             on_block=interrupt)
     with np.load(ckpt) as saved:
         done = len(saved["values_0"])

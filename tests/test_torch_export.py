@@ -37,13 +37,13 @@ def test_explain_a_torch_export_with_labels(tmp_path, capsys, name):
     labels.write_text("".join(f"thing {i}\n" for i in range(10)))
     args = [image, "--model", DATA / f"{name}.onnx", "--labels", labels, *FAST]
     # the whole data path of torch's graph (normalisation, the folded ZeroPad2d chain, Clip,
-    # the Erf GELU, SiLU, residual Add) is incremental; these 64x64 nets are too small for it
-    # to pay, so "auto" would measure and refuse it: force it to test that it is exact
+    # the Erf GELU, SiLU, residual Add) is incremental; whether it pays on these 64x64 nets
+    # depends on the machine and threads, so force it to test that it is exact
     assert main(["explain", *map(str, args), "--incremental", "on",
                  "--out", str(tmp_path / "a")]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"{image}: thing ")
-    assert "incremental inference on (forced)" in out
+    assert "incremental inference on" in out  # "(forced)" when measured slower
     assert main(["explain", *map(str, args), "--no-incremental",
                  "--out", str(tmp_path / "b")]) == 0
     a = Explanation.load(tmp_path / "a" / f"photo_{name}.npz")
