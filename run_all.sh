@@ -87,7 +87,8 @@ fi
 
 start=$(date +%s)
 status=0
-python -m reproduce.check --scale "$scale" "$mode" ${extra[@]+"${extra[@]}"} \
+# every script through reproduce/launch.py: Ctrl-C even during its imports is one line
+python -m reproduce.launch reproduce.check --scale "$scale" "$mode" ${extra[@]+"${extra[@]}"} \
     ${cluster[@]+"${cluster[@]}"} || status=$?
 # Quantitative evaluation (deletion/insertion curves, randomisation check) on the real LeNet
 # digits, and on the zoo nets whose weights are present. Skipped when the figures stopped at
@@ -96,7 +97,7 @@ if [ "$status" -eq 0 ] || [ "$status" -eq 3 ]; then
     echo "== quantitative evaluation (reproduce/evaluation.py, ${scale} scale)"
     eval_args=(--scale "$scale" --no-progress ${cluster[@]+"${cluster[@]}"})
     [ "$scale" = smoke ] && eval_args+=(--force)
-    python -m reproduce.evaluation "${eval_args[@]}" || status=1
+    python -m reproduce.launch reproduce.evaluation "${eval_args[@]}" || status=1
 fi
 echo "run_all.sh: ${scale} scale, $(( $(date +%s) - start )) s, exit status ${status}"
 exit "$status"

@@ -49,7 +49,9 @@ ENVIRON = dict(os.environ)
 
 def run_figure(figure: str, scale: str, extra: list[str]) -> tuple[int, float]:
     """Run one figure script in a fresh interpreter; return (exit status, seconds)."""
-    command = [sys.executable, "-m", f"reproduce.{figure}", "--scale", scale, *extra]
+    # through the launcher: a Ctrl-C during the script's imports is one line too
+    command = [sys.executable, "-m", "reproduce.launch", f"reproduce.{figure}", "--scale",
+               scale, *extra]
     print(f"== {figure}: {' '.join(command[1:])}", flush=True)
     env = dict(ENVIRON)
     env.setdefault("MPLBACKEND", "Agg")

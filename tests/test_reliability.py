@@ -497,6 +497,28 @@ def test_13_run_all_ctrl_c_is_one_line(tmp_path):
     assert text.count("interrupted") == 1 and text.strip().endswith("run_all.sh: interrupted")
 
 
+def test_13_ctrl_c_while_a_script_is_still_importing_is_one_line(tmp_path):
+    """run_all.sh starts every script through reproduce.launch: a Ctrl-C that lands while the
+    script is still importing (before its own handler exists) is one line, exit status 130."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    (tmp_path / "slow_import.py").write_text(
+        "import sys, time\nprint('importing', flush=True)\ntime.sleep(30)\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), root]))
+    process = subprocess.Popen([sys.executable, "-m", "reproduce.launch", "slow_import"],
+                               cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)
+    assert process.stdout.readline().strip() == "importing"
+    for _ in range(3):  # pressed more than once, as people do
+        os.killpg(process.pid, signal.SIGINT)
+        time.sleep(0.05)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert err == "slow_import: interrupted\n"
+    ok = subprocess.run([sys.executable, "-m", "reproduce.launch", "reproduce.check",
+                         "--help"], cwd=root, env=env, capture_output=True, text=True)
+    assert ok.returncode == 0 and "reproduce.check" in ok.stdout  # arguments pass through
+
+
 # ----------------------------------------------------------------------------------------------
 # 18, 19: misleading or missing words
 
