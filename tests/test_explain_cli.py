@@ -129,21 +129,23 @@ def test_image_file_and_pool_folder(tmp_path, capsys):
         capsys.readouterr().err
 
 
-def free_size_onnx(path):
-    """A tiny classifier with a free input size: global average pool → linear → softmax."""
+def free_size_onnx(path, classes=4, size=("H", "W"), scale=1.0):
+    """A tiny classifier: global average pool → linear (``classes`` × 3 weights times
+    ``scale``) → softmax; a free input size by default, or ``size = (H, W)``."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
-    w = numpy_helper.from_array(rng.normal(size=(4, 3)).astype(np.float32), "w")
+    weights = rng.normal(size=(classes, 3)).astype(np.float32) * np.float32(scale)
+    w = numpy_helper.from_array(weights, "w")
     nodes = [helper.make_node("GlobalAveragePool", ["data"], ["gap"]),
              helper.make_node("Flatten", ["gap"], ["flat"], axis=1),
              helper.make_node("Gemm", ["flat", "w"], ["scores"], transB=1),
              helper.make_node("Softmax", ["scores"], ["out"], axis=1)]
     graph = helper.make_graph(
         nodes, "tiny", [helper.make_tensor_value_info("data", TensorProto.FLOAT,
-                                                      ["N", 3, "H", "W"])],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 4])], [w])
+                                                      ["N", 3, *size])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", classes])], [w])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     onnx.save(model, str(path))

@@ -581,4 +581,5 @@ def test_19_policy_with_an_onnx_model_is_an_error(tmp_path, home):
     proc = explain(image, "--model", model, "--input-size", "8x8", "--policy", "resize",
                    *ONNX_FAST, "--out", tmp_path, home=home)
     one_error_line(proc, "--policy applies to the zoo nets (alexnet, googlenet, vgg16, lenet) "
-                   f"only; images for {model} are resized to its input size")
+                   f"only; images for {model} are fitted to its input size with --resize "
+                   "crop|stretch")

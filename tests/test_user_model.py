@@ -7,6 +7,7 @@ from preddiff import Explanation
 from preddiff.cli import main
 from preddiff.errors import InvalidArgument
 from preddiff.preprocess import CROP_FRACTION, NORMALIZATIONS, OnnxPreprocessor
+from test_explain_cli import free_size_onnx
 
 FAST = ["--window", "4", "--stride", "3", "--samples", "2", "--sampler", "marginal",
         "--no-progress", "--device", "cpu", "--threads", "1"]
@@ -19,25 +20,9 @@ def explain(*argv):
     return main(["explain", *map(str, argv)])
 
 
-def classifier_onnx(path, classes=4, size=("H", "W"), seed=0):
-    """Average pool → linear → softmax, optionally of a fixed input size."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(seed)
-    w = numpy_helper.from_array(rng.normal(size=(classes, 3)).astype(np.float32) * 3, "w")
-    nodes = [helper.make_node("GlobalAveragePool", ["data"], ["gap"]),
-             helper.make_node("Flatten", ["gap"], ["flat"], axis=1),
-             helper.make_node("Gemm", ["flat", "w"], ["scores"], transB=1),
-             helper.make_node("Softmax", ["scores"], ["out"], axis=1)]
-    graph = helper.make_graph(
-        nodes, "tiny", [helper.make_tensor_value_info("data", TensorProto.FLOAT,
-                                                      ["N", 3, *size])],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", classes])], [w])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path
+def classifier_onnx(path, classes=4, size=("H", "W")):
+    """Average pool → linear → softmax (weights large enough for distinct probabilities)."""
+    return free_size_onnx(path, classes=classes, size=size, scale=3.0)
 
 
 def image_file(path, shape, seed=1):

@@ -171,19 +171,29 @@ class Explanation:
                 f"{unit} or --save-all)")
         return self.relevance[blob][int(where[0])]
 
+    def clean_values(self, blob: str = "prob") -> np.ndarray:
+        """One clean value per unit of ``blob``: the unit's value, or for a blob with spatial
+        dimensions the feature map's mean.
+
+        Returns
+        -------
+        ndarray of float64, shape (units,)
+        """
+        if blob not in self.clean:
+            raise InvalidArgument(f"unknown blob {blob!r}; this explanation has "
+                                  f"{', '.join(self.clean)}")
+        values = self.clean[blob]
+        return values.reshape(values.shape[0], -1).mean(axis=1) if values.ndim > 1 else values
+
     def top_classes(self, blob: str = "prob", n: int = 3) -> list[tuple[int, float]]:
-        """The ``n`` units with the largest clean value of ``blob``.
+        """The ``n`` units with the largest clean value of ``blob`` (:meth:`clean_values`).
 
         Returns
         -------
         list of (unit index, clean value), largest first. For a blob with spatial dimensions
         the value is the feature map's mean.
         """
-        if blob not in self.clean:
-            raise InvalidArgument(f"unknown blob {blob!r}; this explanation has "
-                                  f"{', '.join(self.clean)}")
-        values = self.clean[blob]
-        values = values.reshape(values.shape[0], -1).mean(axis=1) if values.ndim > 1 else values
+        values = self.clean_values(blob)
         order = np.argsort(-values, kind="stable")[:n]
         return [(int(i), float(values[i])) for i in order]
 

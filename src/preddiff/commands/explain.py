@@ -362,7 +362,8 @@ def _options_that_apply(args) -> None:
                 setattr(args, name, default)
     if args.policy is not None and args.model not in zoo.MODEL_NAMES:
         raise InvalidArgument(f"--policy applies to the zoo nets ({', '.join(zoo.MODEL_NAMES)}) "
-                              f"only; images for {args.model} are resized to its input size")
+                              f"only; images for {args.model} are fitted to its input size "
+                              "with --resize crop|stretch")
     args.policy = args.policy or ZOO_OPTIONS["policy"]
     if args.model in zoo.MODEL_NAMES:
         given = [f"--{name}" for name in ("labels", "resize", "mean", "std", "normalize")
@@ -725,6 +726,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .. import __version__, cluster, prediction_difference
+    from ..compat import round_relevance
     from ..errors import InvalidArgument
     from ..windows import window_grid
 
@@ -770,14 +772,12 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.no_progress and not prepared)
         if resumed:
             _say_resumed(checkpoint)
-        from ..compat import round_relevance
         explanation.relevance = round_relevance(explanation.relevance,
                                                 getattr(args, "compat", "intended"))
         units = explanation.relevance[model.blob].shape[0]
         names = _unit_names(model, units)
         top = explanation.top_classes(model.blob, args.top)
-        clean = explanation.clean[model.blob]
-        clean = clean.reshape(units, -1).mean(axis=1) if clean.ndim > 1 else clean
+        clean = explanation.clean_values(model.blob)
         shown = top + [(i, float(clean[i])) for i in classes if i not in dict(top)]
         explanation.metadata.update({
             "image": spec, "model": model.name, "model_sha1": model.sha1,
