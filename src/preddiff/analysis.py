@@ -77,8 +77,9 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from .checkpoint import Checkpoint, atomic_savez, json_array
 from .errors import InvalidArgument, PredDiffError
+from .maps import RelevanceMaps
 from .samplers import WindowStreams, resolve_seed
-from .windows import check_edges, coverage_counts, window_positions, window_shape, window_sum
+from .windows import check_edges, coverage_counts, window_positions, window_shape
 
 __all__ = ["prediction_difference", "Explanation", "NonFiniteOutput", "weight_of_evidence",
            "AnalysisSetup", "prepare", "clean_outputs", "window_values", "WindowEvaluator",
@@ -101,10 +102,14 @@ class Explanation:
 
     Attributes
     ----------
-    relevance : dict of str to ndarray of float64, shape (units, H, W)
+    relevance : mapping of str to ndarray of float64, shape (units, H, W)
         Per blob: one map per class (probability blob), per unit (vector blob) or per feature
         map (convolutional blob). Weight of evidence (eq. 4–5) in bits for probability blobs,
         activation difference (eq. 9) otherwise, averaged over the windows covering each pixel.
+        After :func:`prediction_difference` it is a :class:`preddiff.maps.RelevanceMaps`,
+        which computes a blob's maps on first access (``relevance[blob]``, 400 MB for 1000
+        classes at 224²); :meth:`relevance_of` computes one unit's map only. A loaded
+        explanation holds a dict of the saved arrays.
     clean : dict of str to ndarray of float64
         Each blob's value on the unperturbed image (one row, batch dimension dropped).
     counts : ndarray of int64, shape (H, W)
@@ -147,8 +152,14 @@ class Explanation:
     units: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        for blob, maps in self.relevance.items():
-            self.units.setdefault(blob, np.arange(len(maps), dtype=np.int64))
+        for blob in self.relevance:
+            self.units.setdefault(blob, np.arange(self._num_maps(blob), dtype=np.int64))
+
+    def _num_maps(self, blob: str) -> int:
+        """Number of maps ``relevance[blob]`` holds (without computing lazy maps)."""
+        if isinstance(self.relevance, RelevanceMaps):
+            return self.relevance.num_units(blob)
+        return len(self.relevance[blob])
 
     def relevance_of(self, blob: str, unit: int) -> np.ndarray:
         """The map of one unit (class) of ``blob``, shape (H, W).
@@ -169,6 +180,8 @@ class Explanation:
                 f"the map of unit {unit} of blob {blob!r} was not saved; this file holds units "
                 f"{kept[:20]}{' …' if len(kept) > 20 else ''} (explain with --classes "
                 f"{unit} or --save-all)")
+        if isinstance(self.relevance, RelevanceMaps):
+            return self.relevance.unit(blob, int(where[0]))
         return self.relevance[blob][int(where[0])]
 
     def clean_values(self, blob: str = "prob") -> np.ndarray:
@@ -233,12 +246,12 @@ class Explanation:
         arrays = {"meta": json_array(self._meta()), "x": self.x, "counts": self.counts}
         for i, blob in enumerate(self.blobs):
             keep = self.units[blob]
-            maps = self.relevance[blob]
-            if blob in units:
-                wanted = np.unique(np.asarray(list(units[blob]), dtype=np.int64))
-                maps = np.stack([self.relevance_of(blob, int(u)) for u in wanted]) \
-                    if wanted.size else maps[:0]
-                keep = wanted
+            if blob in units:  # only these maps are computed
+                keep = np.unique(np.asarray(list(units[blob]), dtype=np.int64))
+                maps = (np.stack([self.relevance_of(blob, int(u)) for u in keep]) if keep.size
+                        else np.empty((0, *self.counts.shape)))
+            else:
+                maps = self.relevance[blob]
             arrays[f"relevance_{i}"] = maps.astype(dtype, copy=False)
             arrays[f"units_{i}"] = np.asarray(keep, dtype=np.int64)
             arrays[f"clean_{i}"] = self.clean[blob]
@@ -656,7 +669,8 @@ def window_values(setup: AnalysisSetup, classifier, sampler, clean: dict, start:
 
 def assemble(setup: AnalysisSetup, clean: dict, values: dict, timings: dict) -> Explanation:
     """The :class:`Explanation` from every window's value: the per-pixel average over the
-    covering windows (§3.2), computed once in the fixed window order.
+    covering windows (§3.2), in the fixed window order, computed per blob or per unit when
+    first asked for (:class:`preddiff.maps.RelevanceMaps`).
 
     Parameters
     ----------
@@ -667,9 +681,9 @@ def assemble(setup: AnalysisSetup, clean: dict, values: dict, timings: dict) -> 
     """
     image_shape = setup.x.shape[1:]
     counts = coverage_counts(image_shape, setup.window, setup.stride, edges=setup.edges)
-    relevance = {b: _relevance(values[b], counts, image_shape, setup.window, setup.stride,
-                               setup.edges)
-                 for b in setup.blobs}
+    # the maps are computed when asked for: a 1000-class blob at 224² is 400 MB
+    relevance = RelevanceMaps({b: values[b] for b in setup.blobs}, counts, setup.window,
+                              setup.stride, setup.edges)
     timings["outside"] = timings["total"] - timings["classifier"]
     timings["outside_fraction"] = timings["outside"] / max(timings["total"], 1e-12)
     return Explanation(
@@ -841,13 +855,6 @@ def _resume(store: Checkpoint, values: dict, timings: dict) -> int:
         array[:done] = saved_values[blob]
     timings.update({k: float(v) for k, v in saved_timings.items() if k in timings})
     return done
-
-
-def _relevance(values: np.ndarray, counts: np.ndarray, image_shape, window, stride, edges):
-    """Per-window values (windows, units) → the average over covering windows (units, H, W)."""
-    total = window_sum(values, image_shape, window, stride, edges=edges)
-    # uncovered pixels are exactly 0 in the sum and stay so
-    return np.divide(total, counts, out=total, where=counts > 0)
 
 
 class _BatchRunner:

@@ -27,7 +27,7 @@ import numpy as np
 
 from .errors import InvalidArgument
 
-__all__ = ["COMPATS", "RELEASED", "settings", "round_relevance"]
+__all__ = ["COMPATS", "RELEASED", "settings", "round_relevance", "float16_round"]
 
 COMPATS = ("intended", "released")
 """``"intended"``: the paper and the released code's intent (default); ``"released"``: the
@@ -57,11 +57,26 @@ def settings(compat: str) -> dict:
     return dict(RELEASED) if compat == "released" else {}
 
 
-def round_relevance(relevance: dict, compat: str) -> dict:
+def round_relevance(relevance, compat: str):
     """Relevance maps as the mode returns them: rounded through float16 for ``"released"``
     (the released code's ``.astype(np.float16)``), unchanged otherwise. Values keep their
-    dtype, so the rounding, not the storage type, is what changes."""
+    dtype, so the rounding, not the storage type, is what changes.
+
+    Parameters
+    ----------
+    relevance : dict of str to ndarray, or preddiff.maps.RelevanceMaps
+        Maps (units, H, W) per blob. Lazily computed maps stay lazy: the rounding is applied
+        to each map when it is computed.
+    """
     if not settings(compat):
         return relevance
-    return {blob: np.asarray(r).astype(np.float16).astype(np.asarray(r).dtype)
-            for blob, r in relevance.items()}
+    transformed = getattr(relevance, "transformed", None)
+    if transformed is not None:
+        return transformed(float16_round)
+    return {blob: float16_round(r) for blob, r in relevance.items()}
+
+
+def float16_round(maps) -> np.ndarray:
+    """``maps`` rounded to the nearest float16 value, in their own dtype (elementwise)."""
+    maps = np.asarray(maps)
+    return maps.astype(np.float16).astype(maps.dtype)

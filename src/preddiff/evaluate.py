@@ -978,14 +978,14 @@ def standard_methods(*, pool, sampler, window, stride: int = 1, num_samples: int
                                       num_samples=num_samples, blobs=(model.output,),
                                       probability_blobs=(model.output,),
                                       batch_size=batch_size, rng=seed, progress=False)
-            return e.relevance[model.output][unit]
+            return e.relevance_of(model.output, unit)
         return explain
 
     def occlusion_map(model, x, unit, seed):
         e = occlusion(x, model.classifier, window=window, stride=stride, value=grey,
                       blobs=(model.output,), probability_blobs=(model.output,),
                       batch_size=batch_size)
-        return e.relevance[model.output][unit]
+        return e.relevance_of(model.output, unit)
 
     def sensitivity(model, x, unit, seed):
         return sensitivity_map(x, model.graph, unit)

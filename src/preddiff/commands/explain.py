@@ -664,8 +664,7 @@ def _parse_classes(text, names: list[str], units: int, labelled: bool) -> list[i
 def _figure(model: _Model, explanation, top, names, stem: Path) -> Path:
     from .. import plot
 
-    relevance = explanation.relevance[model.blob]
-    maps = {f"{names[i]}": relevance[i] for i, _ in top}
+    maps = {f"{names[i]}": explanation.relevance_of(model.blob, i) for i, _ in top}
     values = {f"{names[i]}": v for i, v in top}
     title = (f"{model.name}: {model.blob}, k={explanation.window[0]}x{explanation.window[1]}, "
              f"stride {explanation.stride}, S={explanation.num_samples}, "
@@ -774,7 +773,7 @@ def run(args: argparse.Namespace) -> int:
             _say_resumed(checkpoint)
         explanation.relevance = round_relevance(explanation.relevance,
                                                 getattr(args, "compat", "intended"))
-        units = explanation.relevance[model.blob].shape[0]
+        units = len(explanation.units[model.blob])
         names = _unit_names(model, units)
         top = explanation.top_classes(model.blob, args.top)
         clean = explanation.clean_values(model.blob)
