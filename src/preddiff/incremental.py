@@ -345,8 +345,9 @@ class _Session:
             so.intra_op_num_threads = int(threads)
         # many small sessions alternate with NumPy work: spinning threads would steal the cores
         so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-        providers = (["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda"
-                     else ["CPUExecutionProvider"])
+        from .classifier import cuda_providers  # full float32: no TensorFloat-32
+
+        providers = cuda_providers() if device == "cuda" else ["CPUExecutionProvider"]
         try:
             self.session = ort.InferenceSession(model.SerializeToString(), so,
                                                 providers=providers)
