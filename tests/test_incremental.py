@@ -672,6 +672,50 @@ def test_bad_arguments_raise_invalid_argument(rng):
         IncrementalClassifier(model, outputs=outputs, device="tpu")
 
 
+@pytest.mark.parametrize("case", ["mobile", "residual"])
+def test_concurrent_batches_give_identical_outputs(case, rng):
+    """Batches evaluated side by side (``workers``) give the same numbers as one at a time,
+    in the caller's order, and as the full forward pass."""
+    model, outputs = _case_model(case, rng)
+    x = rng.normal(size=(3, 23, 27)).astype(np.float32)
+    top_left = np.repeat(_windows(23, 27, 4, rng, extra=20), 3, axis=0)
+    patches = rng.normal(size=(len(top_left), 3, 4, 4)).astype(np.float32)
+    one = IncrementalClassifier(model, outputs=outputs, device="cpu", workers=1, batch_size=6)
+    three = IncrementalClassifier(model, outputs=outputs, device="cpu", workers=3, batch_size=6,
+                                  threads=2)
+    assert len(three._batches(three._plan(x.shape, (4, 4)), top_left[:, 0],
+                              top_left[:, 1])) > 6
+    want, got = one.evaluate_windows(x, top_left, patches), three.evaluate_windows(
+        x, top_left, patches)
+    for name in outputs:
+        np.testing.assert_array_equal(got[name], want[name])
+    reference = IncrementalClassifier(model, outputs=outputs, device="cpu", incremental=False)
+    _assert_exact(got, reference(_literal_images(x, top_left, patches)))
+    assert three._crop_threads == 1 and one._crop_threads is None
+    with pytest.raises(InvalidArgument, match="workers must be a positive integer, got 0"):
+        IncrementalClassifier(model, outputs=outputs, device="cpu", workers=0)
+
+
+def test_in_order_keeps_the_order_and_raises_where_the_error_is():
+    import time
+
+    from preddiff.incremental import _in_order
+
+    def slow(i):
+        time.sleep(0.02 * (i % 3 == 0))  # later items finish first
+        if i == 7:
+            raise ValueError("item 7")
+        return i
+
+    assert list(_in_order(slow, list(range(7)), 3)) == list(range(7))
+    assert list(_in_order(slow, list(range(7)), 1)) == list(range(7))
+    seen = []
+    with pytest.raises(ValueError, match="item 7"):
+        for value in _in_order(slow, list(range(20)), 2):
+            seen.append(value)
+    assert seen == list(range(7))
+
+
 # ---------------------------------------------------------------------------------------------
 # GPU helpers that can be checked without a GPU
 
