@@ -100,6 +100,9 @@ __all__ = ["IncrementalClassifier", "supported", "auto_batch_size", "gpu_free_me
            "to_float16", "theoretical_macs"]
 
 DEFAULT_BATCH_SIZE = 64
+#: Changes when the engine's speed changes (2: two batches side by side on a CPU), so that
+#: the decisions cached by :mod:`preddiff.incremental_decision` are measured again.
+ENGINE_REVISION = 2
 #: Largest number of windows, and of bytes of full maps, sent through the remainder at once.
 REMAINDER_BATCH = 256
 REMAINDER_BYTES = 64 * 2**20

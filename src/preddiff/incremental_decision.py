@@ -102,8 +102,10 @@ def cpu_name() -> str:
 def _machine_key(device: str, threads) -> str:
     import onnxruntime
 
+    from .incremental import ENGINE_REVISION
+
     return (f"{cpu_name()}|{os.cpu_count()}|onnxruntime {onnxruntime.__version__}|{device}|"
-            f"{threads}")
+            f"{threads}|engine {ENGINE_REVISION}")
 
 
 def _available_memory() -> float | None:
