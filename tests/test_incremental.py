@@ -267,7 +267,20 @@ def _mobile(g):
     return g.conv(y, 6, 3, group=2, pads=(1, 0, 0, 1))
 
 
+def _bottleneck(g):
+    # 1×1 convolutions right behind another step (run fused in its session, as in ResNet-50's
+    # bottlenecks and MobileNetV2's projections), a chain of two, one behind a residual merge
+    x = g.op("Relu", g.conv("data", 8, 3, stride=2, pads=(1, 1, 1, 1)))
+    y = g.op("Relu", g.conv(x, 4, 1))
+    y = g.op("Relu", g.conv(y, 4, 3, pads=(1, 1, 1, 1)))
+    y = g.conv(g.op("Relu", g.conv(g.conv(y, 6, 1), 6, 1)), 8, 1)
+    x = g.op("Relu", g.binary("Add", y, x))
+    y = g.op("Relu", g.conv(x, 6, 1))
+    return g.op("Relu", g.conv(y, 5, 3, pads=(1, 1, 1, 1)))
+
+
 CASES = {
+    "bottleneck": _bottleneck,
     "normalise": _normalise,
     "residual": _residual,
     "activations": _activations,
@@ -694,6 +707,38 @@ def test_concurrent_batches_give_identical_outputs(case, rng):
     assert three._crop_threads == 1 and one._crop_threads is None
     with pytest.raises(InvalidArgument, match="workers must be a positive integer, got 0"):
         IncrementalClassifier(model, outputs=outputs, device="cpu", workers=0)
+
+
+@pytest.mark.parametrize("case", ["mobile", "bottleneck"])
+def test_fused_one_by_one_steps_equal_separate_steps(case, rng):
+    """1×1 convolution steps run in the session of the step in front of them give the same
+    outputs as run on their own, and as the full forward pass, for every switch point (a cut
+    between a step and its 1×1 followers fuses only the followers before the cut)."""
+    model, outputs = _case_model(case, rng)
+    x = rng.normal(size=(3, 23, 27)).astype(np.float32)
+    top_left = _windows(23, 27, 3, rng)
+    patches = rng.normal(size=(len(top_left), 3, 3, 3)).astype(np.float32)
+    steps = len(analyse(model, outputs).steps)
+    fused = IncrementalClassifier(model, outputs=outputs, device="cpu", cut=steps)
+    hosts = {i: fused._followers(i, steps) for i in range(steps)}
+    assert any(hosts.values()), "the case has no 1x1 step behind another step"
+    if case == "bottleneck":  # behind a convolution, behind a merge, and a chain of two
+        assert max(len(f) for f in hosts.values()) >= 2
+        assert sum(len(f) for f in hosts.values()) >= 4
+    for i, followers in hosts.items():
+        for j in followers:
+            assert fused.analysis.steps[j].op == "Conv"
+            assert fused.analysis.steps[j].inputs == (fused.analysis.steps[j - 1].output,)
+    separate = IncrementalClassifier(model, outputs=outputs, device="cpu", fuse=False,
+                                     cut=steps)
+    want = separate.evaluate_windows(x, top_left, patches)
+    got = fused.evaluate_windows(x, top_left, patches)
+    assert any(n for _, n in fused._crop_sessions), "no fused session ran"
+    for name in outputs:
+        np.testing.assert_allclose(got[name], want[name], rtol=0,
+                                   atol=TOL * np.abs(want[name]).max())
+    assert not any(separate._followers(i, steps) for i in range(steps))
+    _check_all_cuts(model, outputs, x, top_left, patches)
 
 
 def test_in_order_keeps_the_order_and_raises_where_the_error_is():
