@@ -36,9 +36,9 @@ intra-op thread spinning off (spinning threads of one small session would steal 
 the next); a 1×1 stride-1 convolution step runs in the session of the step in front of it, on
 that step's output crop, since its changed box is the same (``fuse``: ResNet bottlenecks,
 MobileNet projections and expansions; one call, gather and paste fewer each). On a CPU two
-batches run side by side in threads (``workers``), each session call
-on half the cores, which uses the cores better than one small call on all of them; the
-outputs are identical either way. The full maps at the switch point of several batches go
+batches run side by side in threads (``workers``), each session call on half the cores, which
+uses the cores better than one small call on all of them; the outputs are identical either
+way. The full maps at the switch point of several batches go
 through the remainder together, in the batches' order, so that fully connected weights are
 read once per run.
 
@@ -80,7 +80,6 @@ import collections
 import functools
 import hashlib
 import logging
-import os
 import re
 import shutil
 import subprocess
@@ -93,6 +92,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from onnx import TensorProto, helper, numpy_helper
 
 from .errors import InvalidArgument
+from .incremental_decision import available_cores
 from .incremental_plan import (
     Analysis, _frontier, analyse, choose_cut, format_plan, geometry, load_model, remainder_macs,
 )
@@ -103,8 +103,9 @@ __all__ = ["IncrementalClassifier", "supported", "auto_batch_size", "gpu_free_me
            "to_float16", "theoretical_macs"]
 
 DEFAULT_BATCH_SIZE = 64
-#: Changes when the engine's speed changes (2: two batches side by side on a CPU; 3: 1×1 steps fused), so that
-#: the decisions cached by :mod:`preddiff.incremental_decision` are measured again.
+#: Changes when the engine's speed changes (2: two batches side by side on a CPU; 3: 1×1
+#: steps fused), so that the decisions cached by :mod:`preddiff.incremental_decision` are
+#: measured again.
 ENGINE_REVISION = 3
 #: Largest number of windows, and of bytes of full maps, sent through the remainder at once.
 REMAINDER_BATCH = 256
@@ -740,7 +741,7 @@ class IncrementalClassifier:
             float16 = False
         self.float16 = bool(float16)
         self.threads = threads
-        cores = _cores()
+        cores = available_cores()
         if workers is None:  # two batches side by side when two cores are ours
             workers = 2 if self.device != "cuda" and (threads or cores) >= 2 else 1
         if int(workers) != workers or workers < 1:
@@ -1166,14 +1167,6 @@ class IncrementalClassifier:
                  + c0[:, None, None] + np.arange(cw)).reshape(n, 1, ch * cw)
         return {name + "__clean": self._device_clean[name],
                 name + "__crop": np.ascontiguousarray(src), name + "__index": index}
-
-
-def _cores() -> int:
-    """CPU cores this process may use."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def _in_order(fn, items, workers: int):

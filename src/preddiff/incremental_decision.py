@@ -99,6 +99,14 @@ def cpu_name() -> str:
     return cpu
 
 
+def available_cores() -> int:
+    """CPU cores this process may use (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def _machine_key(device: str, threads) -> str:
     import onnxruntime
 

@@ -205,15 +205,10 @@ def machine_info() -> dict:
 
     from .. import __version__
 
-    from ..incremental_decision import cpu_name
+    from ..incremental_decision import available_cores, cpu_name
 
-    cpu = cpu_name()
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count()
     return {
-        "cpu": cpu, "cores": cores, "platform": platform.platform(),
+        "cpu": cpu_name(), "cores": available_cores(), "platform": platform.platform(),
         "python": platform.python_version(), "numpy": numpy.__version__,
         "onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__,
         "scipy": scipy.__version__, "preddiff": __version__, "git_commit": _git_commit(),
