@@ -42,6 +42,7 @@ import time
 from pathlib import Path
 
 from ..fileio import atomic_write_text
+from .explain import DEFAULT_TOP
 
 ORDER = 60
 
@@ -66,8 +67,8 @@ PLAIN_BATCHES = {"lenet": (16, 64, 256), "alexnet": (1, 8, 32), "googlenet": (1,
                  "vgg16": (1, 4, 8), "resnet18": (1, 8, 32), "resnet50": (1, 8, 16),
                  "mobilenet_v2": (1, 8, 32), "efficientnet_lite0": (1, 8, 32)}
 INCREMENTAL_ENGINE_BATCH = 1000  # perturbed images per evaluate_windows call (100 windows)
-#: Maps computed after each run, as ``preddiff explain`` does by default (``--top 3``).
-KEPT_MAPS = 3
+#: Maps computed after each run, as ``preddiff explain`` does by default (``--top``).
+KEPT_MAPS = DEFAULT_TOP
 DESCRIPTION = ("Throughput of prediction difference analysis, naive and with exact incremental "
                "inference, against the plain classifier's images/s; prints a table and "
                "optionally writes JSON.")

@@ -48,6 +48,9 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".we
 ZOO_COLOUR = ("alexnet", "googlenet", "vgg16")
 
 
+#: Classes whose maps are plotted, printed and kept in the ``.npz`` by default (``--top``).
+DEFAULT_TOP = 3
+
 def register(subparsers) -> None:
     """Add the ``explain`` sub-command."""
     p = subparsers.add_parser(
@@ -77,7 +80,8 @@ def register(subparsers) -> None:
                    help="window stride (default 1; --stride k: non-overlapping windows)")
     p.add_argument("--blob", default=None,
                    help="blob to explain (default: the probability output, e.g. prob)")
-    p.add_argument("--top", type=int, default=3, help="classes to plot and print (default 3)")
+    p.add_argument("--top", type=int, default=DEFAULT_TOP,
+                   help="classes to plot and print (default %(default)s)")
     p.add_argument("--pool", type=Path, default=None, metavar="DIR",
                    help="images the samplers learn from (default: the bundled images; for "
                    "LeNet the digits other than the explained one)")
