@@ -73,9 +73,9 @@ import zipfile
 from dataclasses import dataclass, field
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from .checkpoint import Checkpoint, atomic_savez, json_array
+from .compose import compose_batch
 from .errors import InvalidArgument, PredDiffError
 from .maps import RelevanceMaps
 from .samplers import WindowStreams, resolve_seed
@@ -354,6 +354,12 @@ class _BlobReducer:
 
     def __call__(self, output: np.ndarray, num_windows: int, num_samples: int) -> np.ndarray:
         """``(n·S, ...)`` outputs → ``(n, units)`` per-window prediction differences."""
+        output = np.asarray(output)
+        if self.clean.shape[1] > 1 and output.ndim == 2 and not self.probability:
+            # the classifier averaged each feature map on the device: (n·S, U) means
+            means = _sample_mean(output.astype(np.float64).reshape(
+                num_windows, num_samples, self.units))
+            return self.clean.mean(axis=1) - means
         out = np.asarray(output, dtype=np.float64).reshape(
             num_windows, num_samples, self.units, self.clean.shape[1])
         mean = _sample_mean(out)  # (n, U, P)
@@ -608,14 +614,23 @@ class WindowEvaluator:
         As in :func:`prediction_difference`.
     clean : dict of str to ndarray
         :func:`clean_outputs` of the setup.
+    prefetch : bool, optional
+        Draw the next batch's samples in a background thread while the current batch is
+        evaluated (same values; off: everything in the calling thread).
     """
 
-    def __init__(self, setup: AnalysisSetup, classifier, sampler, clean: dict):
-        self.setup, self.sampler = setup, sampler
+    def __init__(self, setup: AnalysisSetup, classifier, sampler, clean: dict, *,
+                 prefetch: bool = True):
+        self.setup, self.sampler, self.prefetch = setup, sampler, bool(prefetch)
         self.reducers = reducers(setup, clean)
         self.per_image = {b: np.shape(clean[b]) for b in setup.blobs}
+        # activation differences of feature maps need only each map's mean (eq. 9, averaged
+        # per map): a classifier that can take it on the device sends back (N, C) values
+        spatial = tuple(b for b in setup.blobs if b not in setup.probability_blobs
+                        and len(self.per_image[b]) == 3)
         self.runner = _BatchRunner(setup.x, classifier, sampler, setup.window,
-                                   setup.num_samples, setup.windows_per_batch, setup.seed)
+                                   setup.num_samples, setup.windows_per_batch, setup.seed,
+                                   spatial_means=spatial)
 
     def batches(self, start: int, stop: int):
         """The grid-aligned batches ``(a, b)`` that cover windows ``start … stop − 1``."""
@@ -625,6 +640,45 @@ class WindowEvaluator:
             yield start, end
             start = end
 
+    def stream(self, start: int, stop: int, timings: dict | None = None):
+        """Values of windows ``start … stop − 1``, one grid batch at a time.
+
+        The samples of the next batch are drawn in the background while the current one is
+        evaluated (``prefetch``); the values are the same either way.
+
+        Yields
+        ------
+        a, b : int
+            The batch's windows ``a … b − 1``.
+        values : dict of str to ndarray of float64, shape (b − a, units)
+            Weight of evidence (eq. 4–5) or activation difference (eq. 9) per window and unit.
+        """
+        setup = self.setup
+        timings = {"classifier": 0.0, "sampler": 0.0} if timings is None else timings
+        wpb, positions = setup.windows_per_batch, setup.positions
+        prefetch = _Prefetch(self.runner, positions, self.batches(start, stop), self.prefetch)
+        for (a, b), drawn in prefetch:
+            outputs = self.runner.evaluate(drawn, timings)
+            missing = [blob for blob in setup.blobs if blob not in outputs]
+            if missing:
+                raise InvalidArgument(f"the classifier did not return blob(s) {missing}")
+            where = (f"in batch {a // wpb} (windows {a}–{b - 1}, top-left "
+                     f"{tuple(positions[a].tolist())} to {tuple(positions[b - 1].tolist())})")
+            _check_blob_arrays(outputs, setup.blobs, (b - a) * setup.num_samples,
+                               self._per_image_of(outputs), where)
+            _check_finite(outputs, setup.blobs, where)
+            yield a, b, {blob: reduce(outputs[blob], b - a, setup.num_samples)
+                         for blob, reduce in self.reducers.items()}
+
+    def _per_image_of(self, outputs) -> dict:
+        """The per-image shape each blob must have: a blob the classifier reduced to its
+        per-map means (``spatial_means``) has one value per map."""
+        shapes = dict(self.per_image)
+        for blob in self.runner.spatial_means:
+            if np.ndim(outputs[blob]) == 2:
+                shapes[blob] = shapes[blob][:1]
+        return shapes
+
     def __call__(self, start: int, stop: int, timings: dict | None = None) -> dict:
         """Values of windows ``start … stop − 1``.
 
@@ -633,23 +687,10 @@ class WindowEvaluator:
         dict of str to ndarray of float64, shape (stop − start, units)
             Weight of evidence (eq. 4–5) or activation difference (eq. 9) per window and unit.
         """
-        setup = self.setup
-        timings = {"classifier": 0.0, "sampler": 0.0} if timings is None else timings
         values = {b: np.empty((stop - start, r.units)) for b, r in self.reducers.items()}
-        for a, b in self.batches(start, stop):
-            outputs = self.runner(setup.positions, a, b, timings)
-            missing = [blob for blob in setup.blobs if blob not in outputs]
-            if missing:
-                raise InvalidArgument(f"the classifier did not return blob(s) {missing}")
-            wpb, positions = setup.windows_per_batch, setup.positions
-            where = (f"in batch {a // wpb} (windows {a}–{b - 1}, top-left "
-                     f"{tuple(positions[a].tolist())} to {tuple(positions[b - 1].tolist())})")
-            _check_blob_arrays(outputs, setup.blobs, (b - a) * setup.num_samples,
-                               self.per_image, where)
-            _check_finite(outputs, setup.blobs, where)
-            for blob, reduce in self.reducers.items():
-                values[blob][a - start:b - start] = reduce(outputs[blob], b - a,
-                                                           setup.num_samples)
+        for a, b, block in self.stream(start, stop, timings):
+            for blob, array in block.items():
+                values[blob][a - start:b - start] = array
         return values
 
 
@@ -801,8 +842,7 @@ def prediction_difference(x, classifier, sampler, *, window, stride=1, num_sampl
     bar = _progress_bar(n_windows, done, progress)
     try:
         # batches on a fixed grid of window indices: a resumed run sees the same batches
-        for start, stop in evaluate.batches(done, n_windows):
-            block = evaluate(start, stop, timings)
+        for start, stop, block in evaluate.stream(done, n_windows, timings):
             for b in setup.blobs:
                 values[b][start:stop] = block[b]
             done = stop
@@ -858,16 +898,23 @@ def _resume(store: Checkpoint, values: dict, timings: dict) -> int:
 
 
 class _BatchRunner:
-    """Samples, builds and evaluates the perturbed images of a range of windows."""
+    """Samples the windows of a batch (:meth:`sample`) and evaluates their perturbed images
+    (:meth:`evaluate`): through the classifier's ``evaluate_windows`` when it has one (only the
+    samples and positions are handed over), else as full images built here."""
 
-    def __init__(self, x, classifier, sampler, window, num_samples, windows_per_batch, seed):
+    def __init__(self, x, classifier, sampler, window, num_samples, windows_per_batch, seed,
+                 spatial_means=()):
         self.x, self.classifier, self.sampler = x, classifier, sampler
         self.window, self.num_samples, self.seed = window, num_samples, seed
         self.fast = callable(getattr(classifier, "evaluate_windows", None))
+        self.spatial_means = (tuple(spatial_means) if self.fast and getattr(
+            classifier, "supports_spatial_means", False) else ())
         self.capacity = windows_per_batch * num_samples
         self.buffer = None
 
-    def __call__(self, positions, start, stop, timings) -> dict:
+    def sample(self, positions, start, stop) -> tuple:
+        """Samples of windows ``start … stop − 1``: ``(top_left (n·S, 2), patches (n·S, C,
+        kh, kw), seconds)``; a pure function of the arguments (each window its own stream)."""
         (kh, kw), s = self.window, self.num_samples
         c = self.x.shape[0]
         top_left = positions[start:stop]
@@ -882,10 +929,19 @@ class _BatchRunner:
                 "(windows, samples, channels, kh, kw)")
         patches = patches.reshape(n * s, c, kh, kw)
         repeated = np.repeat(top_left, s, axis=0)
-        timings["sampler"] += time.perf_counter() - tic
+        return repeated, patches, time.perf_counter() - tic
+
+    def evaluate(self, drawn, timings) -> dict:
+        """The classifier's blobs for the perturbed images of ``drawn`` (:meth:`sample`)."""
+        repeated, patches, seconds = drawn
+        timings["sampler"] += seconds
         if self.fast:
             tic = time.perf_counter()
-            outputs = self.classifier.evaluate_windows(self.x, repeated, patches)
+            if self.spatial_means:
+                outputs = self.classifier.evaluate_windows(self.x, repeated, patches,
+                                                           spatial_means=self.spatial_means)
+            else:
+                outputs = self.classifier.evaluate_windows(self.x, repeated, patches)
         else:
             batch = self._build(repeated, patches)
             tic = time.perf_counter()
@@ -895,24 +951,68 @@ class _BatchRunner:
             raise InvalidArgument(
                 f"the classifier must return a dict {{blob name: array}}, got {type(outputs)}")
         for blob, value in outputs.items():
-            if np.shape(value)[:1] != (n * s,):
+            if np.shape(value)[:1] != (len(patches),):
                 raise PredDiffError(
                     f"the classifier returned blob {blob!r} with shape {np.shape(value)} for "
-                    f"a batch of {n * s} images")
+                    f"a batch of {len(patches)} images")
         return outputs
+
+    def __call__(self, positions, start, stop, timings) -> dict:
+        """Sample and evaluate windows ``start … stop − 1``."""
+        return self.evaluate(self.sample(positions, start, stop), timings)
 
     def _build(self, top_left, patches) -> np.ndarray:
         """``x`` repeated, with ``patches[n]`` written at ``top_left[n]`` in image ``n``."""
         if self.buffer is None:
             self.buffer = np.empty((self.capacity,) + self.x.shape, dtype=np.float32)
-        batch = self.buffer[:len(patches)]
-        np.copyto(batch, self.x[None])
-        kh, kw = patches.shape[2:]
-        views = sliding_window_view(batch, (kh, kw), axis=(2, 3), writeable=True)
-        # (N,) × (N,) × (N,) advanced indices around a slice → target shape (N, C, kh, kw);
-        # each image gets exactly one window, so the strided writes never overlap.
-        views[np.arange(len(patches)), :, top_left[:, 0], top_left[:, 1]] = patches
-        return batch
+        return compose_batch(self.x, top_left, patches, out=self.buffer)
+
+
+class _Prefetch:
+    """Draws the samples of the next batch in a background thread while the current batch is
+    evaluated (the classifier releases the GIL; so do NumPy's large operations). The sampler is
+    called one batch at a time and in order, so a sampler needs no locking; its values do not
+    depend on the thread (each window has its own random stream)."""
+
+    def __init__(self, runner: "_BatchRunner", positions, batches, enabled: bool):
+        self.runner, self.positions = runner, positions
+        self.batches = list(batches)
+        self.pool = None
+        if enabled and len(self.batches) > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self.pool = ThreadPoolExecutor(1, thread_name_prefix="preddiff-sampler")
+
+    def _draw(self, i: int):
+        a, b = self.batches[i]
+        if self.pool is None:
+            return _Done(self.runner.sample(self.positions, a, b))
+        return self.pool.submit(self.runner.sample, self.positions, a, b)
+
+    def __iter__(self):
+        """``((a, b), drawn)`` per batch, in order."""
+        if not self.batches:
+            return
+        try:
+            pending = self._draw(0)
+            for i, batch in enumerate(self.batches):
+                drawn = pending.result()
+                if i + 1 < len(self.batches):
+                    pending = self._draw(i + 1)
+                yield batch, drawn
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+class _Done:
+    """A finished result with the ``result()`` of a future."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def result(self):
+        return self.value
 
 
 def _progress_bar(total: int, initial: int, enabled: bool):

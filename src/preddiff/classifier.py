@@ -25,11 +25,18 @@ from pathlib import Path
 
 import numpy as np
 
+from .binding import BoundSession
+from .compose import CLEAN, PATCHES, TOP_LEFT, compose_batch
 from .errors import InvalidArgument, PredDiffError
 
 log = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "cuda")
+#: Where :meth:`OnnxClassifier.evaluate_windows` composes PDA's perturbed images
+#: (:mod:`preddiff.compose`): ``"auto"`` = inside the graph on CUDA (only the window samples
+#: travel), on the host on the CPU (where there is no transfer to save and NumPy's copy costs
+#: no more than the graph's).
+COMPOSE = ("auto", "device", "host")
 _CUDA = "CUDAExecutionProvider"
 _CPU = "CPUExecutionProvider"
 #: Options of every CUDA session: full float32 arithmetic. onnxruntime's CUDA provider
@@ -157,6 +164,8 @@ class OnnxClassifier:
     name : str, optional
         The model in messages (default: the file's path, or the graph's name for a
         ``ModelProto``; pass the path a ``ModelProto`` was read from).
+    compose : {"auto", "device", "host"}, optional
+        Where :meth:`evaluate_windows` composes the perturbed images (:data:`COMPOSE`).
 
     Attributes
     ----------
@@ -179,13 +188,19 @@ class OnnxClassifier:
     """
 
     def __init__(self, model, *, outputs=None, batch_size: int = 64, device: str = "auto",
-                 threads: int | None = None, name: str | None = None):
+                 threads: int | None = None, name: str | None = None, compose: str = "auto"):
         if device not in DEVICES:
             raise InvalidArgument(f"unknown device {device!r}; expected one of {', '.join(DEVICES)}")
         if int(batch_size) < 1:
             raise InvalidArgument(f"batch_size must be a positive integer, got {batch_size}")
         if threads is not None and int(threads) < 1:
             raise InvalidArgument(f"threads must be a positive integer, got {threads}")
+        if compose not in COMPOSE:
+            raise InvalidArgument(f"unknown compose {compose!r}; expected one of "
+                                  f"{', '.join(COMPOSE)}")
+        self.compose = compose
+        self._composer = None  # (key, BoundSession) of the composing graph, built on first use
+        self._buffer = None    # host composition buffer (batch_size images)
         self._from_file = not _is_model_proto(model)
         self._model, self.source = _load_model(model, name)
         self.batch_size = int(batch_size)
@@ -349,7 +364,8 @@ class OnnxClassifier:
         """A new classifier on the same model returning ``outputs`` instead."""
         model = self._model if self._model is not None else self.source
         clone = OnnxClassifier(model, outputs=outputs, batch_size=self.batch_size,
-                               device=self.device, threads=self.threads, name=self.source)
+                               device=self.device, threads=self.threads, name=self.source,
+                               compose=self.compose)
         clone.source = self.source
         if hasattr(self, "manifest"):
             clone.manifest = self.manifest
@@ -404,6 +420,123 @@ class OnnxClassifier:
             for full, part in zip(out, results):
                 full[start : start + len(part)] = part
         return dict(zip(self.outputs, out))
+
+    # -- PDA's fast path: windows instead of images ---------------------------------------
+
+    @property
+    def composes_on_device(self) -> bool:
+        """Whether :meth:`evaluate_windows` composes the images inside the graph."""
+        if self.compose == "auto":
+            return self.provider == _CUDA and not self._fixed_batch
+        return self.compose == "device" and not self._fixed_batch
+
+    #: :meth:`evaluate_windows` can return blobs with spatial dimensions as per-map means.
+    supports_spatial_means = True
+
+    def evaluate_windows(self, x, top_left, patches, *, spatial_means=()) -> dict:
+        """The blobs of the perturbed images ``x`` with ``patches[n]`` at ``top_left[n]``.
+
+        The engine's fast path (:mod:`preddiff.analysis`): what ``self(batch)`` returns for
+        those images, in calls of at most :attr:`batch_size` images, the images composed on
+        the host or inside the graph (:attr:`composes_on_device`, :mod:`preddiff.compose`).
+
+        Parameters
+        ----------
+        x : ndarray of float32, shape (C, H, W)
+            The clean image (kept on the device between calls while it does not change).
+        top_left : ndarray of int, shape (N, 2)
+        patches : ndarray of float32, shape (N, C, kh, kw)
+        spatial_means : sequence of str, optional
+            Blobs of shape (N, C, h, w) to return as their per-feature-map mean (N, C) when
+            the images are composed on the device (the mean is then taken there, in float32,
+            and only (N, C) values are copied back); ignored otherwise.
+
+        Returns
+        -------
+        dict of str to ndarray, each (N, ...)
+        """
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        top_left = np.ascontiguousarray(top_left, dtype=np.int64).reshape(-1, 2)
+        patches = np.ascontiguousarray(patches, dtype=np.float32)
+        self._check_batch(x[None])
+        n = len(patches)
+        if n == 0 or not self.composes_on_device:
+            return self._windows_on_host(x, top_left, patches)
+        means = tuple(b for b in spatial_means if b in self.outputs and b != self.input_name)
+        composing = self._composing(x, patches.shape[2:], means)
+        if composing is None:  # the graph could not be composed: host from now on
+            return self._windows_on_host(x, top_left, patches)
+        runner, names, clean = composing
+        if clean is not x and not (clean is not None and np.array_equal(clean, x)):
+            runner.set_constant(CLEAN, x[None])
+            self._composer[2] = x
+        step = self.batch_size
+        parts = [runner.run({PATCHES: patches[i:i + step], TOP_LEFT: top_left[i:i + step]},
+                            names, min(step, n - i)) for i in range(0, n, step)]
+        out = {}
+        for blob, name in zip(self._composed_outputs(), names):
+            out[blob] = (parts[0][name] if len(parts) == 1 else
+                         np.concatenate([p[name] for p in parts]))
+        if self.input_name in self.outputs:
+            out[self.input_name] = compose_batch(x, top_left, patches)
+        return {o: out[o] for o in self.outputs}
+
+    def _composed_outputs(self) -> list[str]:
+        return [o for o in self.outputs if o != self.input_name]
+
+    def _windows_on_host(self, x, top_left, patches) -> dict:
+        """Host composition, one call of at most :attr:`batch_size` images at a time, in a
+        buffer reused between calls."""
+        n = len(patches)
+        step = self._fixed_batch or self.batch_size
+        if n == 0:
+            return self(np.empty((0,) + x.shape, np.float32))
+        if self._buffer is None or self._buffer.shape != (step,) + x.shape:
+            self._buffer = np.empty((step,) + x.shape, np.float32)
+        out = None
+        for start in range(0, n, step):
+            stop = min(n, start + step)
+            batch = compose_batch(x, top_left[start:stop], patches[start:stop],
+                                  out=self._buffer)
+            results = self._run(batch)
+            if out is None:
+                out = [np.empty((n,) + r.shape[1:], r.dtype) for r in results]
+            for full, part in zip(out, results):
+                full[start:stop] = part
+        return dict(zip(self.outputs, out))
+
+    def _composing(self, x, window, means):
+        """The composing graph's :class:`~preddiff.binding.BoundSession` for this input
+        shape, window and reduced blobs (built on first use and when they change), the
+        output names to fetch, and the clean image currently bound."""
+        key = (x.shape, tuple(window), means)
+        if self._composer is None or self._composer[0] != key:
+            import onnx
+
+            from .compose import MEAN_SUFFIX, composing_model
+
+            model = self._model if self._model is not None else onnx.load(self.source)
+            outputs = self._composed_outputs()
+            providers = cuda_providers() if self.provider == _CUDA else [_CPU]
+            try:
+                wrapped = composing_model(model, self.input_name, x.shape, window, outputs,
+                                          spatial_means=means)
+                try:
+                    session = self._make_session(wrapped.SerializeToString(), providers)
+                except Exception as exc:
+                    session = self._retry_ir_version(wrapped, exc, providers)
+            except Exception as exc:  # noqa: BLE001 - host composition always works
+                if self.compose == "device":
+                    raise PredDiffError(f"cannot compose the images inside {self.source}: "
+                                        f"{exc} (use compose='host')") from exc
+                log.warning("composing the images on the host: the composing graph of %s "
+                            "does not load (%s)", self.source, exc)
+                self.compose = "host"
+                return None
+            device = "cuda" if session.get_providers()[0] == _CUDA else "cpu"
+            names = [o + MEAN_SUFFIX if o in means else o for o in outputs]
+            self._composer = [key, BoundSession(session, device), None, names]
+        return self._composer[1], self._composer[3], self._composer[2]
 
     def _output_tails(self, batch: np.ndarray):
         """Per-input shape and dtype of each output, from one evaluation on zeros (cached)."""
