@@ -30,14 +30,25 @@ window view with fancy indexing), the classifier is called once per batch, and t
 reductions are array operations. The per-pixel average is a box filter of the per-window values
 (:func:`preddiff.windows.window_sum`).
 
-Fast path for incremental classifiers
--------------------------------------
+Fast path: windows instead of images
+------------------------------------
 If the classifier has a method ``evaluate_windows(x, top_left, patches)`` — ``x`` float32
 ``(C, H, W)``, ``top_left`` int64 ``(N, 2)``, ``patches`` float32 ``(N, C, kh, kw)`` — the
 engine calls it instead of building full images. It must return exactly what
 ``classifier(batch)`` would, where ``batch[n]`` is ``x`` with the window at ``top_left[n]``
-replaced by ``patches[n]``: a dict ``{blob: (N, ...)}``. An exact incremental-inference
-classifier (recomputing only what a window changes) plugs in here.
+replaced by ``patches[n]``: a dict ``{blob: (N, ...)}``. :class:`preddiff.classifier.
+OnnxClassifier` composes the images there, inside the graph on CUDA so that only the samples
+travel (:mod:`preddiff.compose`); an exact incremental-inference classifier (recomputing only
+what a window changes) plugs in here too. A classifier whose ``supports_spatial_means`` is
+true is asked, through ``evaluate_windows(..., spatial_means=blobs)``, for the blobs with
+spatial dimensions whose activation difference is computed as their per-feature-map means
+``(N, C)`` (eq. 9 averages each map), so that only those come back from the device.
+
+Host and device overlap
+-----------------------
+While the classifier evaluates one batch, the samples of the next are drawn in a background
+thread (``prefetch``). The sampler is called one batch at a time, in order; each window's
+samples come from its own random stream, so the values do not depend on it.
 
 Reproducibility
 ---------------

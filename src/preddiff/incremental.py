@@ -104,9 +104,10 @@ __all__ = ["IncrementalClassifier", "supported", "auto_batch_size", "gpu_free_me
 
 DEFAULT_BATCH_SIZE = 64
 #: Changes when the engine's speed changes (2: two batches side by side on a CPU; 3: 1×1
-#: steps fused), so that the decisions cached by :mod:`preddiff.incremental_decision` are
+#: steps fused; 4: full images timed as the engine sends them, composed on the device on
+#: CUDA), so that the decisions cached by :mod:`preddiff.incremental_decision` are
 #: measured again.
-ENGINE_REVISION = 3
+ENGINE_REVISION = 4
 #: Largest number of windows, and of bytes of full maps, sent through the remainder at once.
 REMAINDER_BATCH = 256
 REMAINDER_BYTES = 64 * 2**20

@@ -38,6 +38,9 @@ __all__ = ["Decision", "decide_incremental", "MODES"]
 MODES = ("auto", "on", "off")
 #: Batch sizes tried: images per session run (full) and windows per session run (incremental).
 FULL_BATCHES = (1, 8, 32)
+#: Full-image batch sizes tried on CUDA, where a GPU needs large batches to be busy; a size
+#: the device cannot hold ends the list (measured, not guessed).
+CUDA_FULL_BATCHES = (32, 128, 512, 1024)
 INCREMENTAL_BATCHES = (16, 64, 256)
 #: Rounds of timings, the two engines interleaved; per batch size the fastest counts (a shared
 #: machine's load only slows runs down, and changes of load affect both engines alike).
@@ -144,20 +147,27 @@ def _timed(fn) -> float:
 
 
 def _measure_full(model, outputs, x, window, device, threads, batches, budget, rng) -> tuple:
-    """Images/s of full perturbed images at each batch size within ``budget`` seconds."""
+    """Images/s of full perturbed images at each batch size within ``budget`` seconds, as the
+    engine sends them (:meth:`~preddiff.classifier.OnnxClassifier.evaluate_windows`: composed
+    inside the graph on CUDA). On CUDA a batch the device cannot hold ends the list."""
     from .classifier import OnnxClassifier
-    from .incremental import _patch_images
 
     rates, classifiers, spent = {}, {}, 0.0
     for b in batches:
-        clf = OnnxClassifier(model, outputs=list(outputs), batch_size=b, device=device,
-                             threads=threads)
-        top_left, patches = _windows(x, window, b, 1, rng)
-        images = _patch_images(x, top_left, patches)
         if rates and spent + 2 * b / max(rates.values()) > budget:
             break
-        spent += _timed(lambda: clf(images[:1]))  # warm-up: allocations, first-run kernels
-        seconds = _timed(lambda: clf(images))
+        top_left, patches = _windows(x, window, b, 1, rng)
+        try:
+            clf = OnnxClassifier(model, outputs=list(outputs), batch_size=b, device=device,
+                                 threads=threads)
+            # warm-up: sessions, allocations, first-run kernels
+            spent += _timed(lambda: clf.evaluate_windows(x, top_left, patches))
+            seconds = _timed(lambda: clf.evaluate_windows(x, top_left, patches))
+        except Exception as exc:  # noqa: BLE001 - out of device memory: the sizes so far
+            if device != "cuda" or not rates:
+                raise
+            log.info("full images: batch %d not measured (%s)", b, exc)
+            break
         spent += seconds
         rates[b], classifiers[b] = b / seconds, clf
     return rates, classifiers
@@ -271,7 +281,8 @@ def decide_incremental(model, x, window, mode: str = "auto", *, outputs=("prob",
     outputs = tuple(outputs)
     device = resolve_device(device)
     rng = np.random.default_rng(seed)
-    full_batches = (int(batch_size),) if batch_size else FULL_BATCHES
+    full_batches = ((int(batch_size),) if batch_size else
+                    CUDA_FULL_BATCHES if device == "cuda" else FULL_BATCHES)
     incr_batches = (int(batch_size),) if batch_size else INCREMENTAL_BATCHES
 
     ok, reason = supported(model, outputs) if mode != "off" else (False, "")

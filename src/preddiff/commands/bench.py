@@ -5,8 +5,12 @@ never beat the classifier's own throughput. For each network this command measur
 run on one machine:
 
 - the plain classifier's throughput in images/s, at the best batch size of a small sweep
-  (:class:`preddiff.classifier.OnnxClassifier`);
-- the PDA throughput in window-samples/s of :func:`preddiff.prediction_difference` on a fixed
+  (:class:`preddiff.classifier.OnnxClassifier`; the network alone, its input batch already on
+  the device, so that no copy is counted); on CUDA the sweep doubles the batch while the
+  device holds it and the rate grows (:data:`CUDA_BATCHES`);
+- the PDA throughput in window-samples/s of :func:`preddiff.prediction_difference` (engine
+  batches of at least 256 perturbed images, as ``preddiff explain`` runs it, classifier calls
+  of the sweep's best size, images composed inside the graph on CUDA) on a fixed
   block of window positions (a regular grid of windows over the whole image, corners
   included; k = 10, S = 10, conditional sampler fitted on the bundled example images), with
   the naive classifier and with :class:`preddiff.incremental.IncrementalClassifier`, and
@@ -66,6 +70,9 @@ BLOCK_STRIDE = {"lenet": (1, 3), "alexnet": (31, 43), "googlenet": (23, 53),
 PLAIN_BATCHES = {"lenet": (16, 64, 256), "alexnet": (1, 8, 32), "googlenet": (1, 8, 32),
                  "vgg16": (1, 4, 8), "resnet18": (1, 8, 32), "resnet50": (1, 8, 16),
                  "mobilenet_v2": (1, 8, 32), "efficientnet_lite0": (1, 8, 32)}
+#: Batch sizes of the plain sweep on CUDA: doubling while the device holds them (a size that
+#: fails to allocate ends the sweep, and the sweep stops once a size is slower than the best).
+CUDA_BATCHES = (32, 128, 256, 512, 1024, 2048, 4096)
 INCREMENTAL_ENGINE_BATCH = 1000  # perturbed images per evaluate_windows call (100 windows)
 #: Maps computed after each run, as ``preddiff explain`` does by default (``--top``).
 KEPT_MAPS = DEFAULT_TOP
@@ -236,18 +243,61 @@ def _model(name: str, seed: int):
 
 
 def _plain(classifier, x, min_seconds: float) -> float:
-    """Images/s of ``classifier`` on batches of its batch size (after one warm-up call)."""
+    """Images/s of the network alone on batches of ``classifier``'s batch size, the batch
+    already on the device (bound once through IOBinding, so that no host-to-device copy is
+    counted: the speed PDA is measured against), after one warm-up call."""
     import numpy as np
 
+    from ..binding import BoundSession
+
     images = np.repeat(x[None], classifier.batch_size, axis=0)
-    classifier(images)
+    device = "cuda" if classifier.provider == "CUDAExecutionProvider" else "cpu"
+    bound = BoundSession(classifier._session, device)
+    bound.set_constant(classifier.input_name, images)
+    wanted = [o for o in classifier.outputs if o != classifier.input_name]
+    bound.run({}, wanted, len(images))
     done, start = 0, time.perf_counter()
     while True:
-        classifier(images)
+        bound.run({}, wanted, len(images))
         done += len(images)
         elapsed = time.perf_counter() - start
         if elapsed >= min_seconds:
             return done / elapsed
+
+
+def _sweep(model, x, batches, device, threads, min_seconds, cuda) -> tuple:
+    """Plain images/s at each batch size: ``({batch: images/s}, {batch: classifier}, note)``.
+
+    On CUDA the sweep goes on while the device holds the batch and the rate still grows: a
+    batch that fails (out of device memory) or is slower than the best so far ends it; the
+    note says which."""
+    import gc
+
+    from ..classifier import OnnxClassifier
+
+    sweep, classifiers, note = {}, {}, None
+    for b in batches:
+        try:
+            clf = OnnxClassifier(model, outputs=["prob"], batch_size=b, device=device,
+                                 threads=threads)
+            rate = _plain(clf, x, min_seconds)
+        except Exception as exc:  # noqa: BLE001 - out of device memory ends the sweep
+            if not cuda or not sweep:
+                raise
+            note = f"batch {b} failed: {' '.join(str(exc).split())[:160]}"
+            clf = None
+            gc.collect()
+            break
+        sweep[b], classifiers[b] = rate, clf
+        if cuda and rate < max(sweep.values()):
+            note = f"batch {b} slower than batch {max(sweep, key=sweep.get)}"
+            break
+    best = max(sweep, key=sweep.get)
+    for b in list(classifiers):  # free the device memory of the others
+        if b != best:
+            del classifiers[b]
+    gc.collect()
+    return sweep, classifiers, note
 
 
 def _pda(x, classifier, sampler, stride, batch_size, seed):
@@ -299,9 +349,9 @@ def bench_model(name, *, quick, rounds, device, threads, seed, float16=False) ->
     """All figures of one network (see the module docstring)."""
     import numpy as np
 
-    from ..classifier import OnnxClassifier
+    from ..analysis import DEFAULT_BATCH_SIZE
     from ..images import default_pool
-    from ..incremental import IncrementalClassifier
+    from ..incremental import IncrementalClassifier, resolve_device
     from ..samplers import ConditionalGaussianSampler
 
     _say(f"{name}: building the model")
@@ -320,19 +370,20 @@ def bench_model(name, *, quick, rounds, device, threads, seed, float16=False) ->
     out = {"weights": weights, "input": list(x.shape), "stride": stride}
 
     _say(f"{name}: plain throughput sweep")
-    sweep = {}
-    plain = {}
-    for b in PLAIN_BATCHES[name]:
-        plain[b] = OnnxClassifier(model, outputs=["prob"], batch_size=b, device=device,
-                                  threads=threads)
-        sweep[b] = _plain(plain[b], x, min_seconds)
+    cuda = resolve_device(device) == "cuda"
+    sweep, plain, note = _sweep(model, x, CUDA_BATCHES if cuda else PLAIN_BATCHES[name],
+                                device, threads, min_seconds, cuda)
     best = max(sweep, key=sweep.get)
     out["plain_sweep"] = {str(b): v for b, v in sweep.items()}
+    out["plain_sweep_end"] = note
     out["plain_batch"] = best
     out["provider"] = plain[best].provider
+    # the naive engine as preddiff explain runs it: batches of at least DEFAULT_BATCH_SIZE
+    # perturbed images, classifier calls of the best size (composed on the device on CUDA)
     naive = plain[best]
-    naive_batch = max(SAMPLES, best // SAMPLES * SAMPLES)
+    naive_batch = max(DEFAULT_BATCH_SIZE, best) // SAMPLES * SAMPLES
     out["naive_engine_batch"] = naive_batch
+    out["naive_composes_on_device"] = naive.composes_on_device
     incremental = IncrementalClassifier(model, outputs=["prob"], device=device, threads=threads,
                                         float16=False)
     out["incremental_supported"] = incremental.incremental
@@ -459,7 +510,8 @@ def format_table(results: dict) -> str:
             f"{r['max_relative_difference']:>9.1e}")
     lines += [
         "",
-        "plain: classifier images/s at the best batch size b of the sweep; PDA: window-samples/s"
+        "plain: the network's images/s at the best batch size b of the sweep, its input "
+        "already on the device; PDA: window-samples/s"
         " of prediction_difference on the block (a grid of windows over the whole image), with"
         f" the maps of the top {KEPT_MAPS} classes (what preddiff explain keeps by default);",
         "ratio: PDA window-samples/s / plain images/s (above 1 beats the naive limit); steady "
@@ -471,6 +523,9 @@ def format_table(results: dict) -> str:
         "max diff: max |incremental - naive| / max |naive| of the relevance maps.",
     ]
     for name, r in results["models"].items():
+        if r.get("plain_sweep_end"):
+            lines.append(f"{name} sweep: {', '.join(f'{b}: {v:.0f}' for b, v in r['plain_sweep'].items())}"
+                         f" images/s; ended: {r['plain_sweep_end']}")
         if "float16" in r:
             f = r["float16"]
             lines.append(f"{name} float16: {f['incremental']:.1f} w-s/s, ratio "
