@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
-# The device check: preddiff on a lent NVIDIA GPU machine, in one prepared run.
+# The device check: preddiff on a lent NVIDIA GPU machine, in one prepared run of <= 8 minutes.
 #
-# What it does, each stage with its own time limit, everything written under $OUT:
-#   1. installs the carried onnxruntime-gpu wheel (and pooch) into /tmp/site;
-#   2. the machine (nvidia-smi) and the providers onnxruntime offers; `preddiff doctor`;
-#   3. the tests of the classifier and the incremental engine, on the CUDA provider;
-#   4. `preddiff bench --device cuda --float16`: plain, naive and incremental throughput on
-#      the GPU, and the deviation of the maps (incremental vs naive, float16 vs float32);
-#   5. `preddiff explain` of a bundled ImageNet photo with a ResNet-18 ONNX file (netzoo,
-#      random weights) on CUDA, incremental auto and off, and the deviation of the two maps.
+# Stages, each with its own time limit, everything written under $OUT:
+#   1. install the carried onnxruntime-gpu wheel (and pooch) into /tmp/site;        ~30 s
+#   2. the machine (nvidia-smi), onnxruntime's providers, `preddiff doctor`;         ~10 s
+#   3. tests on the CUDA provider: tests/test_cuda.py (device composition, maps vs the
+#      CPU within the float32 floor), test_compose.py, test_classifier.py;          <= 60 s
+#   4. CUDA maps vs CPU maps of the bench blocks (AlexNet, ResNet-50), naive engine;  <= 60 s
+#   5. `preddiff bench --device cuda --quick` for alexnet, googlenet, vgg16, resnet50:
+#      plain images/s with the batch swept up to what the device holds, naive PDA
+#      (composed on the device) and incremental PDA;                                <= 150 s
+#   6. bench/paper_scale.py: one paper-scale image (k = 10, S = 20, stride 1,
+#      conditional sampler) of AlexNet and GoogLeNet to completion, VGG16 for a timed
+#      fraction, naive engine, and the projection of Figures 1-6.                     <= 220 s
+# Records: $OUT/gpu_check.txt (this log), gpu_bench.{json,txt}, paper_scale_cuda.{json,txt},
+# cuda_vs_cpu.txt: copy them to bench/results/.
 #
 # How the wheel gets there (the machine reaches no package registry; a call carries at most
 # 64 MiB with the working tree): see ../shared/tools/gpu/README.md. Here, once:
@@ -21,58 +27,85 @@
 #   mkdir -p /tmp/o && cp .ortgpu/part_* /tmp/o/
 # and the last call carrying `.ortgpu` (the last part and small/) runs
 #   WHEELS=/tmp/o bash bench/gpu_check.sh
-# Results: bench/results/gpu_check.txt (this script's log) and gpu_bench.{json,txt}.
+#
+# `bash bench/gpu_check.sh --dry-run` runs every stage at a tiny scale on this machine's CPU
+# (no install), to check the script itself before spending device time.
 set -u
+DRY=0
+[ "${1:-}" = "--dry-run" ] && DRY=1
 OUT=${OUT:-/tmp/gpu_check_out}
 WHEELS=${WHEELS:-/tmp/o}
 mkdir -p "$OUT"
 exec > >(tee "$OUT/gpu_check.txt") 2>&1
 say() { echo "[gpu_check $(date -u +%T)] $*"; }
+export PYTHONUNBUFFERED=1 MPLBACKEND=Agg PREDDIFF_HOME=/tmp/preddiff-home
 
-say "stage 1: install"
-cp .ortgpu/part_* "$WHEELS/" 2>/dev/null
-ls -l "$WHEELS"
-cat "$WHEELS"/part_* > /tmp/onnxruntime_gpu-1.31.1-cp312-cp312-manylinux_2_28_x86_64.whl || exit 1
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
-    /tmp/onnxruntime_gpu-1.31.1-cp312-cp312-manylinux_2_28_x86_64.whl .ortgpu/small/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 MPLBACKEND=Agg
-export PREDDIFF_HOME=/tmp/preddiff-home
+if [ $DRY = 1 ]; then
+    DEVICE=cpu; BENCH_MODELS=lenet; PAPER="--models alexnet --fraction 0.0005 --patches 2000"
+    COMPARE_MODELS="lenet"; T=4
+    export PYTHONPATH=$PWD/src:$PWD
+else
+    DEVICE=cuda; BENCH_MODELS=alexnet,googlenet,vgg16,resnet50
+    PAPER="--models alexnet,googlenet,vgg16 --complete alexnet,googlenet --fraction 0.05"
+    COMPARE_MODELS="alexnet resnet50"; T=1
+    say "stage 1: install"
+    cp .ortgpu/part_* "$WHEELS/" 2>/dev/null
+    ls -l "$WHEELS"
+    cat "$WHEELS"/part_* > /tmp/onnxruntime_gpu-1.31.1-cp312-cp312-manylinux_2_28_x86_64.whl || exit 1
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
+        /tmp/onnxruntime_gpu-1.31.1-cp312-cp312-manylinux_2_28_x86_64.whl .ortgpu/small/*.whl || exit 1
+    export PYTHONPATH=/tmp/site:$PWD/src:$PWD
+fi
 
 say "stage 2: machine and providers"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
 nproc; python3 --version
-python3 -c "import onnxruntime as o; o.preload_dlls(); print('onnxruntime', o.__version__, o.get_available_providers())"
+python3 -c "import onnxruntime as o; getattr(o, 'preload_dlls', lambda: None)(); print('onnxruntime', o.__version__, o.get_available_providers())"
 timeout 60 python3 -m preddiff doctor
 
 say "stage 3: tests on CUDA"
-timeout 120 python3 -m pytest -q -p no:cacheprovider -rf --timeout 60 \
-    tests/test_classifier.py tests/test_incremental.py tests/test_doctor.py 2>&1 | tail -40
+timeout $((60 * T)) python3 -m pytest -q -p no:cacheprovider -rs \
+    tests/test_cuda.py tests/test_compose.py tests/test_classifier.py 2>&1 | tail -15
 
-say "stage 4: preddiff bench on CUDA"
-timeout 180 python3 -m preddiff bench --device cuda --quick --float16 \
-    --models alexnet,resnet18,resnet50,mobilenet_v2 --json "$OUT/gpu_bench.json" 2>&1 \
-    | grep -v "^\[bench" | tail -30
-
-say "stage 5: explain on CUDA"
-timeout 90 python3 - <<'EOF'
-import subprocess, sys, time
-import numpy as np, onnx
-from preddiff import netzoo, Explanation
-onnx.save(netzoo.build("resnet18", seed=0), "/tmp/r18.onnx")
-img = "src/preddiff/data/images/n02917067_1599.jpg"
-for mode in ("auto", "off"):
-    t = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "preddiff", "explain", img, "--model", "/tmp/r18.onnx",
-                        "--labels", "imagenet", "--stride", "10", "--device", "cuda",
-                        "--incremental", mode, "--no-progress", "--out", f"/tmp/ex_{mode}"],
-                       capture_output=True, text=True)
-    print(mode, f"{time.perf_counter() - t:.1f} s wall, exit {r.returncode}")
-    print(r.stdout[-1500:], r.stderr[-1500:])
-a = Explanation.load(next(__import__("pathlib").Path("/tmp/ex_auto").glob("*.npz")))
-b = Explanation.load(next(__import__("pathlib").Path("/tmp/ex_off").glob("*.npz")))
-u = int(a.units["prob"][0])
-d = np.abs(a.relevance_of("prob", u) - b.relevance_of("prob", u)).max()
-print("max |auto - off| / max |off| of the top class's map:",
-      d / np.abs(b.relevance_of("prob", u)).max())
+say "stage 4: CUDA maps vs CPU maps (naive engine, bench blocks)"
+timeout $((60 * T)) python3 - "$DEVICE" $COMPARE_MODELS <<'EOF' 2>&1 | tee "$OUT/cuda_vs_cpu.txt"
+import sys, time
+import numpy as np
+from preddiff import prediction_difference
+from preddiff.classifier import OnnxClassifier
+from preddiff.commands import bench
+from preddiff.images import default_pool
+from preddiff.samplers import ConditionalGaussianSampler
+device, names = sys.argv[1], sys.argv[2:]
+print(f"device {device}: max |a - b| / max |b| of the prob maps, a on {device}, b on the CPU; "
+      "float32 floor (bench/float32_floor.py): 2.4e-5 to 4.8e-5")
+for name in names:
+    model, _ = bench._model(name, 0)
+    if name in bench.NETZOO_MODELS:
+        from preddiff import netzoo
+        pool = netzoo.example_pool(224)
+    else:
+        pool = default_pool(name)
+    x = pool[0]
+    sampler = ConditionalGaussianSampler.fit(pool[1:], 10, 2, num_patches=2000, rng=0)
+    stride = bench.BLOCK_STRIDE[name][1]
+    maps = {}
+    for dev in (device, "cpu"):
+        clf = OnnxClassifier(model, outputs=["prob"], batch_size=256, device=dev)
+        tic = time.perf_counter()
+        e = prediction_difference(x, clf, sampler, window=10, stride=stride, num_samples=10,
+                                  rng=0, progress=False)
+        maps[dev] = (e.relevance["prob"], clf.provider, time.perf_counter() - tic)
+    a, b = maps[device][0], maps["cpu"][0]
+    print(f"{name}: {maps[device][1]} {maps[device][2]:.1f} s, CPU {maps['cpu'][2]:.1f} s, "
+          f"max rel diff {np.abs(a - b).max() / np.abs(b).max():.2e}")
 EOF
+
+say "stage 5: preddiff bench on $DEVICE"
+timeout $((150 * T)) python3 -m preddiff bench --device $DEVICE --quick --models $BENCH_MODELS \
+    --json "$OUT/gpu_bench.json" 2>&1 | grep -v "^\[bench" | tail -30
+
+say "stage 6: paper-scale images and the projection of Figures 1-6"
+timeout $((220 * T)) python3 bench/paper_scale.py --device $DEVICE --incremental off $PAPER \
+    --no-progress --json "$OUT/paper_scale_cuda.json" 2>&1 | tail -40
 say "done"

@@ -314,3 +314,29 @@ def test_evaluate_on_the_cluster_equals_one_process(client, digits):
             np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-6)
         else:
             assert np.array_equal(a[key], b[key], equal_nan=True), key
+
+
+def test_local_workers_are_pinned_one_gpu_each(monkeypatch):
+    """Several GPUs: worker i of a local cluster sees only GPU i (round robin), set before
+    any session is created in it. Simulated with two device names on this machine."""
+    import os
+
+    from preddiff import cluster
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    with cluster.connect(workers=3) as client:
+        seen = client.run(lambda: os.environ.get("CUDA_VISIBLE_DEVICES"))
+        names = client.run(lambda dask_worker: dask_worker.name)
+    by_name = {names[addr]: seen[addr] for addr in seen}
+    assert by_name == {0: "3", 1: "5", 2: "3"}
+
+
+def test_one_gpu_or_none_is_not_pinned(monkeypatch):
+    from preddiff import cluster
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    registered = []
+    fake = type("Client", (), {"register_plugin": lambda self, p: registered.append(p)})()
+    assert cluster._pin_gpus(fake) == 0 and not registered
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert cluster._pin_gpus(fake) == 0  # this machine: no CUDA device

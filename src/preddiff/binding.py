@@ -117,8 +117,12 @@ class BoundSession:
             else:
                 io.bind_ortvalue_output(name, value)
         self.session.run_with_iobinding(io)
+        return self._fetch(outputs, io.get_outputs())
+
+    def _fetch(self, outputs, values) -> dict:
+        """Host copies of the bound outputs (learning their shapes on the first call)."""
         result = {}
-        for name, value in zip(outputs, io.get_outputs()):
+        for name, value in zip(outputs, values):
             array = value.numpy()
             if name not in self._tails:
                 self._tails[name] = (array.shape[1:], array.dtype)

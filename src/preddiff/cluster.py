@@ -568,6 +568,46 @@ def threads_per_worker(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // int(workers))
 
 
+def gpu_pinning_plugin(devices):
+    """A Dask worker plugin giving each worker of a local cluster one GPU of ``devices``.
+
+    Worker ``i`` (local workers are named 0 … N − 1) sets ``CUDA_VISIBLE_DEVICES`` to
+    ``devices[i % len(devices)]`` when it starts, before any onnxruntime session exists in it,
+    so that its CUDA sessions run on that GPU alone (Dask's usual pinning, as ``dask cuda
+    worker`` does on a cluster).
+    """
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    class PinGPU(WorkerPlugin):
+        name = "preddiff-pin-gpu"
+
+        def __init__(self, devices):
+            self.devices = [str(d) for d in devices]
+
+        def setup(self, worker):
+            try:
+                index = int(worker.name)
+            except (TypeError, ValueError):
+                index = abs(hash(worker.name))
+            os.environ["CUDA_VISIBLE_DEVICES"] = self.devices[index % len(self.devices)]
+
+    return PinGPU(devices)
+
+
+def _pin_gpus(client) -> int:
+    """One GPU per local worker when this machine has several (see
+    :func:`gpu_pinning_plugin`); returns the number of GPUs shared out (0: none pinned)."""
+    from .classifier import _cuda_device_count
+
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    devices = ([d for d in visible.split(",") if d.strip()] if visible else
+               list(range(_cuda_device_count())))
+    if len(devices) < 2:
+        return 0
+    client.register_plugin(gpu_pinning_plugin(devices))
+    return len(devices)
+
+
 @contextmanager
 def connect(*, workers: int | None = None, scheduler: str | None = None):
     """A :class:`distributed.Client` on a new local cluster or an existing scheduler.
@@ -577,7 +617,9 @@ def connect(*, workers: int | None = None, scheduler: str | None = None):
     workers : int, optional
         Start a local cluster of this many worker processes on the loopback interface, one
         task at a time each (their onnxruntime sessions use :func:`threads_per_worker`
-        threads, through ``PREDDIFF_WORKER_THREADS``); closed on exit.
+        threads, through ``PREDDIFF_WORKER_THREADS``); closed on exit. On a machine with
+        several GPUs each worker gets one (``CUDA_VISIBLE_DEVICES``, round robin:
+        :func:`gpu_pinning_plugin`), so ``--workers`` = the number of GPUs uses them all.
     scheduler : str, optional
         Address of a running scheduler, e.g. ``tcp://10.0.0.5:8786``.
 
@@ -603,6 +645,7 @@ def connect(*, workers: int | None = None, scheduler: str | None = None):
                                      f"{type(exc).__name__}: {exc}") from None
         try:
             with distributed.Client(cluster) as client:
+                _pin_gpus(client)  # several GPUs: one per worker
                 yield client
         finally:
             cluster.close()

@@ -700,10 +700,13 @@ def _engine_kwargs(args, model: _Model, window: int) -> dict:
     from ..compat import settings as compat_settings
 
     incremental = bool(getattr(model.classifier, "incremental", False))
+    batch_size = _batch_size(args, incremental)
+    if args.batch_size is None:  # at least one call of the measured size (large on a GPU)
+        batch_size = max(batch_size, int(getattr(model.classifier, "batch_size", 0)))
     return dict(window=window, stride=args.stride, num_samples=args.samples,
                 blobs=(model.blob,),
                 probability_blobs=(model.blob,) if model.probability else (),
-                batch_size=_batch_size(args, incremental), rng=args.seed,
+                batch_size=batch_size, rng=args.seed,
                 edges=compat_settings(getattr(args, "compat", "intended")).get("edges", "cover"))
 
 
