@@ -159,14 +159,13 @@ def lenet_reference():
 @pytest.mark.parametrize("call_size,engine_batch,prefetch",
                          [(64, 60, True), (16, 60, False), (64, 300, True), (7, 18, True)])
 def test_device_composed_maps_equal_host_composed(lenet_reference, call_size, engine_batch,
-                                                  prefetch, monkeypatch):
+                                                  prefetch):
     """Bit-identical maps: host vs device composition, at several batch sizes (the call
     sizes of a fixed-size network do not change its per-image outputs on the CPU)."""
     x, sampler, want = lenet_reference
-    monkeypatch.setitem(WindowEvaluator.__init__.__kwdefaults__, "prefetch", prefetch)
     clf = lenet("device", call_size)
     e = prediction_difference(x, clf, sampler, window=4, stride=2, num_samples=6, rng=5,
-                              batch_size=engine_batch, progress=False)
+                              batch_size=engine_batch, progress=False, prefetch=prefetch)
     assert clf.composes_on_device and clf._composer is not None
     np.testing.assert_array_equal(e.relevance["prob"], want)
     host = prediction_difference(x, lenet("host", call_size), sampler, window=4, stride=2,

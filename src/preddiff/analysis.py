@@ -750,7 +750,7 @@ def prediction_difference(x, classifier, sampler, *, window, stride=1, num_sampl
                           blobs=("prob",), probability_blobs=None,
                           batch_size=DEFAULT_BATCH_SIZE, rng, laplace_n=100000,
                           checkpoint=None, checkpoint_interval=10.0, keep_checkpoint=False,
-                          progress=True, edges="cover") -> Explanation:
+                          progress=True, edges="cover", prefetch=True) -> Explanation:
     """Prediction difference analysis of one image (Algorithm 1, §3.3 for hidden blobs).
 
     Parameters
@@ -807,6 +807,9 @@ def prediction_difference(x, classifier, sampler, *, window, stride=1, num_sampl
         is covered (for ``stride <= k``). ``"drop"``: the regular grid only, as the released
         code; the uncovered band gets relevance 0 and count 0. Identical for ``stride = 1``
         and whenever the stride divides ``H − kh`` and ``W − kw``.
+    prefetch : bool, optional
+        Draw the next batch's samples in a background thread while the classifier evaluates
+        the current one (the same values either way; off: all in the calling thread).
 
     Returns
     -------
@@ -838,7 +841,7 @@ def prediction_difference(x, classifier, sampler, *, window, stride=1, num_sampl
     _check_classifier(classifier)
     n_windows = setup.n_windows
     clean, clean_seconds = clean_outputs(setup, classifier)
-    evaluate = WindowEvaluator(setup, classifier, sampler, clean)
+    evaluate = WindowEvaluator(setup, classifier, sampler, clean, prefetch=prefetch)
 
     values = {b: np.zeros((n_windows, r.units)) for b, r in evaluate.reducers.items()}
     timings = {"classifier": 0.0, "sampler": 0.0, "total": 0.0}
