@@ -100,24 +100,12 @@ def install(timers: Timers) -> None:
 
 def profile(name: str, device: str, quick: bool) -> dict:
     """One naive run of ``preddiff bench``'s block of ``name``, parts timed."""
-    import numpy as np  # noqa: F401
 
     from preddiff import prediction_difference
     from preddiff.classifier import OnnxClassifier
     from preddiff.commands import bench
-    from preddiff.images import default_pool
-    from preddiff.samplers import ConditionalGaussianSampler
 
-    model, _ = bench._model(name, 0)
-    if name in bench.NETZOO_MODELS:
-        from preddiff import netzoo
-
-        pool = netzoo.example_pool(224)
-    else:
-        pool = default_pool(name)
-    x = pool[0]
-    sampler = ConditionalGaussianSampler.fit(pool[1:], bench.WINDOW, bench.PADDING,
-                                             num_patches=2000, rng=0)
+    model, _, x, sampler = bench.bench_inputs(name)
     stride = bench.BLOCK_STRIDE[name][1 if quick else 0]
     call = {"lenet": 64, "vgg16": 8}.get(name, 32) if device != "cuda" else 512
     clf = OnnxClassifier(model, outputs=["prob"], batch_size=call, device=device)
@@ -146,7 +134,7 @@ def profile(name: str, device: str, quick: bool) -> dict:
 
 def table(result: dict) -> str:
     m = result["machine"]
-    lines = [f"Naive PDA time by part (k=10, S=10, conditional sampler, bench blocks)",
+    lines = ["Naive PDA time by part (k=10, S=10, conditional sampler, bench blocks)",
              f"machine: {m['cpu']}, {m['cores']} cores; load average "
              f"{m['load_average_start']}; onnxruntime {m['onnxruntime']}; preddiff "
              f"{m['preddiff']} (commit {m.get('git_commit')})",

@@ -74,20 +74,11 @@ import numpy as np
 from preddiff import prediction_difference
 from preddiff.classifier import OnnxClassifier
 from preddiff.commands import bench
-from preddiff.images import default_pool
-from preddiff.samplers import ConditionalGaussianSampler
 device, names = sys.argv[1], sys.argv[2:]
 print(f"device {device}: max |a - b| / max |b| of the prob maps, a on {device}, b on the CPU; "
       "float32 floor (bench/float32_floor.py): 2.4e-5 to 4.8e-5")
 for name in names:
-    model, _ = bench._model(name, 0)
-    if name in bench.NETZOO_MODELS:
-        from preddiff import netzoo
-        pool = netzoo.example_pool(224)
-    else:
-        pool = default_pool(name)
-    x = pool[0]
-    sampler = ConditionalGaussianSampler.fit(pool[1:], 10, 2, num_patches=2000, rng=0)
+    model, _, x, sampler = bench.bench_inputs(name)
     stride = bench.BLOCK_STRIDE[name][1]
     maps = {}
     for dev in (device, "cpu"):

@@ -75,8 +75,6 @@ def figure_runs() -> list[dict]:
 
 def measure(name: str, args) -> dict:
     """Sampler fit, engine decision and PDA rate of one network on its first example image."""
-    import numpy as np
-
     from preddiff import prediction_difference
     from preddiff.analysis import clean_outputs, prepare, window_values
     from preddiff.caffe.writer import random_onnx

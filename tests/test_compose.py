@@ -136,7 +136,6 @@ def test_bound_session_constants_stay_bound(rng):
 
 def lenet_setup():
     from preddiff.digits import load_digits
-    from preddiff.zoo import manifest, ensure_onnx  # noqa: F401 - bundled LeNet
 
     digits, _ = load_digits()
     sampler = ConditionalGaussianSampler.fit(digits[10:300], 4, 2, num_patches=3000, rng=3)

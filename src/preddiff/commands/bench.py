@@ -242,6 +242,32 @@ def _model(name: str, seed: int):
     return random_onnx(name, seed=seed, outputs=["prob"]), f"random (seed {seed})"
 
 
+def bench_inputs(name: str, seed: int = 0) -> tuple:
+    """The benchmark's network, its weights' description, the explained image (the pool's
+    first) and the conditional sampler fitted on the rest of the pool (k = 10, l = 2).
+
+    Returns
+    -------
+    model : onnx.ModelProto
+    weights : str
+    x : ndarray of float32, shape (C, H, W)
+    sampler : ConditionalGaussianSampler
+    """
+    from ..images import default_pool
+    from ..samplers import ConditionalGaussianSampler
+
+    model, weights = _model(name, seed)
+    if name in NETZOO_MODELS:
+        from .. import netzoo
+
+        pool = netzoo.example_pool(224)
+    else:
+        pool = default_pool(name)
+    sampler = ConditionalGaussianSampler.fit(pool[1:], WINDOW, PADDING, num_patches=2000,
+                                             rng=seed)
+    return model, weights, pool[0], sampler
+
+
 def _plain(classifier, x, min_seconds: float) -> float:
     """Images/s of the network alone on batches of ``classifier``'s batch size, the batch
     already on the device (bound once through IOBinding, so that no host-to-device copy is
@@ -350,21 +376,10 @@ def bench_model(name, *, quick, rounds, device, threads, seed, float16=False) ->
     import numpy as np
 
     from ..analysis import DEFAULT_BATCH_SIZE
-    from ..images import default_pool
     from ..incremental import IncrementalClassifier, resolve_device
-    from ..samplers import ConditionalGaussianSampler
 
     _say(f"{name}: building the model")
-    model, weights = _model(name, seed)
-    if name in NETZOO_MODELS:
-        from .. import netzoo
-
-        pool = netzoo.example_pool(224)
-    else:
-        pool = default_pool(name)
-    x = pool[0]
-    sampler = ConditionalGaussianSampler.fit(pool[1:], WINDOW, PADDING, num_patches=2000,
-                                             rng=seed)
+    model, weights, x, sampler = bench_inputs(name, seed)
     stride = BLOCK_STRIDE[name][1 if quick else 0]
     min_seconds = 1.0 if quick else 2.5
     out = {"weights": weights, "input": list(x.shape), "stride": stride}

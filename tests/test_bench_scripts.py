@@ -1,0 +1,63 @@
+"""The benchmark scripts of issue 16 run end to end (tiny scale, CPU) and write their records."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(args, tmp_path):
+    env = {**os.environ, "PREDDIFF_HOME": str(tmp_path / "home"), "MPLBACKEND": "Agg"}
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_paper_scale_measures_and_projects(tmp_path):
+    out = tmp_path / "paper.json"
+    r = run(["bench/paper_scale.py", "--models", "lenet", "--complete", "lenet",
+             "--device", "cpu", "--incremental", "off", "--patches", "500", "--no-progress",
+             "--json", str(out)], tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    result = json.loads(out.read_text())
+    lenet = result["models"]["lenet"]
+    assert lenet["complete"] and lenet["windows"] == lenet["windows_timed"] == 19 * 19
+    assert lenet["rate"] > 0 and lenet["engine"] == "full images"
+    # the figures use the paper's networks: none of them was measured here
+    assert {run["figure"] for run in result["figures"]} == {f"fig{i}" for i in range(1, 7)}
+    assert all(run["seconds"] is None for run in result["figures"])
+    assert "not measured: alexnet, googlenet, vgg16" in out.with_suffix(".txt").read_text()
+
+
+def test_figure_runs_follow_the_figure_configurations():
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import paper_scale
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    runs = paper_scale.figure_runs()
+    fig1 = [r for r in runs if r["figure"] == "fig1"]
+    assert {r["model"] for r in fig1} == {"alexnet", "googlenet", "vgg16"}
+    assert all(r["count"] == 8 and r["window"] == 10 and r["samples"] == 20 for r in fig1)
+    assert sorted(r["window"] for r in runs if r["figure"] == "fig3") == [1, 4, 7, 10]
+    measured = {"alexnet": {"input": [3, 227, 227], "rate": 1000.0,
+                            "sampler_fit_seconds": 0.0}}
+    fig3 = [r for r in paper_scale.project(measured) if r["figure"] == "fig3"]
+    k10 = next(r for r in fig3 if r["window"] == 10)
+    assert k10["seconds"] == pytest.approx(218 * 218 * 20 / 1000.0)
+
+
+def test_engine_profile_accounts_for_the_run(tmp_path):
+    out = tmp_path / "profile.json"
+    r = run(["bench/engine_profile.py", "--models", "lenet", "--quick", "--device", "cpu",
+             "--json", str(out)], tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lenet = json.loads(out.read_text())["models"]["lenet"]
+    parts = lenet["parts"]
+    assert parts["session"] > 0 and parts["sampling"] > 0 and parts["composing"] > 0
+    engine_thread = sum(parts[p] for p in ("waiting", "composing", "copies", "session",
+                                            "reductions", "other"))
+    assert engine_thread == pytest.approx(lenet["seconds"])
