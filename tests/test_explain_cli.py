@@ -52,9 +52,10 @@ def test_resume_after_interruption_is_identical(tmp_path, monkeypatch, increment
     from preddiff.classifier import OnnxClassifier
     from preddiff.incremental import IncrementalClassifier
 
-    # the method the engine calls for perturbed images in each mode
+    # the method that runs the network on perturbed images in each mode (full images: one
+    # onnxruntime call of at most --batch-size images)
     cls, method = ((IncrementalClassifier, "evaluate_windows") if incremental
-                   else (OnnxClassifier, "__call__"))
+                   else (OnnxClassifier, "_run"))
     mode = ["--incremental", "on"] if incremental else ["--no-incremental"]
     small = ["--batch-size", "30", *mode]  # 81 windows, 10 per batch
     assert explain("digits:3", *FAST, *small, "--out", tmp_path / "fresh",
@@ -84,7 +85,7 @@ def test_resume_after_interruption_is_identical(tmp_path, monkeypatch, increment
 def test_checkpoint_of_other_arguments_refused(tmp_path, capsys):
     from preddiff.classifier import OnnxClassifier
 
-    real_call = OnnxClassifier.__call__
+    real_call = OnnxClassifier._run  # one onnxruntime call
     calls = []
 
     def crashing(self, batch):
@@ -94,7 +95,7 @@ def test_checkpoint_of_other_arguments_refused(tmp_path, capsys):
         return real_call(self, batch)
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(OnnxClassifier, "__call__", crashing)
+    mp.setattr(OnnxClassifier, "_run", crashing)
     try:
         assert explain("digits:3", *FAST, "--batch-size", "30", "--no-incremental",
                        "--out", tmp_path) == 130
