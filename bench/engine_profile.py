@@ -74,9 +74,9 @@ class Timers:
 def install(timers: Timers) -> None:
     import onnxruntime as ort
 
-    from preddiff import analysis, classifier
+    from preddiff import analysis, classifier, samplers
 
-    timers.wrap(analysis._BatchRunner, "sample", "sampling", any_thread=True)
+    timers.wrap(samplers.ConditionalGaussianSampler, "sample", "sampling", any_thread=True)
     prefetch = getattr(analysis, "_Done", None) and getattr(analysis, "_Prefetch", None)
     if prefetch is not None:
         import concurrent.futures as cf
@@ -105,7 +105,16 @@ def profile(name: str, device: str, quick: bool) -> dict:
     from preddiff.classifier import OnnxClassifier
     from preddiff.commands import bench
 
-    model, _, x, sampler = bench.bench_inputs(name)
+    if hasattr(bench, "bench_inputs"):
+        model, _, x, sampler = bench.bench_inputs(name)
+    else:  # a checkout from before bench_inputs (the "before" profile)
+        from preddiff.samplers import ConditionalGaussianSampler
+
+        model, _ = bench._model(name, 0)
+        pool = __import__("preddiff.images").images.default_pool(name)
+        x = pool[0]
+        sampler = ConditionalGaussianSampler.fit(pool[1:], bench.WINDOW, bench.PADDING,
+                                                 num_patches=2000, rng=0)
     stride = bench.BLOCK_STRIDE[name][1 if quick else 0]
     call = {"lenet": 64, "vgg16": 8}.get(name, 32) if device != "cuda" else 512
     clf = OnnxClassifier(model, outputs=["prob"], batch_size=call, device=device)
