@@ -46,12 +46,13 @@ REFUSED = {
 # Slice without slice_point (slice_crop). Issue 19's cases: it computes an in-place SUM
 # with coefficients and an in-place MAX as if not in place (eltwise_in_place), does not
 # share memory between a Flatten/Reshape/one-bottom Concat/one-top Slice and its bottom
-# (shared_views, shared_concat_slice) and cannot load a Scale with a negative axis
-# (scale_two_bottoms); it does match Caffe's constant Power (power_degenerate).
+# (shared_views, shared_concat_slice), cannot load a Scale with a negative axis
+# (scale_two_bottoms) nor an in-place Convolution (in_place_layers); it does match Caffe's
+# constant Power (power_degenerate).
 OPENCV_DEPARTS = {"lrn_k", "lrn_wide", "v1_mixed", "pool_floor", "pool_pad_one_axis", "ip_4d",
                   "pool_beyond", "deconv_group", "eltwise", "flatten_reshape", "slice_crop",
                   "eltwise_in_place", "shared_views", "shared_concat_slice",
-                  "scale_two_bottoms"}
+                  "scale_two_bottoms", "in_place_layers"}
 
 
 def normalised_error(ours: np.ndarray, ref: np.ndarray) -> float:

@@ -539,3 +539,40 @@ def test_power_with_zero_scale_ignores_the_input_as_caffe_does(shape, reshape, t
     assert np.all(out == np.inf)
     with np.errstate(all="ignore"):
         assert np.all(Graph(model).forward(x, keep=["p"])["p"] == np.inf)
+
+
+# Real Caffe runs these nets without complaint but computes something else than the layer's
+# function (measured with BVLC Caffe 9b89154 against the same layer with its own top: errors
+# of 0.13 to 140 times the blob's maximum, or inf); in_place_layers (tests/data/caffe-golden)
+# holds the in-place layers Caffe gets right, which stay accepted.
+IN_PLACE_C1 = CONV.format("c1", "data").replace("kernel_size: 1", "kernel_size: 3 pad: 1")
+
+
+@pytest.mark.parametrize("layer, message", [
+    ('layer { name: "x" type: "Pooling" bottom: "c1" top: "c1" '
+     "pooling_param { pool: MAX kernel_size: 3 pad: 1 stride: 1 } }",
+     r"'x' \(Pooling\) works in place on 'c1': Caffe's pooling fills its top"),
+    ('layer { name: "x" type: "LRN" bottom: "c1" top: "c1" lrn_param { local_size: 3 } }',
+     r"'x' \(LRN\) works in place on 'c1': Caffe's cross-channel LRN writes its top"),
+    ('layer { name: "x" type: "Convolution" bottom: "c1" top: "c1" '
+     "convolution_param { num_output: 2 kernel_size: 1 } }",
+     r"'x' \(Convolution\) works in place on 'c1': a 1x1 convolution skips Caffe's im2col"),
+    ('layer { name: "x" type: "Deconvolution" bottom: "c1" top: "c1" '
+     "convolution_param { num_output: 2 kernel_size: 1 } }",
+     r"'x' \(Deconvolution\) works in place on 'c1': a 1x1 convolution skips"),
+    ('layer { name: "f" type: "Flatten" bottom: "c1" top: "f" }\n'
+     'layer { name: "x" type: "InnerProduct" bottom: "f" top: "f" '
+     "inner_product_param { num_output: 18 } }",
+     r"'x' \(InnerProduct\) works in place on 'f': Caffe's matrix product reads the bottom"),
+    ('layer { name: "x" type: "Convolution" bottom: "c1" top: "c1" '
+     "convolution_param { num_output: 2 kernel_size: 3 } }",
+     r"'x' \(Convolution\) works in place on 'c1' but changes its shape from \(1, 2, 3, 3\) "
+     r"to \(1, 2, 1, 1\)"),
+    ('layer { name: "x" type: "Concat" bottom: "c1" bottom: "data" top: "c1" }',
+     r"'x' \(Concat\) works in place on 'c1' but changes its shape"),
+])
+def test_an_in_place_layer_that_caffe_computes_over_its_own_output_is_refused(
+        layer, message, tmp_path):
+    with pytest.raises(UnsupportedLayer, match=message):
+        caffe_to_onnx(_input((1, 2, 3, 3)) + IN_PLACE_C1 + layer,
+                      tmp_path / "never_read.caffemodel")

@@ -905,6 +905,45 @@ _SHAPE_FUNCS = {
 }
 
 
+def _over_its_own_output(layer) -> str | None:
+    """Why Caffe's forward pass of ``layer`` computes something else when it works in place
+    on a blob of unchanged shape (measured with real Caffe), or None where it is right."""
+    if layer.type == "Pooling":
+        return "Caffe's pooling fills its top (-FLT_MAX or 0) before it reads the bottom"
+    if layer.type == "LRN" and str(layer.params.get("norm_region", "ACROSS_CHANNELS")) in (
+            "ACROSS_CHANNELS", "0"):
+        return "Caffe's cross-channel LRN writes its top before it has read all the bottom"
+    if layer.type == "InnerProduct":
+        return "Caffe's matrix product reads the bottom while it writes the top"
+    if layer.type in ("Convolution", "Deconvolution"):
+        g = conv_geometry(layer)
+        if g.kernel == (1, 1) and g.stride == (1, 1) and g.pad == (0, 0):
+            return ("a 1x1 convolution skips Caffe's im2col buffer, so its matrix product "
+                    "reads the bottom while it writes the top")
+    return None
+
+
+def _check_in_place(layer, bottoms: list, tops: list) -> None:
+    """Refuse an in-place layer whose Caffe result is not the layer's function: one that
+    changes the blob's shape (Caffe reshapes the one blob, so the layer then reads its
+    bottom with its top's shape) or whose implementation overwrites values it still reads
+    (:func:`_over_its_own_output`). Caffe runs such nets without complaint."""
+    for j, (top, shape) in enumerate(zip(layer.tops, tops)):
+        if j >= len(layer.bottoms) or layer.bottoms[j] != top:
+            continue
+        if tuple(shape) != tuple(bottoms[j]):
+            raise UnsupportedLayer(
+                f"layer {layer.name!r} ({layer.type}) works in place on {top!r} but changes "
+                f"its shape from {tuple(bottoms[j])} to {tuple(shape)}: Caffe reshapes the one "
+                "blob, so the layer reads its bottom in its top's shape and computes something "
+                "else; give the layer its own top name")
+        why = _over_its_own_output(layer)
+        if why:
+            raise UnsupportedLayer(
+                f"layer {layer.name!r} ({layer.type}) works in place on {top!r}: {why}, so "
+                "Caffe's result is not the layer's; give the layer its own top name")
+
+
 def top_shapes(layer: LayerSpec, bottoms: list) -> list:
     """Shapes of ``layer``'s tops for bottoms of the given shapes (one supported layer)."""
     func = _SHAPE_FUNCS.get(layer.type)
@@ -975,9 +1014,10 @@ def layer_output_shapes(net: NetSpec, batch: int | None = None) -> list:
                                    "earlier layer produces and which is not an input")
         with malformed_parameters(layer):
             tops = func(layer, [current[b] for b in layer.bottoms])
-        if len(layer.tops) != len(tops):
-            raise CaffeFormatError(f"layer {layer.name!r} ({layer.type}) must have "
-                                   f"{len(tops)} top blob(s), found {len(layer.tops)}")
+            if len(layer.tops) != len(tops):
+                raise CaffeFormatError(f"layer {layer.name!r} ({layer.type}) must have "
+                                       f"{len(tops)} top blob(s), found {len(layer.tops)}")
+            _check_in_place(layer, [current[b] for b in layer.bottoms], tops)
         for name, shape in zip(layer.tops, tops):
             current[name] = shape
         result.append(tops)
