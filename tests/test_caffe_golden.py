@@ -14,6 +14,8 @@ are listed in :data:`OPENCV_DEPARTS` and checked to still depart, so the list st
 import importlib.util
 import json
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -168,6 +170,19 @@ def test_a_net_caffe_refuses_is_refused_with_caffes_reason(case, tmp_path):
     with pytest.raises(CaffeFormatError, match=re.escape(CAFFE_REFUSES[case])) as error:
         caffe_to_onnx(GOLDEN / "rejected" / f"{case}.prototxt", tmp_path / "never_read")
     assert "Caffe refuses this net" in str(error.value)
+
+
+@pytest.mark.parametrize("case", ["absval_in_place", "prelu_5d"])
+def test_preddiff_convert_says_why_caffe_refuses_in_one_line(case, tmp_path):
+    out = tmp_path / "out.onnx"
+    result = subprocess.run(
+        [sys.executable, "-m", "preddiff", "convert", "--prototxt",
+         str(GOLDEN / "rejected" / f"{case}.prototxt"), "--caffemodel",
+         str(GOLDEN / "rejected" / "relu_before_after.caffemodel"), "--output", str(out)],
+        capture_output=True, text=True, timeout=300)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert CAFFE_REFUSES[case] in lines[0] and not out.exists()
 
 
 def test_pad_h_without_pad_w_is_refused():

@@ -468,13 +468,13 @@ def test_reshape_across_the_batch_is_refused(tmp_path, rng):
     ('layer { name: "f" type: "Flatten" bottom: "data" top: "f" }\n'
      'layer { name: "r" type: "ReLU" bottom: "f" top: "f" }',
      r"'r' \(ReLU\) works in place on 'f', which shares memory with the network input 'data' "
-     r"in Caffe \(Flatten 'f' make"),
+     r"in Caffe \(views made by Flatten 'f'\)"),
     # 'v' and 'c1' are one memory: zeroing the top (SUM) also zeroes the bottom it reads
     (CONV.format("c1", "data")
      + 'layer { name: "v" type: "Concat" bottom: "c1" top: "v" }\n'
        'layer { name: "e" type: "Eltwise" bottom: "v" bottom: "c1" top: "v" }',
      r"'e' \(Eltwise\) works in place on 'v' and also reads 'c1', which shares memory with "
-     r"'v' in Caffe \(Concat 'v' make views of one blob\)"),
+     r"'v' in Caffe \(views made by Concat 'v'\)"),
 ])
 def test_an_in_place_write_through_a_view_that_cannot_be_expressed_is_refused(
         layers, message, tmp_path):

@@ -708,16 +708,15 @@ def _writes(net: NetSpec) -> list:
             if others:
                 raise UnsupportedLayer(
                     f"layer {layer.name!r} ({layer.type}) works in place on {top!r} and also "
-                    f"reads {others[0]!r}, which shares memory with {top!r} in Caffe ({how} "
-                    "make views of one blob), so Caffe reads values it has already "
-                    "overwritten; not supported")
+                    f"reads {others[0]!r}, which shares memory with {top!r} in Caffe (views made "
+                    f"by {how}), so Caffe reads values it has already overwritten; not "
+                    "supported")
             for view in views:
                 if view in net.inputs:
                     raise UnsupportedLayer(
                         f"layer {layer.name!r} ({layer.type}) works in place on {top!r}, which "
-                        f"shares memory with the network input {view!r} in Caffe ({how} make "
-                        "views of one blob), so it overwrites the network input in place; "
-                        "not supported")
+                        f"shares memory with the network input {view!r} in Caffe (views made by "
+                        f"{how}), so it overwrites the network input in place; not supported")
                 writes.append((i, (j, view), view))
     return writes
 
