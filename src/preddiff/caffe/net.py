@@ -1047,8 +1047,7 @@ def param_shapes(net: NetSpec) -> dict:
         BatchNorm ``(C,)`` mean, ``(C,)`` variance, ``(1,)`` scale factor (Caffe stores
         running sums; it divides both by the factor); a one-bottom Scale the bottom's
         shape on axes ``axis .. axis + num_axes`` (twice with ``bias_term``; a two-bottom
-        Scale has none); PReLU ``(C,)``, or ``()`` (a
-        scalar) with ``channel_shared``.
+        Scale has none); PReLU ``(C,)``, or ``()`` (a scalar) with ``channel_shared``.
     """
     shapes = blob_shapes_before(net)
     result = {}
