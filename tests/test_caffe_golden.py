@@ -13,6 +13,9 @@ are listed in :data:`OPENCV_DEPARTS` and checked to still depart, so the list st
 """
 import importlib.util
 import json
+import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -42,9 +45,16 @@ REFUSED = {
 # transpose (ip_4d, flatten_reshape), fills an empty MAX window differently (pool_beyond),
 # gets a dilated Deconvolution's shape wrong (deconv_group), computes an in-place Eltwise SUM
 # as if not in place (eltwise; Caffe zeroes the top, i.e. bottom 0, first) and cannot load a
-# Slice without slice_point (slice_crop).
+# Slice without slice_point (slice_crop). Issue 19's cases: it computes an in-place SUM
+# with coefficients and an in-place MAX as if not in place (eltwise_in_place), does not
+# share memory between a Flatten/Reshape/one-bottom Concat/one-top Slice and its bottom
+# (shared_views, shared_concat_slice), cannot load a Scale with a negative axis
+# (scale_two_bottoms) nor an in-place Convolution (in_place_layers); it does match Caffe's
+# constant Power (power_degenerate).
 OPENCV_DEPARTS = {"lrn_k", "lrn_wide", "v1_mixed", "pool_floor", "pool_pad_one_axis", "ip_4d",
-                  "pool_beyond", "deconv_group", "eltwise", "flatten_reshape", "slice_crop"}
+                  "pool_beyond", "deconv_group", "eltwise", "flatten_reshape", "slice_crop",
+                  "eltwise_in_place", "shared_views", "shared_concat_slice",
+                  "scale_two_bottoms", "in_place_layers"}
 
 
 def normalised_error(ours: np.ndarray, ref: np.ndarray) -> float:
@@ -144,6 +154,35 @@ def test_top_blob_produced_by_multiple_sources_is_refused():
     with pytest.raises(CaffeFormatError, match="Top blob 'c1' produced by multiple sources"):
         caffe_to_onnx(folder / "relu_before_after.prototxt",
                       folder / "relu_before_after.caffemodel")
+
+
+# Real Caffe's fatal message for each net of rejected/ (its log, `caffe_dump init`).
+CAFFE_REFUSES = {
+    "absval_in_place": "AbsVal Layer does not allow in-place computation.",
+    "flatten_in_place": "Flatten Layer does not allow in-place computation.",
+    "reshape_in_place": "Reshape Layer does not allow in-place computation.",
+    "prelu_5d": "Cannot use legacy accessors on Blobs with > 4 axes.",
+}
+
+
+@pytest.mark.parametrize("case", sorted(CAFFE_REFUSES))
+def test_a_net_caffe_refuses_is_refused_with_caffes_reason(case, tmp_path):
+    with pytest.raises(CaffeFormatError, match=re.escape(CAFFE_REFUSES[case])) as error:
+        caffe_to_onnx(GOLDEN / "rejected" / f"{case}.prototxt", tmp_path / "never_read")
+    assert "Caffe refuses this net" in str(error.value)
+
+
+@pytest.mark.parametrize("case", ["absval_in_place", "prelu_5d"])
+def test_preddiff_convert_says_why_caffe_refuses_in_one_line(case, tmp_path):
+    out = tmp_path / "out.onnx"
+    result = subprocess.run(
+        [sys.executable, "-m", "preddiff", "convert", "--prototxt",
+         str(GOLDEN / "rejected" / f"{case}.prototxt"), "--caffemodel",
+         str(GOLDEN / "rejected" / "relu_before_after.caffemodel"), "--output", str(out)],
+        capture_output=True, text=True, timeout=300)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert CAFFE_REFUSES[case] in lines[0] and not out.exists()
 
 
 def test_pad_h_without_pad_w_is_refused():

@@ -587,6 +587,21 @@ def _same_shape(layer, shapes):
     return [shapes[0]]
 
 
+def _no_in_place(layer) -> None:
+    """Caffe's AbsVal, Flatten and Reshape layers ``CHECK_NE(top[0], bottom[0])``: a net that
+    runs them in place does not load."""
+    if layer.tops[:1] and layer.tops[0] in layer.bottoms[:1]:
+        raise CaffeFormatError(
+            f"layer {layer.name!r} ({layer.type}) works in place (top {layer.tops[0]!r} is its "
+            f"bottom); Caffe refuses this net: \"{layer.type} Layer does not allow in-place "
+            "computation.\" Give the layer its own top name")
+
+
+def _absval_shape(layer, shapes):
+    _no_in_place(layer)
+    return _same_shape(layer, shapes)
+
+
 def _lrn_shape(layer, shapes):
     region = str(layer.params.get("norm_region", "ACROSS_CHANNELS"))
     if region not in ("ACROSS_CHANNELS", "0", "WITHIN_CHANNEL", "1"):
@@ -675,10 +690,21 @@ def _batch_norm_shape(layer, shapes):
     return [shapes[0]]
 
 
-def scale_axes(layer, shape) -> tuple:
-    """``(axis, num_axes)`` of a one-bottom Scale layer: the scale blob has the bottom's shape
-    on axes ``axis .. axis + num_axes`` (Caffe's ScaleLayer::LayerSetUp, defaults 1 and 1)."""
+def scale_axes(layer, shape, scale_shape=None) -> tuple:
+    """``(axis, num_axes)`` of a Scale layer: the scale blob has the bottom's shape on axes
+    ``axis .. axis + num_axes`` (Caffe's ScaleLayer, defaults 1 and 1). With two bottoms
+    (``scale_shape`` given) the scale is the second bottom and ``num_axes`` its rank; Caffe
+    ignores ``num_axes`` then and checks the shapes (ScaleLayer::Reshape)."""
     axis = _axis(layer, [shape], layer.params.get("axis", 1))
+    if scale_shape is not None:
+        if len(scale_shape) == 0:  # Caffe: a scalar scale is applied with axis 0
+            return 0, 0
+        if tuple(shape[axis:axis + len(scale_shape)]) != tuple(scale_shape):
+            raise CaffeFormatError(
+                f"layer {layer.name!r} (Scale): the scale bottom {layer.bottoms[1]!r} of shape "
+                f"{tuple(scale_shape)} does not match bottom 0's shape {tuple(shape)} from axis "
+                f"{axis} (Caffe requires bottom[0]->shape(axis + i) == scale->shape(i))")
+        return axis, len(scale_shape)
     num_axes = int(layer.params.get("num_axes", 1))
     if num_axes == -1:
         num_axes = len(shape) - axis
@@ -689,12 +715,35 @@ def scale_axes(layer, shape) -> tuple:
 
 
 def _scale_shape(layer, shapes):
-    if len(shapes) != 1:
-        raise UnsupportedLayer(f"layer {layer.name!r} (Scale) has {len(shapes)} bottoms; only "
-                               "the one-bottom form with a learned scale is supported")
+    if len(shapes) == 2:
+        return _scale_by_blob_shape(layer, shapes)
+    _check_bottoms(layer, shapes, 1)
     axis, num_axes = scale_axes(layer, shapes[0])
     if num_axes:
         _check_axis_not_batch(layer, axis, "scales along")
+    return [shapes[0]]
+
+
+def _scale_by_blob_shape(layer, shapes):
+    """Scale with two bottoms (SE-ResNet's channel attention): bottom 0 times bottom 1, which
+    has bottom 0's shape on axes ``axis .. axis + rank(bottom 1)``, broadcast over the rest.
+
+    The second bottom is a blob of the net, so its axis 0 is the batch: only ``axis: 0``
+    keeps each image to itself (for example a scale of shape (N, C) on an (N, C, H, W)
+    bottom). Any other axis lines the batch axis up with an axis of the image, and a learned
+    bias (``bias_term``) would have the batch size in its shape; both are refused."""
+    axis, num_axes = scale_axes(layer, shapes[0], shapes[1])
+    if num_axes and axis != 0:
+        raise UnsupportedLayer(
+            f"layer {layer.name!r} (Scale) multiplies by its second bottom "
+            f"{layer.bottoms[1]!r} from axis {axis}, which lines that blob's batch axis up "
+            f"with axis {axis} of {layer.bottoms[0]!r} (it mixes the images of a batch and "
+            "works for one batch size only); only axis: 0 is supported with two bottoms")
+    if _flag(layer.params.get("bias_term", False)):
+        raise UnsupportedLayer(
+            f"layer {layer.name!r} (Scale) has two bottoms and bias_term: true; Caffe's "
+            "learned bias then has the shape of the second bottom, batch axis included, "
+            "so it fits one batch size only; not supported")
     return [shapes[0]]
 
 
@@ -719,6 +768,7 @@ def _eltwise_shape(layer, shapes):
 
 def _flatten_shape(layer, shapes):
     _check_bottoms(layer, shapes, 1)
+    _no_in_place(layer)
     shape = shapes[0]
     start = _axis(layer, shapes, layer.params.get("axis", 1))
     end = _axis(layer, shapes, layer.params.get("end_axis", -1))
@@ -733,6 +783,7 @@ def _reshape_shape(layer, shapes):
     """Caffe's ReshapeLayer::Reshape: ``dim: 0`` copies the bottom's axis, one ``-1`` is
     inferred, the new dims replace the bottom's axes ``axis .. axis + num_axes``."""
     _check_bottoms(layer, shapes, 1)
+    _no_in_place(layer)
     shape = shapes[0]
     p = layer.params
     dims = [int(d) for d in _as_list((p.get("shape") or {}).get("dim"))]
@@ -765,6 +816,11 @@ def _prelu_shape(layer, shapes):
     _check_bottoms(layer, shapes, 1)
     if len(shapes[0]) < 2:
         raise CaffeFormatError(f"layer {layer.name!r} (PReLU) needs a channel axis")
+    if len(shapes[0]) > 4:  # PReLULayer reads bottom[0]->channels(), a legacy accessor
+        raise CaffeFormatError(
+            f"layer {layer.name!r} (PReLU) gets a {len(shapes[0])}-D bottom "
+            f"{tuple(shapes[0])}; Caffe refuses this net: PReLU reads the channel count with "
+            "a legacy accessor (\"Cannot use legacy accessors on Blobs with > 4 axes.\")")
     return [shapes[0]]
 
 
@@ -840,13 +896,52 @@ _SHAPE_FUNCS = {
     "Reshape": _reshape_shape,
     "Sigmoid": _same_shape,
     "TanH": _same_shape,
-    "AbsVal": _same_shape,
+    "AbsVal": _absval_shape,
     "Power": _power_shape,
     "ELU": _same_shape,
     "PReLU": _prelu_shape,
     "Slice": _slice_shape,
     "Crop": _crop_shape,
 }
+
+
+def _over_its_own_output(layer) -> str | None:
+    """Why Caffe's forward pass of ``layer`` computes something else when it works in place
+    on a blob of unchanged shape (measured with real Caffe), or None where it is right."""
+    if layer.type == "Pooling":
+        return "Caffe's pooling fills its top (-FLT_MAX or 0) before it reads the bottom"
+    if layer.type == "LRN" and str(layer.params.get("norm_region", "ACROSS_CHANNELS")) in (
+            "ACROSS_CHANNELS", "0"):
+        return "Caffe's cross-channel LRN writes its top before it has read all the bottom"
+    if layer.type == "InnerProduct":
+        return "Caffe's matrix product reads the bottom while it writes the top"
+    if layer.type in ("Convolution", "Deconvolution"):
+        g = conv_geometry(layer)
+        if g.kernel == (1, 1) and g.stride == (1, 1) and g.pad == (0, 0):
+            return ("a 1x1 convolution skips Caffe's im2col buffer, so its matrix product "
+                    "reads the bottom while it writes the top")
+    return None
+
+
+def _check_in_place(layer, bottoms: list, tops: list) -> None:
+    """Refuse an in-place layer whose Caffe result is not the layer's function: one that
+    changes the blob's shape (Caffe reshapes the one blob, so the layer then reads its
+    bottom with its top's shape) or whose implementation overwrites values it still reads
+    (:func:`_over_its_own_output`). Caffe runs such nets without complaint."""
+    for j, (top, shape) in enumerate(zip(layer.tops, tops)):
+        if j >= len(layer.bottoms) or layer.bottoms[j] != top:
+            continue
+        if tuple(shape) != tuple(bottoms[j]):
+            raise UnsupportedLayer(
+                f"layer {layer.name!r} ({layer.type}) works in place on {top!r} but changes "
+                f"its shape from {tuple(bottoms[j])} to {tuple(shape)}: Caffe reshapes the one "
+                "blob, so the layer reads its bottom in its top's shape and computes something "
+                "else; give the layer its own top name")
+        why = _over_its_own_output(layer)
+        if why:
+            raise UnsupportedLayer(
+                f"layer {layer.name!r} ({layer.type}) works in place on {top!r}: {why}, so "
+                "Caffe's result is not the layer's; give the layer its own top name")
 
 
 def top_shapes(layer: LayerSpec, bottoms: list) -> list:
@@ -919,9 +1014,10 @@ def layer_output_shapes(net: NetSpec, batch: int | None = None) -> list:
                                    "earlier layer produces and which is not an input")
         with malformed_parameters(layer):
             tops = func(layer, [current[b] for b in layer.bottoms])
-        if len(layer.tops) != len(tops):
-            raise CaffeFormatError(f"layer {layer.name!r} ({layer.type}) must have "
-                                   f"{len(tops)} top blob(s), found {len(layer.tops)}")
+            if len(layer.tops) != len(tops):
+                raise CaffeFormatError(f"layer {layer.name!r} ({layer.type}) must have "
+                                       f"{len(tops)} top blob(s), found {len(layer.tops)}")
+            _check_in_place(layer, [current[b] for b in layer.bottoms], tops)
         for name, shape in zip(layer.tops, tops):
             current[name] = shape
         result.append(tops)
@@ -949,9 +1045,9 @@ def param_shapes(net: NetSpec) -> dict:
         InnerProduct ``(num_output, K)`` (``(K, num_output)`` with ``transpose``),
         ``(num_output,)``, where K is the product of the bottom's dims from ``axis`` on;
         BatchNorm ``(C,)`` mean, ``(C,)`` variance, ``(1,)`` scale factor (Caffe stores
-        running sums; it divides both by the factor); Scale the bottom's shape on axes
-        ``axis .. axis + num_axes`` (twice with ``bias_term``); PReLU ``(C,)``, or ``()`` (a
-        scalar) with ``channel_shared``.
+        running sums; it divides both by the factor); a one-bottom Scale the bottom's
+        shape on axes ``axis .. axis + num_axes`` (twice with ``bias_term``; a two-bottom
+        Scale has none); PReLU ``(C,)``, or ``()`` (a scalar) with ``channel_shared``.
     """
     shapes = blob_shapes_before(net)
     result = {}
@@ -971,7 +1067,7 @@ def param_shapes(net: NetSpec) -> dict:
         elif layer.type == "BatchNorm":
             c = bottoms[0][1]
             result[layer.name] = [(c,), (c,), (1,)]
-        elif layer.type == "Scale":
+        elif layer.type == "Scale" and len(bottoms) == 1:  # two bottoms: no learned scale
             axis, num_axes = scale_axes(layer, bottoms[0])
             shape = tuple(bottoms[0][axis:axis + num_axes])
             result[layer.name] = [shape]

@@ -8,9 +8,12 @@ Deconvolution (group, pad, stride, kernel incl. ``_h``/``_w``, dilation, bias_te
 window that starts beyond the input), LRN (ACROSS_CHANNELS, and WITHIN_CHANNEL built from
 Caffe's own sub-layers), InnerProduct (``axis`` ≥ 1, ``transpose``), ReLU
 (``negative_slope``), Dropout (identity at test time), Softmax, Concat, BatchNorm (stored
-statistics), Scale (one bottom), Eltwise (SUM with coefficients, PROD, MAX), Flatten,
-Reshape, Sigmoid, TanH, AbsVal, Power, ELU, PReLU, Slice, Crop. Any other type raises
-:class:`~preddiff.errors.UnsupportedLayer` naming the layer and type.
+statistics), Scale (a learned scale, or a second bottom with ``axis: 0``), Eltwise (SUM
+with coefficients, PROD, MAX), Flatten, Reshape, Sigmoid, TanH, AbsVal, Power (Caffe's
+constant fill when ``power · scale`` is 0), ELU, PReLU, Slice, Crop. Any other type raises
+:class:`~preddiff.errors.UnsupportedLayer` naming the layer and type; a net Caffe itself
+refuses (an in-place AbsVal, Flatten or Reshape, a PReLU on a blob of more than 4 axes, ...)
+raises :class:`~preddiff.errors.CaffeFormatError` with Caffe's reason.
 
 Emitted ONNX operators (:data:`ONNX_OPS`), opset ≥ 13, every weight an initializer:
 Conv, ConvTranspose, MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool, LRN, Flatten,
@@ -30,6 +33,12 @@ The graph
   its blob, so the *final* write gets the Caffe name and an earlier value gets a derived name,
   ``"<blob>/before_<layer>"`` (``conv1/before_relu1`` is conv1's output before relu1). An
   in-place Dropout is the identity at test time and emits nothing.
+* Caffe's views: Flatten, Reshape, a one-bottom Concat and a one-top Slice make their top
+  share memory with their bottom (``ShareData``), so an in-place layer on the top (or on
+  the bottom) rewrites both; the converter then also gives the other blob its new value
+  (Reshape or Identity of the in-place result), for the layers that read it afterwards and
+  as its final value. Where that cannot be expressed (the view reaches a network input, or
+  the in-place layer also reads another view of its own top) it refuses with the reason.
 * Outputs: only those asked for (exposing many blobs slows onnxruntime down).
 
 Pooling: Caffe versus ONNX
@@ -112,6 +121,7 @@ def caffe_to_onnx(prototxt, caffemodel, *, outputs=None, opset: int = MIN_OPSET
     """
     net = prototxt if isinstance(prototxt, NetSpec) else load_net(prototxt)
     layer_output_shapes(net)  # report an unsupported layer before reading a large file
+    _writes(net)  # and an in-place write through Caffe's shared memory that is refused
     weights = read_caffemodel(caffemodel, net)
     return net_to_onnx(net, weights, outputs=outputs, opset=opset)
 
@@ -391,6 +401,9 @@ def _batch_norm(g, layer, ins, outs, shapes, blobs):
 
 
 def _scale(g, layer, ins, outs, shapes, blobs):
+    if len(ins) == 2:
+        _scale_by_blob(g, layer, ins, outs, shapes, blobs)
+        return
     axis, num_axes = scale_axes(layer, shapes[0])
     shape = tuple(shapes[0][axis:axis + num_axes])
     bias = str(layer.params.get("bias_term", "false")).lower() in ("true", "1")
@@ -404,6 +417,23 @@ def _scale(g, layer, ins, outs, shapes, blobs):
     g.node("Mul", [ins[0], gamma], [scaled], layer.name)
     beta = g.weight(layer, "bias", blobs[1], shape, store_as=shape + trailing)
     g.node("Add", [scaled, beta], outs, f"{layer.name}/bias")
+
+
+def _scale_by_blob(g, layer, ins, outs, shapes, blobs):
+    """Two-bottom Scale with ``axis: 0`` (net.py refuses the rest): bottom 1, of shape
+    ``(N, d1, …, dk)`` = bottom 0's first axes, reshaped to ``(N, d1, …, dk, 1, …, 1)`` to
+    broadcast over bottom 0's later axes, times bottom 0 (Caffe: ``caffe_cpu_scale`` by each
+    scale value over the inner dimension)."""
+    _params(layer, blobs or [], 0)
+    axis, num_axes = scale_axes(layer, shapes[0], shapes[1])
+    trailing = len(shapes[0]) - axis - num_axes
+    scale = ins[1]
+    if trailing and num_axes:
+        scale = g.fresh(f"{layer.name}/broadcast")
+        target = [0, *shapes[1][1:]] + [1] * trailing  # 0: keep the (dynamic) batch size
+        g.node("Reshape", [ins[1], g.ints(f"{layer.name}/shape", target)], [scale],
+               f"{layer.name}/broadcast")
+    g.node("Mul", [ins[0], scale], outs, layer.name)
 
 
 def _eltwise(g, layer, ins, outs, shapes, blobs):
@@ -424,22 +454,36 @@ def _eltwise(g, layer, ins, outs, shapes, blobs):
             terms[0] = g.const(f"{layer.name}/initial", -np.finfo(np.float32).max)
         g.node("Max", terms, outs, layer.name)
         return
-    if op == "SUM" and in_place:
-        terms, coeffs = terms[1:], coeffs[1:]
-    if op == "SUM":  # Caffe: top = Σ coeff_i · bottom_i, accumulated in bottom order
-        for i, coeff in enumerate(coeffs):
-            if float(coeff) != 1.0:
-                terms[i] = g.fresh(f"{layer.name}/term{i}")
-                g.node("Mul", [ins[i], g.const(f"{layer.name}/coeff{i}", float(coeff))],
-                       [terms[i]], f"{layer.name}/coeff{i}")
-    binary = "Add" if op == "SUM" else "Mul"
-    acc = terms[0]
-    if len(terms) == 1:
-        g.node("Identity", terms, outs, layer.name)
+    if op == "SUM":
+        _eltwise_sum(g, layer, list(zip(ins, coeffs))[1 if in_place else 0:], outs)
+        return
+    acc = terms[0]  # PROD: Caffe multiplies bottom 0 by bottom 1, then by the others in order
     for i, term in enumerate(terms[1:], start=1):
         out = outs[0] if i == len(terms) - 1 else g.fresh(f"{layer.name}/partial{i}")
-        g.node(binary, [acc, term], [out], layer.name if out == outs[0] else out)
+        g.node("Mul", [acc, term], [out], layer.name if out == outs[0] else out)
         acc = out
+
+
+def _eltwise_sum(g, layer, pairs, outs):
+    """Caffe's Eltwise SUM, ``top = 0; top += coeff_i · bottom_i`` in bottom order, over the
+    ``(input, coeff)`` pairs that count (in place, bottom 0 is the top that Caffe zeroes
+    first, so the caller leaves it out)."""
+    acc = None
+    for k, (x, coeff) in enumerate(pairs):
+        last = k == len(pairs) - 1
+        if float(coeff) != 1.0:
+            scaled = outs[0] if last and acc is None else g.fresh(f"{layer.name}/term{k}")
+            g.node("Mul", [x, g.const(f"{layer.name}/coeff{k}", float(coeff))], [scaled],
+                   layer.name if scaled == outs[0] else scaled)
+            x = scaled
+        if acc is None:
+            acc = x
+            continue
+        out = outs[0] if last else g.fresh(f"{layer.name}/partial{k}")
+        g.node("Add", [acc, x], [out], layer.name if out == outs[0] else out)
+        acc = out
+    if acc != outs[0]:
+        g.node("Identity", [acc], outs, layer.name)
 
 
 def _reshape_to(g, layer, ins, outs, shape, out_shape):
@@ -477,11 +521,21 @@ def _elu(g, layer, ins, outs, shapes, blobs):
 
 
 def _power(g, layer, ins, outs, shapes, blobs):
-    """Caffe's Power layer, ``(shift + scale · x)^power``, skipping the identity steps."""
+    """Caffe's Power layer, ``(shift + scale · x)^power``, skipping the identity steps.
+
+    Caffe's PowerLayer::Forward_cpu ignores the input when ``power · scale`` is 0 in float32
+    and fills the top with ``1`` (power 0) or ``pow(shift, power)``: so ``power: -1 scale: 0``
+    gives +inf everywhere, where computing ``(0 · x)^-1`` would give −inf for ``x < 0``."""
     _params(layer, blobs or [], 0)
     p = layer.params
     power, scale, shift = (float(p.get(k, d)) for k, d in
                            (("power", 1.0), ("scale", 1.0), ("shift", 0.0)))
+    if np.float32(power) * np.float32(scale) == 0:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            value = np.float32(1) if np.float32(power) == 0 else np.float32(
+                np.power(np.float64(np.float32(shift)), np.float64(np.float32(power))))
+        _fill(g, layer, ins[0], shapes[0], value, outs[0])
+        return
     steps = [("Mul", scale, 1.0), ("Add", shift, 0.0), ("Pow", power, 1.0)]
     steps = [(op, v) for op, v, identity in steps if v != identity]
     if not steps:
@@ -493,6 +547,28 @@ def _power(g, layer, ins, outs, shapes, blobs):
         g.node(op, [x, g.const(f"{layer.name}/{op.lower()}_by", value)], [out],
                layer.name if out == outs[0] else out)
         x = out
+
+
+def _fill(g, layer, x, shape, value, out):
+    """A blob of ``x``'s shape filled with ``value`` whatever ``x`` holds (inf and NaN
+    included, which ``0 · x`` would not ignore): ``x`` sliced to nothing along its last axis,
+    padded back with ``value``. A 1-D ``(N,)`` blob goes through ``(N, 1)``."""
+    name, flat = layer.name, len(shape) == 1
+    if flat:
+        column = g.fresh(f"{name}/column")
+        g.node("Reshape", [x, g.ints(f"{name}/column_shape", [0, 1])], [column],
+               f"{name}/column")
+        x, shape = column, (*shape, 1)
+    last = len(shape) - 1
+    empty = g.fresh(f"{name}/empty")
+    g.node("Slice", [x, g.ints(f"{name}/starts", [0]), g.ints(f"{name}/ends", [0]),
+                     g.ints(f"{name}/axes", [last])], [empty], f"{name}/empty")
+    pads = g.ints(f"{name}/pads", [0] * len(shape) + [0] * last + [shape[last]])
+    filled = g.fresh(f"{name}/filled") if flat else out
+    g.node("Pad", [empty, pads, g.const(f"{name}/value", value)], [filled],
+           name if filled == out else filled, mode="constant")
+    if filled != out:
+        g.node("Reshape", [filled, g.ints(f"{name}/shape", [0])], [out], name)
 
 
 def _prelu(g, layer, ins, outs, shapes, blobs):
@@ -584,24 +660,83 @@ def _is_alias(layer) -> bool:
     return layer.type == "Dropout" and layer.tops == layer.bottoms
 
 
-def _plan_names(net: NetSpec, g: _GraphBuilder) -> dict:
-    """ONNX value name of each (layer index, top index) write: the Caffe blob name for the
-    last write of a blob, a derived name for the writes an in-place layer overwrites."""
-    writes = [(i, j, top) for i, layer in enumerate(net.layers)
-              if layer.type != "Input" and not _is_alias(layer)
-              for j, top in enumerate(layer.tops)]
+def _shares_memory(layer) -> bool:
+    """Caffe layers whose top is a view of their bottom's memory (``top->ShareData(*bottom)``):
+    Flatten, Reshape, a Concat of one bottom and a Slice into one top (as Caffe's own Split
+    copies are)."""
+    return (layer.type in ("Flatten", "Reshape")
+            or (layer.type == "Concat" and len(layer.bottoms) == 1)
+            or (layer.type == "Slice" and len(layer.tops) == 1))
+
+
+def _writes(net: NetSpec) -> list:
+    """Every write to a blob in forward order, as ``(layer index, key, blob)``.
+
+    ``key`` is ``j`` when layer ``i`` writes its top ``j``, and ``(j, blob)`` when an in-place
+    write of top ``j`` also rewrites ``blob`` because the two share memory in Caffe: a layer
+    that works in place on a Flatten's top also changes the Flatten's bottom, which later
+    readers then see (and so on through chains of such views).
+
+    Raises
+    ------
+    UnsupportedLayer
+        An in-place write that reaches a network input through a view, or an in-place layer
+        that also reads a view of the blob it overwrites (Caffe then reads values it has
+        already overwritten).
+    """
+    memory = {name: [name] for name in net.inputs}  # blob -> the blobs sharing its memory
+    made_by = {}  # view blob -> the layer that made it a view
+    writes = []
+    for i, layer in enumerate(net.layers):
+        if layer.type == "Input" or _is_alias(layer):
+            continue
+        for j, top in enumerate(layer.tops):
+            writes.append((i, j, top))
+            if not (j < len(layer.bottoms) and layer.bottoms[j] == top):  # not in place
+                if _shares_memory(layer):
+                    memory[top] = memory[layer.bottoms[0]]
+                    memory[top].append(top)
+                    made_by[top] = layer
+                else:
+                    memory[top] = [top]
+                continue
+            group = memory.get(top, [top])
+            views = [b for b in group if b != top]
+            how = ", ".join(f"{made_by[v].type} {made_by[v].name!r}" for v in group
+                            if v in made_by)
+            others = [b for k, b in enumerate(layer.bottoms) if k != j and b in views]
+            if others:
+                raise UnsupportedLayer(
+                    f"layer {layer.name!r} ({layer.type}) works in place on {top!r} and also "
+                    f"reads {others[0]!r}, which shares memory with {top!r} in Caffe (views made "
+                    f"by {how}), so Caffe reads values it has already overwritten; not "
+                    "supported")
+            for view in views:
+                if view in net.inputs:
+                    raise UnsupportedLayer(
+                        f"layer {layer.name!r} ({layer.type}) works in place on {top!r}, which "
+                        f"shares memory with the network input {view!r} in Caffe (views made by "
+                        f"{how}), so it overwrites the network input in place; not supported")
+                writes.append((i, (j, view), view))
+    return writes
+
+
+def _plan_names(net: NetSpec, writes: list, g: _GraphBuilder) -> dict:
+    """ONNX value name of each write of :func:`_writes`, keyed by ``(layer index, key)``: the
+    Caffe blob name for the last write of a blob, a derived name for the writes a later
+    in-place layer (or an in-place layer on a view of the blob) overwrites."""
     for name in list(net.inputs) + [w[2] for w in writes]:
         g.reserve(name)
     names = {}
-    for pos, (i, j, blob) in enumerate(writes):
+    for pos, (i, key, blob) in enumerate(writes):
         if blob in net.inputs:
             raise UnsupportedLayer(f"layer {net.layers[i].name!r} overwrites the network input "
                                    f"{blob!r} in place; not supported")
         later = [w for w in writes[pos + 1:] if w[2] == blob]
         if later:
-            names[(i, j)] = g.fresh(f"{blob}/before_{net.layers[later[0][0]].name}")
+            names[(i, key)] = g.fresh(f"{blob}/before_{net.layers[later[0][0]].name}")
         else:
-            names[(i, j)] = blob
+            names[(i, key)] = blob
     return names
 
 
@@ -642,7 +777,12 @@ def net_to_onnx(net: NetSpec, weights: dict, *, outputs=None, opset: int = MIN_O
     shapes = layer_output_shapes(net, batch=1)
     selected = _select_outputs(net, outputs)
     g = _GraphBuilder()
-    names = _plan_names(net, g)
+    writes = _writes(net)
+    names = _plan_names(net, writes, g)
+    views = {}  # layer index -> [(top index, view blob)] it rewrites through shared memory
+    for i, key, blob in writes:
+        if isinstance(key, tuple):
+            views.setdefault(i, []).append(key)
     current = {name: name for name in net.inputs}
     current_shape = {name: (1, *shape[1:]) for name, shape in net.inputs.items()}
     value_info = []
@@ -658,6 +798,16 @@ def net_to_onnx(net: NetSpec, weights: dict, *, outputs=None, opset: int = MIN_O
                  [current_shape[b] for b in layer.bottoms], weights.get(layer.name))
         for top, out, shape in zip(layer.tops, outs, shapes[i]):
             current[top], current_shape[top] = out, shape
+            if out not in selected:
+                value_info.append(_tensor_info(out, shape))
+        for j, view in views.get(i, []):  # Caffe's views of the rewritten memory
+            out, shape = names[(i, (j, view))], current_shape[view]
+            if shape == current_shape[layer.tops[j]]:
+                g.node("Identity", [outs[j]], [out], f"{layer.name}/view_{view}")
+            else:
+                g.node("Reshape", [outs[j], g.ints(f"{view}/shape", [0, *shape[1:]])], [out],
+                       f"{layer.name}/view_{view}")
+            current[view] = out
             if out not in selected:
                 value_info.append(_tensor_info(out, shape))
     graph = helper.make_graph(

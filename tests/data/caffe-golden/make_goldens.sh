@@ -11,7 +11,7 @@ set -e
 here=$(cd "$(dirname "$0")" && pwd)
 py=${PYTHON:-python}
 : "${CAFFE_DUMP:?set CAFFE_DUMP to the caffe_dump binary}"
-cases=${*:-"lrn_within_k deconv_group batchnorm_scale eltwise flatten_reshape activations slice_crop resnet50"}
+cases=${*:-"lrn_within_k deconv_group batchnorm_scale eltwise flatten_reshape activations slice_crop resnet50 eltwise_in_place shared_views shared_concat_slice power_degenerate scale_two_bottoms in_place_layers"}
 for case in $cases; do
     d=$here/$case
     if [ -f "$d/make_prototxt.py" ]; then "$py" "$d/make_prototxt.py" > "$d/deploy.prototxt"; fi
