@@ -40,12 +40,17 @@ PARTS = ("sampling", "waiting", "composing", "copies", "session", "reductions", 
 
 class Timers:
     """Seconds per part, summed over calls made in the engine's (main) thread, except the
-    sampler, timed in whatever thread runs it."""
+    sampler, timed in whatever thread runs it. Installed once (:func:`install`), reset per
+    run."""
 
     def __init__(self):
         self.seconds = dict.fromkeys(PARTS, 0.0)
         self.present = set()
         self.depth = threading.local()
+
+    def reset(self) -> "Timers":
+        self.seconds = dict.fromkeys(PARTS, 0.0)
+        return self
 
     def wrap(self, owner, name: str, part: str, any_thread: bool = False) -> None:
         original = getattr(owner, name, None)
@@ -69,6 +74,9 @@ class Timers:
                 timers.depth.value = 0
 
         setattr(owner, name, timed)
+
+
+TIMERS = Timers()
 
 
 def install(timers: Timers) -> None:
@@ -122,8 +130,7 @@ def profile(name: str, device: str, quick: bool) -> dict:
     kwargs = dict(window=bench.WINDOW, num_samples=bench.SAMPLES, rng=0, progress=False,
                   batch_size=engine_batch)
     prediction_difference(x, clf, sampler, stride=max(x.shape), **kwargs)  # warm-up
-    timers = Timers()
-    install(timers)
+    timers = TIMERS.reset()
     tic = time.perf_counter()
     e = prediction_difference(x, clf, sampler, stride=stride, **kwargs)
     for unit, _ in e.top_classes("prob", 3):
@@ -176,6 +183,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     result = {"command": " ".join(["python", *sys.argv]), "machine": machine_info(),
               "models": {}}
+    install(TIMERS)
     for name in args.models.split(","):
         print(f"[engine_profile] {name}", file=sys.stderr, flush=True)
         result["models"][name] = profile(name, args.device, args.quick)

@@ -11,8 +11,9 @@
 #      plain images/s with the batch swept up to what the device holds, naive PDA
 #      (composed on the device) and incremental PDA;                                <= 150 s
 #   6. bench/paper_scale.py: one paper-scale image (k = 10, S = 20, stride 1,
-#      conditional sampler) of AlexNet and GoogLeNet to completion, VGG16 for a timed
-#      fraction, naive engine, and the projection of Figures 1-6.                     <= 220 s
+#      conditional sampler) of AlexNet (<= 150 s) and GoogLeNet (<= 240 s) to completion,
+#      VGG16 on 1 % of its windows (<= 60 s), naive engine, one process and record each;
+#      then the projection of Figures 1-6 from all three.               (targets: 120 + 240 s)
 # Records: $OUT/gpu_check.txt (this log), gpu_bench.{json,txt}, paper_scale_cuda.{json,txt},
 # cuda_vs_cpu.txt: copy them to bench/results/.
 #
@@ -41,13 +42,15 @@ say() { echo "[gpu_check $(date -u +%T)] $*"; }
 export PYTHONUNBUFFERED=1 MPLBACKEND=Agg PREDDIFF_HOME=/tmp/preddiff-home
 
 if [ $DRY = 1 ]; then
-    DEVICE=cpu; BENCH_MODELS=lenet; PAPER="--models alexnet --fraction 0.0005 --patches 2000"
-    COMPARE_MODELS="lenet"; T=4
+    DEVICE=cpu; BENCH_MODELS=lenet; COMPARE_MODELS="lenet"; T=4
+    PAPER_RUNS="alexnet:--fraction:0.0005"; PAPER_OPTS="--patches 2000"
     export PYTHONPATH=$PWD/src:$PWD
 else
     DEVICE=cuda; BENCH_MODELS=alexnet,googlenet,vgg16,resnet50
-    PAPER="--models alexnet,googlenet,vgg16 --complete alexnet,googlenet --fraction 0.05"
     COMPARE_MODELS="alexnet resnet50"; T=1
+    # network:options:limit - AlexNet and GoogLeNet to completion, VGG16 on 1 % of its windows
+    PAPER_RUNS="alexnet:--complete:alexnet:150 googlenet:--complete:googlenet:240 vgg16:--fraction:0.01:60"
+    PAPER_OPTS=""
     say "stage 1: install"
     cp .ortgpu/part_* "$WHEELS/" 2>/dev/null
     ls -l "$WHEELS"
@@ -94,9 +97,19 @@ EOF
 
 say "stage 5: preddiff bench on $DEVICE"
 timeout $((150 * T)) python3 -m preddiff bench --device $DEVICE --quick --models $BENCH_MODELS \
-    --json "$OUT/gpu_bench.json" 2>&1 | grep -v "^\[bench" | tail -30
+    --json "$OUT/gpu_bench.json" 2>&1 | tail -40
 
 say "stage 6: paper-scale images and the projection of Figures 1-6"
-timeout $((220 * T)) python3 bench/paper_scale.py --device $DEVICE --incremental off $PAPER \
-    --no-progress --json "$OUT/paper_scale_cuda.json" 2>&1 | tail -40
+PREVIOUS=""
+for run in $PAPER_RUNS; do
+    IFS=: read -r net flag value limit <<< "$run"
+    limit=${limit:-$((60 * T))}
+    timeout "$limit" python3 bench/paper_scale.py --device $DEVICE --incremental off \
+        --models "$net" $flag "$value" $PAPER_OPTS --no-progress \
+        --json "$OUT/paper_scale_$net.json" 2>&1 | grep -v "^  fig" | tail -8
+    [ -f "$OUT/paper_scale_$net.json" ] && PREVIOUS="$PREVIOUS $OUT/paper_scale_$net.json"
+done
+# the projection from every network measured (a run stopped by its limit is left out)
+timeout 60 python3 bench/paper_scale.py --models "" --from $PREVIOUS \
+    --json "$OUT/paper_scale_cuda.json" 2>&1 | tail -25
 say "done"

@@ -19,7 +19,7 @@ from preddiff.binding import BoundSession
 from preddiff.classifier import OnnxClassifier
 from preddiff.compose import (CLEAN, MEAN_SUFFIX, PATCHES, TOP_LEFT, compose_batch,
                               composing_model)
-from preddiff.errors import PredDiffError
+from preddiff.errors import InvalidArgument, PredDiffError
 from preddiff.samplers import ConditionalGaussianSampler, MarginalSampler
 
 
@@ -72,7 +72,7 @@ def test_compose_batch_equals_literal_loop(rng):
     np.testing.assert_array_equal(compose_batch(x, top_left, patches, out=buffer), want)
 
 
-@pytest.mark.parametrize("opset", [9, 13, 18])
+@pytest.mark.parametrize("opset", [11, 13, 18])
 def test_composing_graph_builds_the_same_images(rng, opset):
     model = conv_net(rng, opset=opset)
     x = rng.normal(size=(3, 12, 12)).astype(np.float32)
@@ -98,9 +98,22 @@ def test_spatial_means_are_reduced_in_the_graph(rng):
                                    providers=["CPUExecutionProvider"])
     means, = session.run(["conv" + MEAN_SUFFIX], {CLEAN: x[None], PATCHES: patches,
                                                    TOP_LEFT: top_left})
-    full = OnnxClassifier(model, outputs=["conv"])(literal_compose(x, top_left, patches))
-    assert means.shape == (6, 4)
-    np.testing.assert_allclose(means, full["conv"].mean(axis=(2, 3)), rtol=1e-5, atol=1e-6)
+    full = OnnxClassifier(model, outputs=["conv"], device="cpu")(
+        literal_compose(x, top_left, patches))
+    assert means.shape == (6, 4) and means.dtype == np.float64
+    np.testing.assert_allclose(means, full["conv"].astype(np.float64).mean(axis=(2, 3)),
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_models_below_opset_11_are_composed_on_the_host(rng):
+    model = conv_net(rng, opset=9)
+    with pytest.raises(InvalidArgument, match="opset 11"):
+        composing_model(model, "data", (3, 12, 12), (3, 3), ["prob"])
+    clf = OnnxClassifier(model, device="cpu", compose="device")
+    x = rng.normal(size=(3, 12, 12)).astype(np.float32)
+    top_left, patches = random_windows(rng, x.shape, (3, 3), 5)
+    with pytest.raises(PredDiffError, match="compose='host'"):
+        clf.evaluate_windows(x, top_left, patches)
 
 
 def test_bound_session_reuses_buffers_and_returns_copies(rng):
@@ -127,7 +140,7 @@ def test_bound_session_constants_stay_bound(rng):
                                    providers=["CPUExecutionProvider"])
     bound = BoundSession(session, "cpu")
     bound.set_constant(CLEAN, x[None])
-    plain = OnnxClassifier(model)
+    plain = OnnxClassifier(model, device="cpu")
     for n in (5, 5, 2):
         top_left, patches = random_windows(rng, x.shape, (2, 2), n)
         got = bound.run({PATCHES: patches, TOP_LEFT: top_left}, ["prob"], n)["prob"]
@@ -230,18 +243,19 @@ def test_simulated_cuda_path_composes_on_device_and_reduces_feature_maps(rng, mo
     assert all(outs == ["conv" + MEAN_SUFFIX, "prob"] for _, outs, _ in runs)
     assert max(rows for _, _, rows in runs) == 16
     want = prediction_difference(x, OnnxClassifier(model, outputs=["conv", "prob"],
-                                                   batch_size=16, compose="host"),
+                                                   batch_size=16, compose="host",
+                                                   device="cpu"),
                                  sampler, **args)
     np.testing.assert_array_equal(got.relevance["prob"], want.relevance["prob"])
-    # the mean of each map taken in float32 on the device instead of float64 on the host
+    # each map's mean taken in the graph (float64) instead of by the host (float64)
     scale = np.abs(want.relevance["conv"]).max()
     np.testing.assert_allclose(got.relevance["conv"], want.relevance["conv"], rtol=0,
-                               atol=1e-5 * scale)
+                               atol=1e-12 * scale)
 
 
 def test_host_composition_on_cpu_by_default_and_for_fixed_batch(rng):
-    assert OnnxClassifier(conv_net(rng)).composes_on_device is False  # auto on the CPU
-    fixed = OnnxClassifier(conv_net(rng, batch=4), compose="device")
+    assert OnnxClassifier(conv_net(rng), device="cpu").composes_on_device is False
+    fixed = OnnxClassifier(conv_net(rng, batch=4), compose="device", device="cpu")
     assert fixed.composes_on_device is False  # a fixed batch is padded on the host
     x = rng.normal(size=(3, 12, 12)).astype(np.float32)
     top_left, patches = random_windows(rng, x.shape, (3, 3), 6)
@@ -251,7 +265,7 @@ def test_host_composition_on_cpu_by_default_and_for_fixed_batch(rng):
 
 def test_clean_image_is_rebound_when_it_changes(rng):
     model = conv_net(rng)
-    clf = OnnxClassifier(model, compose="device", batch_size=8)
+    clf = OnnxClassifier(model, compose="device", batch_size=8, device="cpu")
     top_left, patches = random_windows(rng, (3, 12, 12), (3, 3), 5)
     for _ in range(2):
         x = rng.normal(size=(3, 12, 12)).astype(np.float32)
@@ -266,7 +280,7 @@ def test_device_composition_that_cannot_load_falls_back_or_fails(rng, monkeypatc
     monkeypatch.setattr("preddiff.compose.composing_model", broken)
     x = rng.normal(size=(3, 12, 12)).astype(np.float32)
     top_left, patches = random_windows(rng, x.shape, (3, 3), 4)
-    forced = OnnxClassifier(conv_net(rng), compose="device")
+    forced = OnnxClassifier(conv_net(rng), compose="device", device="cpu")
     with pytest.raises(PredDiffError, match="compose='host'"):
         forced.evaluate_windows(x, top_left, patches)
     auto = simulated_cuda(monkeypatch, conv_net(rng))
@@ -302,7 +316,7 @@ def test_prefetch_samples_in_order_in_a_background_thread(rng):
     model = conv_net(rng, size=10)
     x = rng.normal(size=(3, 10, 10)).astype(np.float32)
     pool = rng.normal(size=(8, 3, 10, 10)).astype(np.float32)
-    clf = OnnxClassifier(model, batch_size=8)
+    clf = OnnxClassifier(model, batch_size=8, device="cpu")
     results = {}
     for prefetch in (False, True):
         sampler = RecordingSampler(pool)
@@ -321,5 +335,80 @@ def test_prefetch_reports_the_sampler_error(rng):
     pool = rng.normal(size=(8, 3, 10, 10)).astype(np.float32)
     sampler = RecordingSampler(pool, fail_at=9)
     with pytest.raises(RuntimeError, match="sampler broke"):
-        prediction_difference(x, OnnxClassifier(conv_net(rng, size=10)), sampler, window=3,
+        prediction_difference(x, OnnxClassifier(conv_net(rng, size=10), device="cpu"),
+                              sampler, window=3,
                               num_samples=4, rng=1, batch_size=12, progress=False)
+
+
+@pytest.mark.parametrize("compose", ["host", "device"])
+def test_evaluate_windows_is_safe_from_several_threads(rng, compose):
+    """Dask workers may run tasks in several threads on one classifier."""
+    model = conv_net(rng)
+    clf = OnnxClassifier(model, compose=compose, batch_size=4, device="cpu")
+    images = [rng.normal(size=(3, 12, 12)).astype(np.float32) for _ in range(2)]
+    top_left, patches = random_windows(rng, (3, 12, 12), (3, 3), 9)
+    want = [clf(literal_compose(x, top_left, patches))["prob"] for x in images]
+    wrong = []
+
+    def work(i):
+        for _ in range(15):
+            got = clf.evaluate_windows(images[i], top_left, patches)["prob"]
+            wrong.append(not np.array_equal(got, want[i]))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(wrong) == 30 and not any(wrong)
+
+
+def test_a_clean_image_refilled_in_place_is_rebound(rng, monkeypatch):
+    """On CUDA the bound clean image is a copy on the device: refilling the caller's array
+    must not leave the old image bound (simulated: set_constant copies, as on CUDA)."""
+    copied = BoundSession.set_constant
+    monkeypatch.setattr(BoundSession, "set_constant",
+                        lambda self, name, array: copied(self, name, array.copy()))
+    clf = OnnxClassifier(conv_net(rng), compose="device", batch_size=8, device="cpu")
+    x = rng.normal(size=(3, 12, 12)).astype(np.float32)
+    top_left, patches = random_windows(rng, x.shape, (3, 3), 5)
+    clf.evaluate_windows(x, top_left, patches)
+    x[:] = rng.normal(size=x.shape)  # the caller's next image, same buffer
+    got = clf.evaluate_windows(x, top_left, patches)["prob"]
+    np.testing.assert_array_equal(got, clf(literal_compose(x, top_left, patches))["prob"])
+
+
+def test_declared_batch_of_one_on_the_outputs_is_not_enforced(rng):
+    """torch exports without dynamic output axes declare (1, K) outputs."""
+    model = conv_net(rng)
+    del model.graph.output[:]
+    model.graph.output.append(helper.make_tensor_value_info("prob", TensorProto.FLOAT, [1, 5]))
+    clf = OnnxClassifier(model, compose="device", batch_size=8, device="cpu")
+    x = rng.normal(size=(3, 12, 12)).astype(np.float32)
+    top_left, patches = random_windows(rng, x.shape, (3, 3), 6)
+    got = clf.evaluate_windows(x, top_left, patches)["prob"]
+    np.testing.assert_array_equal(got, clf(literal_compose(x, top_left, patches))["prob"])
+
+
+def test_a_composing_graph_that_fails_on_its_first_batch_falls_back(rng, monkeypatch, caplog):
+    def failing(self, feeds, outputs, rows):
+        raise RuntimeError("CUDA error: an illegal memory access")
+
+    monkeypatch.setattr(BoundSession, "run", failing)
+    auto = simulated_cuda(monkeypatch, conv_net(rng))
+    x = rng.normal(size=(3, 12, 12)).astype(np.float32)
+    top_left, patches = random_windows(rng, x.shape, (3, 3), 4)
+    with caplog.at_level("WARNING"):
+        got = auto.evaluate_windows(x, top_left, patches)["prob"]
+    assert "failed on its first batch" in caplog.text and auto.compose == "host"
+    np.testing.assert_array_equal(got, auto(literal_compose(x, top_left, patches))["prob"])
+
+
+def test_windows_outside_the_image_are_refused(rng):
+    clf = OnnxClassifier(conv_net(rng), compose="device", device="cpu")
+    x = rng.normal(size=(3, 12, 12)).astype(np.float32)
+    patches = rng.normal(size=(2, 3, 4, 4)).astype(np.float32)
+    with pytest.raises(InvalidArgument, match=r"\[0, 8\] x \[0, 8\]"):
+        clf.evaluate_windows(x, np.array([[0, 0], [9, 2]]), patches)
+    with pytest.raises(InvalidArgument, match="one top-left corner each"):
+        clf.evaluate_windows(x, np.array([[0, 0]]), patches)

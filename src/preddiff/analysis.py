@@ -1016,7 +1016,9 @@ class _Prefetch:
                 yield batch, drawn
         finally:
             if self.pool is not None:
-                self.pool.shutdown(wait=False, cancel_futures=True)
+                # wait for a sampler call still running (at most one batch's sampling), so
+                # that no call outlives the run and overlaps the next run's
+                self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 class _Done:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import threading
 import re
 import sys
 from pathlib import Path
@@ -136,6 +137,23 @@ def _load_model(model, name: str | None = None):
     return loaded, name or str(path)
 
 
+def _check_windows(shape, top_left, patches) -> None:
+    """Windows inside the image (the device's ScatterND does not check its indices)."""
+    channels, height, width = shape
+    if patches.ndim != 4 or patches.shape[1] != channels or len(top_left) != len(patches):
+        raise InvalidArgument(
+            f"patches must have shape (N, {channels}, kh, kw) with one top-left corner each; "
+            f"got patches {patches.shape} and top_left {top_left.shape}")
+    if len(top_left):
+        kh, kw = patches.shape[2:]
+        low, high = top_left.min(axis=0), top_left.max(axis=0)
+        if low.min() < 0 or high[0] > height - kh or high[1] > width - kw:
+            raise InvalidArgument(
+                f"window top-left corners must lie in [0, {height - kh}] x [0, {width - kw}] "
+                f"for {kh}x{kw} windows in a {height}x{width} image; got rows {low[0]}–"
+                f"{high[0]}, columns {low[1]}–{high[1]}")
+
+
 def _is_model_proto(model) -> bool:
     import onnx
 
@@ -199,6 +217,7 @@ class OnnxClassifier:
             raise InvalidArgument(f"unknown compose {compose!r}; expected one of "
                                   f"{', '.join(COMPOSE)}")
         self.compose = compose
+        self._lock = threading.Lock()  # evaluate_windows' buffers and binding are shared
         self._composer = None  # (key, BoundSession) of the composing graph, built on first use
         self._buffer = None    # host composition buffer (batch_size images)
         self._from_file = not _is_model_proto(model)
@@ -448,7 +467,7 @@ class OnnxClassifier:
         patches : ndarray of float32, shape (N, C, kh, kw)
         spatial_means : sequence of str, optional
             Blobs of shape (N, C, h, w) to return as their per-feature-map mean (N, C) when
-            the images are composed on the device (the mean is then taken there, in float32,
+            the images are composed on the device (the mean is then taken there, in float64,
             and only (N, C) values are copied back); ignored otherwise.
 
         Returns
@@ -459,6 +478,11 @@ class OnnxClassifier:
         top_left = np.ascontiguousarray(top_left, dtype=np.int64).reshape(-1, 2)
         patches = np.ascontiguousarray(patches, dtype=np.float32)
         self._check_batch(x[None])
+        _check_windows(x.shape, top_left, patches)
+        with self._lock:  # one call at a time: the buffers and the binding are shared
+            return self._evaluate_windows(x, top_left, patches, spatial_means)
+
+    def _evaluate_windows(self, x, top_left, patches, spatial_means) -> dict:
         n = len(patches)
         if n == 0 or not self.composes_on_device:
             return self._windows_on_host(x, top_left, patches)
@@ -467,12 +491,24 @@ class OnnxClassifier:
         if composing is None:  # the graph could not be composed: host from now on
             return self._windows_on_host(x, top_left, patches)
         runner, names, clean = composing
-        if clean is not x and not (clean is not None and np.array_equal(clean, x)):
-            runner.set_constant(CLEAN, x[None])
-            self._composer[2] = x
+        if clean is None or not np.array_equal(clean, x):
+            clean = x.copy()  # our own copy: the caller may refill its array in place
+            runner.set_constant(CLEAN, clean[None])
+            self._composer[2] = clean
         step = self.batch_size
-        parts = [runner.run({PATCHES: patches[i:i + step], TOP_LEFT: top_left[i:i + step]},
-                            names, min(step, n - i)) for i in range(0, n, step)]
+        try:
+            parts = [runner.run({PATCHES: patches[i:i + step],
+                                 TOP_LEFT: top_left[i:i + step]}, names, min(step, n - i))
+                     for i in range(0, n, step)]
+        except Exception as exc:  # noqa: BLE001 - host composition always works
+            if self.compose == "device" or self._composer[4]:
+                raise
+            log.warning("composing the images on the host: the composing graph of %s "
+                        "failed on its first batch (%s)", self.source,
+                        " ".join(str(exc).split())[:300])
+            self.compose, self._composer = "host", None
+            return self._windows_on_host(x, top_left, patches)
+        self._composer[4] = True  # ran once: later errors are errors
         out = {}
         for blob, name in zip(self._composed_outputs(), names):
             out[blob] = (parts[0][name] if len(parts) == 1 else
@@ -535,7 +571,7 @@ class OnnxClassifier:
                 return None
             device = "cuda" if session.get_providers()[0] == _CUDA else "cpu"
             names = [o + MEAN_SUFFIX if o in means else o for o in outputs]
-            self._composer = [key, BoundSession(session, device), None, names]
+            self._composer = [key, BoundSession(session, device), None, names, False]
         return self._composer[1], self._composer[3], self._composer[2]
 
     def _output_tails(self, batch: np.ndarray):

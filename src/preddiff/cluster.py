@@ -604,7 +604,12 @@ def _pin_gpus(client) -> int:
                list(range(_cuda_device_count())))
     if len(devices) < 2:
         return 0
-    client.register_plugin(gpu_pinning_plugin(devices))
+    plugin = gpu_pinning_plugin(devices)
+    register = getattr(client, "register_plugin", None)  # distributed >= 2023.9.2
+    if register is None:
+        client.register_worker_plugin(plugin)
+    else:
+        register(plugin)
     return len(devices)
 
 

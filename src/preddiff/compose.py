@@ -88,14 +88,20 @@ def composing_model(model, input_name: str, shape, window, outputs, *, spatial_m
         Blobs (values of the graph) the composing model returns, in this order.
     spatial_means : sequence of str, optional
         Blobs among ``outputs`` with spatial dimensions (N, C, h, w) to return as their
-        per-feature-map mean (N, C), named ``blob + MEAN_SUFFIX`` (float32 ``ReduceMean``).
+        per-feature-map mean (N, C), named ``blob + MEAN_SUFFIX`` (``ReduceMean`` in float64).
+
+    Raises
+    ------
+    InvalidArgument
+        A model below opset 11 (its images are composed on the host instead), a window larger
+        than the input, or input names that clash.
 
     Returns
     -------
     onnx.ModelProto
         Inputs :data:`CLEAN` float32 (1, C, H, W), :data:`PATCHES` float32 (N, C, kh, kw) and
-        :data:`TOP_LEFT` int64 (N, 2); outputs ``outputs`` (``spatial_means`` renamed), each
-        (N, ...). Image ``n`` is the clean image with ``PATCHES[n]`` at ``TOP_LEFT[n]`` -
+        :data:`TOP_LEFT` int64 (N, 2); outputs ``outputs`` (``spatial_means`` renamed, float64),
+        each (N, ...). Image ``n`` is the clean image with ``PATCHES[n]`` at ``TOP_LEFT[n]`` -
         the windows must lie inside the image (the engine's windows always do).
     """
     import onnx
@@ -109,10 +115,11 @@ def composing_model(model, input_name: str, shape, window, outputs, *, spatial_m
     clash = {CLEAN, PATCHES, TOP_LEFT} & names
     if clash:
         raise InvalidArgument(f"the model already has input(s) {sorted(clash)}")
-    if _opset(model) < 11:  # Range and ScatterND need opset 11
-        from onnx import version_converter
-
-        model = version_converter.convert_version(model, 13)
+    if _opset(model) < 11:
+        # Range and ScatterND need opset 11; converting the network's own operators could
+        # change what it computes, so such a model is composed on the host
+        raise InvalidArgument(f"composing the images in the graph needs opset 11 or newer; "
+                              f"the model declares opset {_opset(model)}")
     p = _PREFIX
     consts = {
         "offsets": _window_offsets(channels, kh, kw),
@@ -155,22 +162,24 @@ def composing_model(model, input_name: str, shape, window, outputs, *, spatial_m
     body = list(graph.node)
     del graph.node[:]
     graph.node.extend(nodes + body)
-    by_name = {o.name: o for o in model.graph.output}
-    by_name.update({v.name: v for v in model.graph.value_info if v.name not in by_name})
     del graph.output[:]
     means = set(spatial_means)
     for name in outputs:
+        # untyped outputs: a declared batch dimension (torch exports often say 1) would be
+        # enforced on the bound outputs
         if name in means:
-            reduced = name + MEAN_SUFFIX
-            graph.node.append(helper.make_node("ReduceMean", [name], [reduced], axes=[2, 3],
+            # the mean in float64: a 10x10 window moves a 224x224 map's mean by ~1e-3 of it,
+            # which float32 sums would not resolve
+            double, reduced = p + name + "/double", name + MEAN_SUFFIX
+            graph.node.append(helper.make_node("Cast", [name], [double],
+                                               to=TensorProto.DOUBLE))
+            graph.node.append(helper.make_node("ReduceMean", [double], [reduced], axes=[2, 3],
                                                keepdims=0) if _opset(model) < 18 else
-                              helper.make_node("ReduceMean", [name, p + "spatial_axes"],
+                              helper.make_node("ReduceMean", [double, p + "spatial_axes"],
                                                [reduced], keepdims=0))
             graph.output.append(onnx.ValueInfoProto(name=reduced))
-        elif name == input_name:
-            graph.output.append(onnx.ValueInfoProto(name=input_name))
         else:
-            graph.output.append(by_name.get(name, onnx.ValueInfoProto(name=name)))
+            graph.output.append(onnx.ValueInfoProto(name=name))
     if means and _opset(model) >= 18:
         graph.initializer.append(numpy_helper.from_array(np.array([2, 3], np.int64),
                                                          p + "spatial_axes"))

@@ -73,6 +73,9 @@ PLAIN_BATCHES = {"lenet": (16, 64, 256), "alexnet": (1, 8, 32), "googlenet": (1,
 #: Batch sizes of the plain sweep on CUDA: doubling while the device holds them (a size that
 #: fails to allocate ends the sweep, and the sweep stops once a size is slower than the best).
 CUDA_BATCHES = (32, 128, 256, 512, 1024, 2048, 4096)
+#: Stride of the naive engine's block on CUDA: thousands of perturbed images, several calls
+#: of the best batch size (a block of a few hundred would time one partial call).
+CUDA_NAIVE_STRIDE = 8
 INCREMENTAL_ENGINE_BATCH = 1000  # perturbed images per evaluate_windows call (100 windows)
 #: Maps computed after each run, as ``preddiff explain`` does by default (``--top``).
 KEPT_MAPS = DEFAULT_TOP
@@ -160,6 +163,8 @@ def run(args) -> int:
         results["models"][name] = bench_model(name, quick=args.quick, rounds=rounds,
                                               device=args.device, threads=args.threads,
                                               seed=args.seed, float16=args.float16)
+        if args.json is not None:  # a record of the networks done so far, if stopped later
+            atomic_write_text(args.json, json.dumps(results, indent=2, default=float) + "\n")
     results["seconds"] = time.time() - started
     results["machine"]["load_average_end"] = _loadavg()
     table = format_table(results)
@@ -303,6 +308,7 @@ def _sweep(model, x, batches, device, threads, min_seconds, cuda) -> tuple:
 
     sweep, classifiers, note = {}, {}, None
     for b in batches:
+        clf = None
         try:
             clf = OnnxClassifier(model, outputs=["prob"], batch_size=b, device=device,
                                  threads=threads)
@@ -311,18 +317,17 @@ def _sweep(model, x, batches, device, threads, min_seconds, cuda) -> tuple:
             if not cuda or not sweep:
                 raise
             note = f"batch {b} failed: {' '.join(str(exc).split())[:160]}"
-            clf = None
-            gc.collect()
             break
-        sweep[b], classifiers[b] = rate, clf
+        finally:
+            gc.collect()
+        sweep[b] = rate
+        if rate >= max(sweep.values()):  # keep only the best session: the device memory
+            classifiers = {b: clf}       # of the others goes back before the next size
+        del clf
+        gc.collect()
         if cuda and rate < max(sweep.values()):
             note = f"batch {b} slower than batch {max(sweep, key=sweep.get)}"
             break
-    best = max(sweep, key=sweep.get)
-    for b in list(classifiers):  # free the device memory of the others
-        if b != best:
-            del classifiers[b]
-    gc.collect()
     return sweep, classifiers, note
 
 
@@ -411,9 +416,13 @@ def bench_model(name, *, quick, rounds, device, threads, seed, float16=False) ->
         out["macs"]["stop_reason"] = incremental.analysis.stop_reason
         out["plan"] = report["plan"]
 
-    # warm-up on the same image and window size (one window): sessions, clean maps, plans
+    # warm-up on the same image and window size (one window): sessions, clean maps, plans;
+    # on CUDA the naive engine runs a larger block (several calls of the best size), warmed
+    # up on that very block (cuDNN picks its algorithms per input shape)
     warm = max(x.shape[1], x.shape[2])
-    _pda(x, naive, sampler, warm, naive_batch, seed)
+    naive_stride = CUDA_NAIVE_STRIDE if cuda else stride
+    out["naive_stride"] = naive_stride
+    _pda(x, naive, sampler, naive_stride if cuda else warm, naive_batch, seed)
     _pda(x, incremental, sampler, warm, INCREMENTAL_ENGINE_BATCH, seed)
 
     per_round = []
@@ -421,18 +430,22 @@ def bench_model(name, *, quick, rounds, device, threads, seed, float16=False) ->
         _say(f"{name}: round {r + 1}/{rounds}: plain, naive PDA, incremental PDA")
         row = {"plain": _plain(naive, x, min_seconds)}
         clean_naive = _clean_pass(naive, x)
-        e_naive, n = _pda(x, naive, sampler, stride, naive_batch, seed)
+        e_naive, n_naive = _pda(x, naive, sampler, naive_stride, naive_batch, seed)
         clean_incremental = _clean_pass(incremental, x)
         # the clean image's forward pass counts for both engines: forget the cached one
         incremental.clear_cache()
-        e_inc, _ = _pda(x, incremental, sampler, stride, INCREMENTAL_ENGINE_BATCH, seed)
-        want, got = e_naive.relevance["prob"], e_inc.relevance["prob"]
+        e_inc, n = _pda(x, incremental, sampler, stride, INCREMENTAL_ENGINE_BATCH, seed)
+        if naive_stride != stride:  # the maps compared on the incremental engine's block
+            e_naive_block, _ = _pda(x, naive, sampler, stride, naive_batch, seed)
+        else:
+            e_naive_block = e_naive
+        want, got = e_naive_block.relevance["prob"], e_inc.relevance["prob"]
         row.update({
-            "window_samples": n,
-            "naive": n / _seconds(e_naive),
+            "window_samples": n, "naive_window_samples": n_naive,
+            "naive": n_naive / _seconds(e_naive),
             "naive_clean_pass_seconds": clean_naive,
             "incremental_clean_pass_seconds": clean_incremental,
-            "naive_steady": n / _steady_seconds(e_naive, clean_naive),
+            "naive_steady": n_naive / _steady_seconds(e_naive, clean_naive),
             "incremental_steady": n / _steady_seconds(e_inc, clean_incremental),
             "naive_outside_fraction": e_naive.timings["outside_fraction"],
             "naive_seconds": _seconds(e_naive),
@@ -538,6 +551,9 @@ def format_table(results: dict) -> str:
         "max diff: max |incremental - naive| / max |naive| of the relevance maps.",
     ]
     for name, r in results["models"].items():
+        if r.get("naive_stride", r.get("stride")) != r.get("stride"):
+            lines.append(f"{name} naive PDA: a block of {r['naive_window_samples'] // s['samples']}"
+                         f" windows (stride {r['naive_stride']}), warmed up on it")
         if r.get("plain_sweep_end"):
             lines.append(f"{name} sweep: {', '.join(f'{b}: {v:.0f}' for b, v in r['plain_sweep'].items())}"
                          f" images/s; ended: {r['plain_sweep_end']}")
