@@ -258,9 +258,9 @@ def test_console_prints_probabilities_as_the_figure_does(tmp_path):
     assert code == 0, err
     e = Explanation.load(tmp_path / "digit1_lenet.npz")
     printed = out.splitlines()[0]
-    for unit, value in e.top_classes(n=3, names=False):
-        assert f"{unit} (p={plot.value_text(value)})" in printed
-        assert plot.panel_title(str(unit), value, "p").endswith(plot.value_text(value))
+    for name, value in e.top_classes("prob", 3):
+        assert f"{name} (p={value:.3g})" in printed  # as the figure's panel titles
+        assert plot.panel_title(str(name), value, "p").endswith(f"p = {value:.3g}")
     assert "p=0.000)" not in printed  # a small probability keeps its digits
 
 
@@ -385,3 +385,11 @@ def test_evaluate_takes_a_user_onnx_model(tmp_path):
     assert code == 0, err
     code, out, err = cli("evaluate", "--normalize", "imagenet", "--out", tmp_path / "ev3")
     assert code == 2 and "--normalize applies with --model FILE.onnx" in err
+
+
+def test_keyword_defaults_are_the_command_lines():
+    from preddiff.cli import build_parser
+    from preddiff.explainer import DEFAULTS
+
+    args = vars(build_parser().parse_args(["explain", "digits:1"]))
+    assert {k: args[k] for k in DEFAULTS} == DEFAULTS

@@ -217,10 +217,12 @@ def _onnx_model(model, opts) -> Model:
               f"no Softmax node produces {blob!r}")
     pre = _onnx_preprocessor(opts, (channels, height, width))
     labels = read_labels(opts.labels)
-    fitted = pre._fitted_size(1 << 20, 1 << 20) if pre.resize == "crop" else (height, width)
-    min_view = (int(np.ceil(height / 0.875)), int(np.ceil(width / 0.875))) \
+    # photograph crops the preprocessing does not enlarge: torchvision's crop resizes the
+    # short side to input / CROP_FRACTION, a stretch to the input size
+    from .preprocess import CROP_FRACTION
+
+    min_view = (int(np.ceil(height / CROP_FRACTION)), int(np.ceil(width / CROP_FRACTION))) \
         if pre.resize == "crop" else (height, width)
-    del fitted
     return Model(name=name, classifier=classifier, blob=blob, probability=probability,
                  input_shape=(channels, height, width),
                  preprocess=lambda image, what="image": pre(image, what=what),

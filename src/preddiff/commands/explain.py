@@ -41,7 +41,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from ..explainer import DEFAULT_TOP, IMAGE_SUFFIXES  # noqa: F401 (bench.py imports them)
+from ..explainer import DEFAULT_TOP  # noqa: F401 (commands/bench.py imports it from here)
 
 ORDER = 30
 
