@@ -139,13 +139,24 @@ def _natural_photos() -> tuple[tuple[str, np.ndarray], ...]:
     return tuple(items)
 
 
+def _offsets(room: int, side: int) -> tuple[int, ...]:
+    """Start, middle and end offsets of a crop with ``room`` pixels to move; the middle only
+    when the room is under a tenth of the crop (the views would be near copies)."""
+    return (0, room // 2, room) if room >= MIN_SHIFT * side else (room // 2,)
+
+
+#: Crops that could move by less than this fraction of their side are not varied along it.
+MIN_SHIFT = 0.1
+
+
 def natural_views(min_size=(1, 1)) -> list[tuple[str, np.ndarray]]:
     """Views of the nine offline photographs for the marginal sampler's default pool.
 
-    Each photograph gives itself and nine crops of :data:`VIEW_FRACTION` of its height and
-    width (at the top, middle and bottom times left, centre and right), each also mirrored
-    left to right. A crop is kept only when it is at least ``min_size`` pixels, so that the
-    preprocessing never enlarges it (no interpolated, blurred views).
+    Each photograph gives itself and up to nine crops (at the top, middle and bottom times
+    left, centre and right) of :data:`VIEW_FRACTION` of its height and width, or of
+    ``min_size`` where that is larger (so that the preprocessing never enlarges a crop more
+    than it enlarges the whole photograph); each view is also mirrored left to right. Crops
+    that could move by less than a tenth of their side along an axis are not varied along it.
 
     Why this is a fair sample of the marginal ``p(x_w)`` of eq. (3): natural-image statistics
     are, to a good approximation, the same at every position and under a left-right mirror
@@ -159,28 +170,29 @@ def natural_views(min_size=(1, 1)) -> list[tuple[str, np.ndarray]]:
     Parameters
     ----------
     min_size : (int, int)
-        Smallest crop (height, width) kept: the size the model's preprocessing fits images
-        to before cropping, or its input size.
+        The size the model's preprocessing fits a photograph to before taking its input (its
+        input size when it does not resize).
 
     Returns
     -------
     list of (str, ndarray of uint8, shape (h, w, 3))
         ``("astronaut", full)``, ``("astronaut:flip", ...)``, ``("astronaut:crop0,0", ...)``,
-        …; the key's part before ``:`` names the photograph.
+        …; the key's part before ``:`` names the photograph. For a 224×224 model (fitted to
+        256) there are 126 views, for 299×299 114, for 32×32 180.
     """
     min_h, min_w = (int(n) for n in min_size)
     views = []
     for key, image in _natural_photos():
         height, width = image.shape[:2]
+        bh = min(height, max(int(round(height * VIEW_FRACTION)), min_h))
+        bw = min(width, max(int(round(width * VIEW_FRACTION)), min_w))
         boxes = [(0, 0, height, width)]
-        bh, bw = int(round(height * VIEW_FRACTION)), int(round(width * VIEW_FRACTION))
-        if bh >= min_h and bw >= min_w:
-            for i, top in enumerate((0, (height - bh) // 2, height - bh)):
-                for j, left in enumerate((0, (width - bw) // 2, width - bw)):
-                    boxes.append((top, left, bh, bw))
+        rows, cols = _offsets(height - bh, bh), _offsets(width - bw, bw)
+        if len(rows) > 1 or len(cols) > 1:
+            boxes += [(top, left, bh, bw) for top in rows for left in cols]
         for n, (top, left, h, w) in enumerate(boxes):
             crop = image[top:top + h, left:left + w]
-            name = key if n == 0 else f"{key}:crop{(n - 1) // 3},{(n - 1) % 3}"
+            name = key if n == 0 else f"{key}:crop{top},{left}"
             views.append((name, crop))
             views.append((f"{name}:flip", crop[:, ::-1]))
     return views
