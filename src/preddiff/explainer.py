@@ -585,8 +585,8 @@ def build_pool(opts, model: Model, image: Input) -> tuple[np.ndarray, dict]:
             if opts.sampler == "marginal" and opts.compat != "released":
                 items = [(k, v) for k, v in natural_views(model.min_view)
                          if k.split(":")[0] not in same]
-                source = ("views of nine offline photographs (each, nine 2/3 crops where "
-                          "no enlarging is needed, all mirrored)")
+                source = ("views of nine offline photographs (each whole and in up to nine "
+                          "crops, all also mirrored; preddiff.images.natural_views)")
             else:
                 items = [(k, v) for k, v in example_images().items() if k not in same]
                 source = "the seven example photographs"
