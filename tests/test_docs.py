@@ -81,3 +81,33 @@ def test_cli_reference_renders_every_sub_command():
         assert text.startswith(f"usage: preddiff {name}"), text[:80]
     with pytest.raises(ValueError, match="no sub-command"):
         cli_help.help_text("no-such-command")
+
+
+def test_api_reference_lists_every_module():
+    """A new module of the package gets its page in the API reference (docs/api/index.rst);
+    the command modules are documented through their ``--help`` in docs/cli.md."""
+    import pkgutil
+
+    import preddiff
+
+    names = [m.name for m in pkgutil.walk_packages(preddiff.__path__, "preddiff.")
+             if m.name != "preddiff.__main__" and not m.name.startswith("preddiff.commands")]
+    page = (ROOT / "docs" / "api" / "index.rst").read_text(encoding="utf-8")
+    listed = set(re.findall(r"^\s+(preddiff(?:\.\w+)+)\s*$", page, flags=re.M))
+    assert sorted(set(names) - listed) == []
+
+
+def test_explain_option_table_covers_every_option():
+    """docs/cli.md explains each option of ``preddiff explain`` in prose with its default; a new
+    option must get its row there (the rendered ``--help`` alone is not enough)."""
+    from preddiff.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    explain = sub.choices["explain"]
+    page = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
+    table = page.split("## `preddiff explain`: every option", 1)[1].split("```{preddiff-help}")[0]
+    options = [o for a in explain._actions for o in a.option_strings
+               if o.startswith("--") and o != "--help"]
+    missing = [o for o in options if not re.search(re.escape(o) + r"\b", table)]
+    assert missing == []
