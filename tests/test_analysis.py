@@ -253,7 +253,7 @@ def test_save_load_round_trip(setup, tmp_path):
                               blobs=["prob", "logits"], rng=1, progress=False)
     e.metadata["model"] = "test"
     path = tmp_path / "e.npz"
-    e.save(path)
+    e.save(path, units="all", dtype=np.float64, compress=False)
     loaded = Explanation.load(path)
     for blob in ("prob", "logits"):
         np.testing.assert_array_equal(loaded.relevance[blob], e.relevance[blob])
@@ -264,7 +264,7 @@ def test_save_load_round_trip(setup, tmp_path):
                  "seed", "sampler", "batch_size", "timings", "metadata"):
         assert getattr(loaded, name) == getattr(e, name), name
     assert [p.name for p in tmp_path.iterdir()] == ["e.npz"]
-    e.save(path, dtype=np.float32)
+    e.save(path, units="all")
     assert Explanation.load(path).relevance["prob"].dtype == np.float32
 
 
@@ -383,13 +383,13 @@ def test_save_keeps_only_the_named_units_compressed(setup, tmp_path):
     e = prediction_difference(x, clf, MarginalSampler(pool), window=2, num_samples=2,
                               blobs=["prob", "logits"], rng=1, progress=False)
     full, part = tmp_path / "full.npz", tmp_path / "part.npz"
-    e.save(full)
-    e.save(part, units={"prob": [3, 1]}, compress=True, dtype=np.float32)
+    e.save(full, units="all")
+    e.save(part, units={"prob": [3, 1], "logits": "all"}, compress=True, dtype=np.float32)
     back = Explanation.load(part)
     assert back.units["prob"].tolist() == [1, 3] and back.relevance["prob"].shape == (2, 7, 6)
     np.testing.assert_array_equal(back.relevance_of("prob", 3),
                                   e.relevance["prob"][3].astype(np.float32))
-    assert back.units["logits"].tolist() == list(range(5))  # blobs not named keep all maps
+    assert back.units["logits"].tolist() == list(range(5))  # "all": every map
     np.testing.assert_array_equal(back.clean["prob"], e.clean["prob"])  # all clean values
     with pytest.raises(InvalidArgument, match=r"unit 0 of blob 'prob' was not saved.*\[1, 3\]"):
         back.relevance_of("prob", 0)
@@ -404,7 +404,7 @@ def test_load_of_a_file_without_units_or_edges(setup, tmp_path):
     e = prediction_difference(x, clf, MarginalSampler(pool), window=2, num_samples=2,
                               rng=1, progress=False)
     path = tmp_path / "old.npz"
-    e.save(path)
+    e.save(path, units="all")
     with np.load(path) as data:
         arrays = {k: data[k] for k in data.files if not k.startswith("units_")}
     meta = json.loads(str(arrays["meta"]))

@@ -196,3 +196,36 @@ def test_unknown_network_is_refused():
 
     with pytest.raises(InvalidArgument, match="'resnet19'"):
         netzoo.build("resnet19")
+
+
+def test_ratio_wording_is_true_at_the_precision_printed(rng, fake_rates):
+    """Issue 18: 1.04 measured printed "measured 1.0x faster"."""
+    assert decision.ratio_text(1.04) == "measured about the speed of full images (1.04x)"
+    assert decision.ratio_text(0.97) == "measured about the speed of full images (0.97x)"
+    assert decision.ratio_text(1.8) == "measured 1.8x faster than full images"
+    assert decision.ratio_text(0.5) == "measured 0.5x the speed of full images"
+    assert decision.ratio_text(0.001) == "measured under 0.01x the speed of full images"
+    fake_rates({1: 10.0, 8: 40.0, 32: 30.0}, {16: 41.6, 64: 20.0})
+    model = _small_net(rng)
+    x = rng.normal(size=(3, 20, 22)).astype(np.float32)
+    d = decide_incremental(model, x, 5, outputs=["prob"], device="cpu", cache=False)
+    assert d.use and "1.0x faster" not in d.message
+    assert d.message.startswith("incremental inference on: measured about the speed of full "
+                                "images (1.04x)")
+
+
+def test_measurement_is_announced_timed_and_redone_on_request(tmp_path, rng, fake_rates):
+    calls = fake_rates({1: 10.0, 8: 40.0, 32: 30.0}, {16: 50.0, 64: 90.0, 256: 70.0})
+    model = _small_net(rng)
+    x = rng.normal(size=(3, 20, 22)).astype(np.float32)
+    announced = []
+    kwargs = dict(outputs=["prob"], device="cpu", cache_dir=tmp_path,
+                  on_measure=lambda: announced.append(len(calls)))
+    first = decide_incremental(model, x, 5, **kwargs)
+    assert announced == [0] and first.seconds is not None and first.seconds >= 0
+    cached = decide_incremental(model, x, 5, **kwargs)
+    assert cached.cached and cached.seconds is None and announced == [0]
+    fake_rates({1: 10.0, 8: 40.0, 32: 30.0}, {16: 5.0, 64: 9.0, 256: 7.0})  # now slower
+    again = decide_incremental(model, x, 5, remeasure=True, **kwargs)
+    assert len(announced) == 2 and not again.cached and not again.use
+    assert not decide_incremental(model, x, 5, **kwargs).use  # the new result is cached

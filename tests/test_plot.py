@@ -172,3 +172,28 @@ def test_overlay_matches_a_transcription_of_the_released_code(rng, shape):
     relevance = rng.standard_normal(shape[:2]) * 3.0
     np.testing.assert_allclose(plot.overlay(image, relevance),
                                _released_overlay(image, relevance), atol=0.015)
+
+
+def test_explanation_figure_units_legend_shared_scale_and_values(rng):
+    """Issue 18 point 6: a unit on every colour bar, a red/blue legend, an option for one
+    scale across panels, and small probabilities with their digits."""
+    image = rng.uniform(size=(12, 12, 3))
+    maps = {"a": rng.standard_normal((12, 12)), "b": 5 * rng.standard_normal((12, 12))}
+    fig = plot.explanation_figure(image, maps, {"a": 6.49e-05, "b": 0.948})
+    bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    assert [b.get_ylabel() for b in bars] == ["weight of evidence (bits)"] * 2
+    texts = [t.get_text() for lg in fig.legends for t in lg.get_texts()]
+    assert texts[:2] == ["red: evidence for the class", "blue: evidence against it"]
+    titles = [ax.get_title() for ax in fig.axes]
+    assert "a\np = 6.49e-05" in titles and "b\np = 0.948" in titles
+
+    def limits(figure):
+        return [im.get_clim() for ax in figure.axes for im in ax.get_images()
+                if im.get_cmap().name == "preddiff_signed"]
+    assert limits(fig)[0] != limits(fig)[1]
+    shared = plot.explanation_figure(image, maps, unit=plot.unit_label(False, "fc8"),
+                                     shared_scale=True)
+    assert limits(shared)[0] == limits(shared)[1]
+    bars = [ax for ax in shared.axes if ax.get_label() == "<colorbar>"]
+    assert bars[0].get_ylabel() == "activation difference of 'fc8'"
+    assert plot.value_text(6.49e-05) == "6.49e-05" and plot.value_text(0.9481) == "0.948"

@@ -104,8 +104,9 @@ def test_labels_classes_and_what_is_kept(tmp_path, capsys):
                    "--classes", "cat,5", *FAST, "--out", tmp_path) == 0
     out = capsys.readouterr().out
     e = Explanation.load(tmp_path / "img_six.npz")
-    top = [i for i, _ in e.top_classes("out", 2)]
+    top = [i for i, _ in e.top_classes("out", 2, names=False)]
     names = ["ant", "bee", "cat", "dog", "eel", "fox"]
+    assert [n for n, _ in e.top_classes(n=2)] == [names[i] for i in top]  # labels known
     assert out.startswith(f"{image}: {names[top[0]]} (p=")
     kept = sorted(set(top) | {2, 5})
     assert e.units["out"].tolist() == kept

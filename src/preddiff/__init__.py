@@ -9,3 +9,4 @@ from .errors import PredDiffError, InvalidArgument  # noqa: E402,F401
 from .analysis import prediction_difference, Explanation  # noqa: E402,F401
 from . import samplers  # noqa: E402,F401
 from .sensitivity import sensitivity_map  # noqa: E402,F401
+from .explainer import explain  # noqa: E402,F401

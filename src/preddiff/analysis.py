@@ -86,6 +86,8 @@ __all__ = ["prediction_difference", "Explanation", "NonFiniteOutput", "weight_of
            "assemble"]
 
 DEFAULT_BATCH_SIZE = 256
+#: Classes whose maps :meth:`Explanation.save` keeps by default (``preddiff explain --top``).
+KEPT_BY_DEFAULT = 3
 
 
 class NonFiniteOutput(PredDiffError):
@@ -198,17 +200,97 @@ class Explanation:
         values = self.clean[blob]
         return values.reshape(values.shape[0], -1).mean(axis=1) if values.ndim > 1 else values
 
-    def top_classes(self, blob: str = "prob", n: int = 3) -> list[tuple[int, float]]:
+    def top_classes(self, blob: str | None = None, n: int = 3, *,
+                    names: bool | None = None) -> list[tuple]:
         """The ``n`` units with the largest clean value of ``blob`` (:meth:`clean_values`).
+
+        Parameters
+        ----------
+        blob : str, optional
+            Default: the explained blob (``metadata["blob"]``), else ``"prob"`` when
+            explained, else the first blob.
+        n : int, default 3
+        names : bool, optional
+            Give class names instead of indices: by default when the explanation knows the
+            labels (``metadata["labels"]``, one per unit, as :func:`preddiff.explain` and
+            the command line record them).
 
         Returns
         -------
-        list of (unit index, clean value), largest first. For a blob with spatial dimensions
-        the value is the feature map's mean.
+        list of (unit index or class name, clean value), largest first. For a blob with
+        spatial dimensions the value is the feature map's mean.
         """
+        blob = self._default_blob(blob)
         values = self.clean_values(blob)
         order = np.argsort(-values, kind="stable")[:n]
-        return [(int(i), float(values[i])) for i in order]
+        labels = self.labels(blob)
+        if names and labels is None:
+            raise InvalidArgument(f"this explanation has no labels for blob {blob!r}; "
+                                  "call top_classes with names=False")
+        if names is None:
+            names = labels is not None
+        return [(labels[int(i)] if names else int(i), float(values[i])) for i in order]
+
+    def _default_blob(self, blob):
+        if blob is not None:
+            return blob
+        chosen = self.metadata.get("blob") if isinstance(self.metadata, dict) else None
+        if chosen in self.clean:
+            return chosen
+        return "prob" if "prob" in self.clean or not self.blobs else self.blobs[0]
+
+    def labels(self, blob: str | None = None) -> list[str] | None:
+        """The class names of ``blob``'s units, when known (``metadata["labels"]`` of the
+        explained blob, one per unit), else None."""
+        blob = self._default_blob(blob)
+        labels = self.metadata.get("labels") if isinstance(self.metadata, dict) else None
+        if not labels or self.metadata.get("blob", blob) != blob or blob not in self.clean \
+                or len(labels) != len(self.clean_values(blob)):
+            return None
+        return list(labels)
+
+    def plot(self, blob: str | None = None, units=None, *, path=None, shared_scale=False,
+             title: str | None = None):
+        """The command line's figure: the input, the signed map of each kept class with a
+        colour bar in bits of weight of evidence (or units of activation difference), a
+        red/blue legend, and the overlays (:func:`preddiff.plot.explanation_figure`).
+
+        Parameters
+        ----------
+        blob : str, optional
+            Default: the explained blob.
+        units : sequence of int, optional
+            The classes to draw; default the kept ones (``units[blob]``), at most
+            :data:`preddiff.plot.MAX_PANELS`.
+        path : str or Path, optional
+            Also write the figure there (the suffix picks the format; atomically).
+        shared_scale : bool, default False
+            One colour scale across the panels (compare magnitudes between classes) instead
+            of one per panel.
+        title : str, optional
+            Default: model, blob, window, stride, samples and sampler in words.
+
+        Returns
+        -------
+        matplotlib.figure.Figure
+        """
+        from .plot import figure_of
+
+        return figure_of(self, self._default_blob(blob), units, path=path,
+                         shared_scale=shared_scale, title=title)
+
+    def _default_units(self, blob: str):
+        """What :meth:`save` keeps of ``blob`` by default (None: every map it holds)."""
+        from .maps import RelevanceMaps as _Lazy
+
+        if not isinstance(self.relevance, _Lazy):
+            return None  # already a selection (explain(), load()) or the caller's dict
+        saved = self.metadata.get("saved_units") if isinstance(self.metadata, dict) else None
+        if saved == "all":
+            return None
+        if isinstance(saved, list) and self.metadata.get("blob") == blob:
+            return [int(u) for u in saved]
+        return [u for u, _ in self.top_classes(blob, KEPT_BY_DEFAULT, names=False)]
 
     def _meta(self) -> dict:
         return {
@@ -219,18 +301,25 @@ class Explanation:
             "edges": self.edges,
         }
 
-    def save(self, path, *, dtype=np.float64, units=None, compress=False) -> None:
+    def save(self, path, *, dtype=np.float32, units=None, compress=True) -> None:
         """Write the explanation to ``path`` (``.npz``, atomically; the name is used as given).
+
+        By default it keeps what ``preddiff explain`` keeps, compressed: the maps the
+        explanation holds when they are already a selection (from :func:`preddiff.explain`
+        or :meth:`load`), else the classes recorded in ``metadata["saved_units"]``, else the
+        top :data:`KEPT_BY_DEFAULT` classes of each blob, in float32 — a few MB for an
+        ImageNet image where every map in float64 is 400 MB.
 
         Parameters
         ----------
-        dtype : numpy dtype, optional
-            Storage type of the relevance maps (float32 halves the file of a 1000-class map).
-        units : dict of str to sequence of int, optional
-            Per blob, the units (classes) whose maps to keep, e.g. ``{"prob": [281, 285]}``;
-            blobs not named keep every map. The clean outputs of all units are always kept.
-            One 224×224 map is 200 kB in float32, so a 1000-class blob is 200 MB in full.
-        compress : bool, optional
+        dtype : numpy dtype, default float32
+            Storage type of the relevance maps (``np.float64`` keeps every bit).
+        units : "all", or dict of str to (sequence of int or "all"), optional
+            The units (classes) whose maps to keep: ``"all"`` for every map of every blob,
+            or per blob, e.g. ``{"prob": [281, 285]}``; blobs not named keep the default.
+            The clean outputs of all units are always kept. One 224×224 map is 200 kB in
+            float32, so a 1000-class blob is 200 MB in full.
+        compress : bool, default True
             Write a compressed ``.npz`` (``np.savez_compressed``).
 
         Raises
@@ -238,7 +327,18 @@ class Explanation:
         InvalidArgument
             A unit index outside the blob, or a unit whose map this explanation lacks.
         """
+        if isinstance(units, str):
+            if units != "all":
+                raise InvalidArgument(f"units={units!r}: give 'all' or a dict "
+                                      "{blob: [unit, ...]}")
+            units = {b: "all" for b in self.blobs}
         units = {} if units is None else dict(units)
+        for blob in self.blobs:
+            if blob not in units:
+                default = self._default_units(blob)
+                if default is not None:
+                    units[blob] = default
+        units = {b: u for b, u in units.items() if not (isinstance(u, str) and u == "all")}
         unknown = [b for b in units if b not in self.relevance]
         if unknown:
             raise InvalidArgument(f"units names unknown blob(s) {unknown}; this explanation "
@@ -405,6 +505,24 @@ def _check_blobs(blobs, probability_blobs) -> tuple[tuple, tuple]:
             raise InvalidArgument(
                 f"probability_blobs {extra} are not among blobs {list(blobs)}")
     return blobs, tuple(dict.fromkeys(probability))
+
+
+def _probability_default(classifier, blobs, probability_blobs):
+    """``probability_blobs`` or, when None, the requested blobs a ``Softmax`` node produces in
+    the classifier's ONNX graph (``classifier.probability_outputs``, or its ``model``), else
+    the blob named ``prob``; and the rule used, in words (for the metadata)."""
+    if probability_blobs is not None:
+        return probability_blobs, "given (probability_blobs)"
+    names = getattr(classifier, "probability_outputs", None)
+    model = getattr(classifier, "model", None)
+    if names is None and hasattr(model, "graph"):
+        names = [o for n in model.graph.node if n.op_type == "Softmax" for o in n.output]
+    requested = (blobs,) if isinstance(blobs, str) else tuple(blobs)
+    if names is not None:
+        return (tuple(b for b in requested if b in set(names)),
+                "the blobs a Softmax node of the classifier's graph produces")
+    return tuple(b for b in requested if b == "prob"), "the blob named 'prob' (the " \
+        "classifier shows no graph)"
 
 
 def _classifier_type(classifier) -> str:
@@ -724,8 +842,11 @@ def prediction_difference(x, classifier, sampler, *, window, stride=1, num_sampl
         Blobs to explain.
     probability_blobs : sequence of str, optional
         Which of ``blobs`` are probability (softmax) outputs and get the weight of evidence;
-        default: the blob named ``prob`` if requested. The others get the activation
-        difference.
+        default: those a ``Softmax`` node produces in the classifier's ONNX graph
+        (:class:`~preddiff.classifier.OnnxClassifier`, whatever their names), and for a
+        classifier without a graph the blob named ``prob`` if requested. The others get the
+        activation difference. The choice and its rule are in
+        ``explanation.metadata["probability"]``.
     batch_size : int, optional
         Perturbed images per classifier call (rounded down to whole windows, at least one
         window of ``S`` images). Memory: about ``batch_size · C · H · W · 4`` bytes.
@@ -780,6 +901,8 @@ def prediction_difference(x, classifier, sampler, *, window, stride=1, num_sampl
     (10, 28, 28)
     """
     started = time.perf_counter()
+    probability_blobs, probability_rule = _probability_default(classifier, blobs,
+                                                               probability_blobs)
     setup = prepare(x, sampler, window=window, stride=stride, num_samples=num_samples,
                     blobs=blobs, probability_blobs=probability_blobs, batch_size=batch_size,
                     rng=rng, laplace_n=laplace_n, edges=edges)
@@ -824,6 +947,8 @@ def prediction_difference(x, classifier, sampler, *, window, stride=1, num_sampl
 
     timings["total"] = previous_total + time.perf_counter() - started
     explanation = assemble(setup, clean, values, timings)
+    explanation.metadata["probability"] = {"blobs": list(setup.probability_blobs),
+                                           "rule": probability_rule}
     if store is not None:
         if keep_checkpoint:
             store.save(done, values, timings)

@@ -172,3 +172,13 @@ class Checkpoint:
             self.path.unlink()
         except FileNotFoundError:
             pass
+
+
+def finished_windows(path) -> int:
+    """Windows a checkpoint file records as finished: 0 for a missing, unreadable or empty
+    one (a run that failed in its first batch leaves one with nothing to resume)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return int(json.loads(str(data["meta"]))["done"])
+    except Exception:  # noqa: BLE001 - unreadable: the run itself reports it
+        return 0

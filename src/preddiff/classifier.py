@@ -192,6 +192,9 @@ class OnnxClassifier:
         self.device = device
         self.threads = threads
         graph = self._model.graph
+        #: tensors a Softmax node produces: probability blobs (weight of evidence)
+        self.probability_outputs = tuple(o for n in graph.node if n.op_type == "Softmax"
+                                         for o in n.output if o)
         initializers = {t.name for t in graph.initializer}
         inputs = [v for v in graph.input if v.name not in initializers]
         if len(inputs) != 1:

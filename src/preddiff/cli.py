@@ -24,8 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every sub-command of :mod:`preddiff.commands`."""
     parser = argparse.ArgumentParser(
         prog="preddiff",
-        description="Prediction Difference Analysis (Zintgraf et al. 2016/2017) for Caffe-zoo "
-        "networks converted to ONNX.",
+        description="Prediction Difference Analysis (Zintgraf et al. 2016/2017): which pixels "
+        "of an image speak for or against each class of an image classifier (the bundled "
+        "LeNet, the Caffe-zoo nets, or your own ONNX model). In Python: preddiff.explain().",
     )
     parser.add_argument("--version", action="version", version=f"preddiff {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")

@@ -597,6 +597,9 @@ def connect(*, workers: int | None = None, scheduler: str | None = None):
             cluster = distributed.LocalCluster(
                 n_workers=int(workers), threads_per_worker=1, processes=True,
                 host="127.0.0.1", dashboard_address=None, silence_logs=logging.ERROR,
+                # no dashboard; its HTTP server on a free port, so that a busy 8787 (another
+                # cluster) gives no "Port 8787 is already in use" warning
+                scheduler_kwargs={"dashboard_address": ":0"},
                 env={THREADS_VARIABLE: str(threads_per_worker(workers))})
         except Exception as exc:  # noqa: BLE001 - any start failure is one line for the user
             raise ClusterUnavailable(f"cannot start a local cluster of {workers} workers: "
@@ -651,7 +654,7 @@ def explain_images(args, model, window: int, prepare_image, engine_kwargs) -> di
     Parameters
     ----------
     args : argparse.Namespace
-    model : preddiff.commands.explain._Model
+    model : preddiff.explainer.Model
     window : int
     prepare_image : callable
         ``prepare_image(args, model, spec, window) -> (name, x, pool, sampler, stem,

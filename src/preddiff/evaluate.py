@@ -1285,7 +1285,7 @@ def compare(images, image_ids: Sequence[int], model, pool, *, window: int = 4,
             mean_value=None, seed: int = 0,
             batch_size: int = 256, device: str = "auto", progress: bool = True,
             per_image: Callable | None = None, describe_model: str = "",
-            client=None) -> Comparison:
+            client=None, output: str | None = None) -> Comparison:
     """Compare the five explanations (:func:`standard_methods`) on ``images``.
 
     Parameters
@@ -1325,6 +1325,8 @@ def compare(images, image_ids: Sequence[int], model, pool, *, window: int = 4,
     client : distributed.Client, optional
         Evaluate the images on this Dask cluster (:func:`preddiff.cluster.map_images`), one
         task per image; the numbers are those of a run in one process.
+    output : str, optional
+        The probability blob (default the model's first graph output).
     """
     import time
 
@@ -1345,7 +1347,7 @@ def compare(images, image_ids: Sequence[int], model, pool, *, window: int = 4,
                                  value=mean_value if f == "mean" else None) for f in fills}
     methods = standard_methods(pool=pool, sampler=sampler, window=window, stride=stride,
                                num_samples=num_samples, grey=grey, batch_size=batch_size)
-    view = ModelView(model, batch_size=batch_size, device=device)
+    view = ModelView(model, output=output, batch_size=batch_size, device=device)
     chosen = []
     if randomise:
         chosen = cascading_randomisation(model, seed + 2, keep=stages)

@@ -28,7 +28,43 @@ from .errors import InvalidArgument
 from .fileio import atomic_path
 
 __all__ = ["signed_cmap", "show_signed", "show_unsigned", "overlay", "top_mask", "Panel",
-           "panel_title", "grid", "explanation_figure", "save_figure"]
+           "panel_title", "grid", "explanation_figure", "save_figure", "figure_of",
+           "value_text", "unit_label", "sampler_words", "MAX_PANELS"]
+
+#: Class panels :meth:`preddiff.Explanation.plot` draws at most when not told which.
+MAX_PANELS = 12
+
+WOE_UNIT = "weight of evidence (bits)"
+"""Colour-bar label of a probability blob's maps (eq. 4–5, log2 odds)."""
+
+
+def value_text(value: float) -> str:
+    """A probability or unit value as the figures and the console print it: three
+    significant digits (``0.948``, ``6.49e-05``), never ``0.000`` for a small probability."""
+    return f"{float(value):.3g}"
+
+
+def unit_label(probability: bool, blob: str) -> str:
+    """The colour-bar label: ``weight of evidence (bits)`` for a probability blob, else
+    ``activation difference of 'fc8'`` (eq. 9, in the blob's own units)."""
+    return WOE_UNIT if probability else f"activation difference of {blob!r}"
+
+
+def sampler_words(sampler: dict, num_samples: int | None = None, pool: int | None = None) -> str:
+    """A sampler's description (``describe()``) in words, e.g. ``"10 conditional samples
+    per window (Gaussian given the 2-pixel border)"``."""
+    name = (sampler or {}).get("name", "")
+    count = f"{num_samples} " if num_samples else ""
+    if name == "ConditionalGaussianSampler":
+        colour = " per colour channel" if sampler.get("colour") == "per-channel" else ""
+        return (f"{count}conditional samples per window (Gaussian given the "
+                f"{sampler.get('padding')}-pixel border{colour})")
+    if name == "MarginalSampler":
+        images = (pool if pool is not None else (sampler.get("pool_shape") or [None])[0])
+        of = f" of {images} other images" if images else " of other images"
+        return f"{count}marginal samples per window (the same window{of})"
+    return f"{count}samples per window from {name or 'the sampler'}"
+
 
 # Matplotlib's "seismic": dark blue, blue, white, red, dark red at equal spacing.
 _SEISMIC = ((0.0, 0.0, 0.3), (0.0, 0.0, 1.0), (1.0, 1.0, 1.0), (1.0, 0.0, 0.0), (0.5, 0.0, 0.0))
@@ -70,7 +106,7 @@ def _no_ticks(ax) -> None:
     ax.set_yticks([])
 
 
-def show_signed(ax, relevance, vmax=None, colorbar=False, *, title=None):
+def show_signed(ax, relevance, vmax=None, colorbar=False, *, title=None, label=None):
     """Draw a signed map, scaled symmetrically about 0.
 
     Parameters
@@ -83,6 +119,8 @@ def show_signed(ax, relevance, vmax=None, colorbar=False, *, title=None):
     colorbar : bool, default False
         Add a colour bar next to ``ax``.
     title : str, optional
+    label : str, optional
+        The colour bar's label: the unit, e.g. :data:`WOE_UNIT`.
 
     Returns
     -------
@@ -92,7 +130,7 @@ def show_signed(ax, relevance, vmax=None, colorbar=False, *, title=None):
     limit = _symmetric_limit(relevance, vmax)
     image = ax.imshow(relevance, cmap=signed_cmap(), vmin=-limit, vmax=limit,
                       interpolation="nearest")
-    return _finish_panel(ax, image, title, colorbar)
+    return _finish_panel(ax, image, title, colorbar, label)
 
 
 def show_unsigned(ax, values, vmax=None, colorbar=False, *, title=None):
@@ -117,14 +155,16 @@ def show_unsigned(ax, values, vmax=None, colorbar=False, *, title=None):
     return _finish_panel(ax, image, title, colorbar)
 
 
-def _finish_panel(ax, image, title, colorbar):
-    """No ticks, an optional small title and colour bar; returns ``image``."""
+def _finish_panel(ax, image, title, colorbar, label=None):
+    """No ticks, an optional small title and colour bar (with its unit); returns ``image``."""
     _no_ticks(ax)
     if title:
         ax.set_title(title, fontsize=8)
     if colorbar:
         bar = ax.figure.colorbar(image, ax=ax, shrink=0.8)
         bar.ax.tick_params(labelsize=7)
+        if label:
+            bar.set_label(label, fontsize=7)
     return image
 
 
@@ -232,6 +272,8 @@ class Panel:
         Colour limit of a signed/unsigned map (default: its own largest ``|value|``).
     colorbar : bool, optional
         Overrides the grid's ``colorbar`` for this panel.
+    label : str, optional
+        The colour bar's label (the unit of the map).
     """
 
     data: np.ndarray
@@ -239,6 +281,7 @@ class Panel:
     title: str | None = None
     vmax: float | None = None
     colorbar: bool | None = None
+    label: str | None = None
 
 
 _KINDS = ("auto", "image", "signed", "unsigned", "mask")
@@ -271,7 +314,7 @@ def panel_title(name: str, value: float | None = None, label: str = "") -> str:
     """
     if value is None:
         return name
-    text = f"{value:.3g}"
+    text = value_text(value)
     return f"{name}\n{label} = {text}" if label else f"{name}\n{text}"
 
 
@@ -287,7 +330,7 @@ def _draw(ax, panel: Panel, colorbar: bool) -> None:
         ax.imshow(_as_map(data, "mask") > 0.5, cmap="gray", vmin=0, vmax=1,
                   interpolation="nearest")
     elif kind == "signed":
-        show_signed(ax, data, panel.vmax, colorbar)
+        show_signed(ax, data, panel.vmax, colorbar, label=panel.label)
     else:
         show_unsigned(ax, data, panel.vmax, colorbar)
     _no_ticks(ax)
@@ -342,7 +385,8 @@ def grid(panels: Sequence, titles: Sequence[str] | None = None, ncols: int | Non
             continue
         panel = item if isinstance(item, Panel) else Panel(np.asarray(item))
         if titles is not None and titles[i] is not None:
-            panel = Panel(panel.data, panel.kind, titles[i], panel.vmax, panel.colorbar)
+            panel = Panel(panel.data, panel.kind, titles[i], panel.vmax, panel.colorbar,
+                          panel.label)
         _draw(ax, panel, colorbar if panel.colorbar is None else panel.colorbar)
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
@@ -352,11 +396,14 @@ def grid(panels: Sequence, titles: Sequence[str] | None = None, ncols: int | Non
 def explanation_figure(image, relevance_by_class: Mapping[str, np.ndarray],
                        values: Mapping[str, float] | None = None, *, value_label: str = "p",
                        suptitle: str | None = None, colorbar: bool = True,
-                       panel_size: float = 2.4) -> Figure:
+                       panel_size: float = 2.4, unit: str | None = WOE_UNIT,
+                       shared_scale: bool = False, legend: bool = True) -> Figure:
     """The explanation of one image: the input, a signed map per class, and its overlay.
 
     Layout: first row the input and one signed heatmap per class (titled with the class name
-    and its value); second row the overlay (:func:`overlay`) under each heatmap.
+    and its value), each with a colour bar labelled with ``unit``; second row the overlay
+    (:func:`overlay`) under each heatmap; at the bottom a legend: red = evidence for the
+    class, blue = evidence against it.
 
     Parameters
     ----------
@@ -365,12 +412,20 @@ def explanation_figure(image, relevance_by_class: Mapping[str, np.ndarray],
     relevance_by_class : mapping of str to array_like, shape (H, W)
         Class name → signed relevance (e.g. weight of evidence, eq. (4)–(5)).
     values : mapping of str to float, optional
-        Class name → value of the unit (e.g. its probability) shown in the title.
+        Class name → value of the unit (e.g. its probability) shown in the title
+        (:func:`value_text`: three significant digits).
     value_label : str, default "p"
     suptitle : str, optional
     colorbar : bool, default True
         Colour bars beside the heatmaps.
     panel_size : float, default 2.4
+    unit : str, optional
+        Label of the colour bars: :data:`WOE_UNIT` (default) or :func:`unit_label`.
+    shared_scale : bool, default False
+        One colour scale for every class (the largest |value| of all maps), so that the
+        panels' magnitudes compare; by default each map is scaled by its own largest |value|.
+    legend : bool, default True
+        Say under the panels what red and blue mean.
 
     Returns
     -------
@@ -379,15 +434,117 @@ def explanation_figure(image, relevance_by_class: Mapping[str, np.ndarray],
     image = np.asarray(image, dtype=np.float64)
     if not relevance_by_class:
         raise InvalidArgument("relevance_by_class is empty: give at least one class's map")
+    maps = {name: _as_map(relevance, f"relevance of {name!r}")
+            for name, relevance in relevance_by_class.items()}
+    vmax = None
+    if shared_scale:
+        vmax = max(_symmetric_limit(m, None) for m in maps.values())
     panels: list = [Panel(image, "image", "input")]
     overlays: list = [None]
-    for name, relevance in relevance_by_class.items():
-        relevance = _as_map(relevance, f"relevance of {name!r}")
+    for name, relevance in maps.items():
         value = None if values is None else values.get(name)
-        panels.append(Panel(relevance, "signed", panel_title(name, value, value_label)))
-        overlays.append(Panel(overlay(image, relevance), "image", "overlay"))
-    return grid(panels + overlays, ncols=len(panels), colorbar=colorbar, panel_size=panel_size,
-                suptitle=suptitle)
+        panels.append(Panel(relevance, "signed", panel_title(name, value, value_label),
+                            vmax=vmax, label=unit))
+        overlays.append(Panel(overlay(image, relevance, vmax), "image", "overlay"))
+    fig = grid(panels + overlays, ncols=len(panels), colorbar=colorbar, panel_size=panel_size,
+               suptitle=suptitle)
+    if legend:
+        from matplotlib.patches import Patch
+
+        scale = ("one colour scale for all classes" if shared_scale else
+                 "each map scaled to its own largest |value|")
+        cmap = signed_cmap()
+        fig.legend(handles=[Patch(color=cmap(0.85), label="red: evidence for the class"),
+                            Patch(color=cmap(0.15), label="blue: evidence against it"),
+                            Patch(color="white", label=f"white: none ({scale})")],
+                   loc="outside lower center", ncol=3, fontsize=7, frameon=False)
+    return fig
+
+
+def display_image(explanation) -> np.ndarray:
+    """The explained input as an RGB (or gray) image in [0, 1], from what the metadata says
+    of the preprocessing (a zoo net's, a user model's mean and std); otherwise the input
+    rescaled to [0, 1]."""
+    x = np.asarray(explanation.x, dtype=np.float64)
+    meta = explanation.metadata if isinstance(explanation.metadata, dict) else {}
+    pre = meta.get("preprocessing")
+    if isinstance(pre, dict) and "mean" in pre and "std" in pre:
+        c = x.shape[0]
+        mean = np.asarray(pre["mean"], dtype=np.float64).reshape(c, 1, 1)
+        std = np.asarray(pre["std"], dtype=np.float64).reshape(c, 1, 1)
+        image = np.clip(x * std + mean, 0, 1)
+        return image[0] if c == 1 else image.transpose(1, 2, 0)
+    model = meta.get("model")
+    from .zoo import MODEL_NAMES
+
+    if model in MODEL_NAMES:
+        from .preprocess import Preprocessor
+
+        return Preprocessor(model, policy=meta.get("policy") or "crop").deprocess(
+            x.astype(np.float32))
+    low, high = float(x.min()), float(x.max())
+    image = (x - low) / (high - low) if high > low else np.zeros_like(x)
+    return image[0] if image.shape[0] == 1 else image[:3].transpose(1, 2, 0)
+
+
+def figure_title(explanation, blob: str) -> str:
+    """A title in words: model, what the maps are, window, stride and sampler."""
+    meta = explanation.metadata if isinstance(explanation.metadata, dict) else {}
+    kh, kw = explanation.window
+    what = ("weight of evidence of each class" if blob in explanation.probability_blobs
+            else f"activation difference of {blob!r}")
+    model = meta.get("model")
+    stride = "" if explanation.stride == 1 else f", stride {explanation.stride}"
+    sampler = sampler_words(explanation.sampler, explanation.num_samples, meta.get("pool_size"))
+    return (f"{model + ': ' if model else ''}{what}, {kh}x{kw}-pixel windows{stride}\n"
+            f"removed by {sampler}")
+
+
+def figure_of(explanation, blob: str, units=None, *, path=None, shared_scale: bool = False,
+              title: str | None = None, names=None) -> Figure:
+    """:func:`explanation_figure` of an :class:`~preddiff.Explanation` (what
+    :meth:`preddiff.Explanation.plot` and ``preddiff explain`` draw).
+
+    Parameters
+    ----------
+    explanation : Explanation
+    blob : str
+    units : sequence of int, optional
+        Classes to draw (default: the kept ones, at most :data:`MAX_PANELS`, largest clean
+        value first).
+    path : str or Path, optional
+        Also save it there (format from the suffix, atomically).
+    shared_scale : bool, default False
+    title : str, optional
+        Default: :func:`figure_title`.
+    names : sequence of str, optional
+        The name of every unit (default: the labels in the metadata, else ``class i``).
+    """
+    clean = explanation.clean_values(blob)
+    if units is None:
+        kept = [int(u) for u in explanation.units[blob]]
+        units = sorted(kept, key=lambda u: -clean[u])[:MAX_PANELS]
+    units = [int(u) for u in units]
+    probability = blob in explanation.probability_blobs
+    if names is None:
+        names = explanation.labels(blob)
+    if names is None:
+        names = [f"{'class' if probability else 'unit'} {i}" for i in range(len(clean))]
+    shown = [names[u] for u in units]
+    if len(set(shown)) < len(shown):  # e.g. ImageNet's two "crane"s: tell them apart
+        shown = [f"{n} ({u})" if shown.count(n) > 1 else n for n, u in zip(shown, units)]
+    maps = {n: explanation.relevance_of(blob, u) for n, u in zip(shown, units)}
+    values = {n: float(clean[u]) for n, u in zip(shown, units)}
+    fig = explanation_figure(display_image(explanation), maps, values,
+                             value_label="p" if probability else blob,
+                             suptitle=title if title is not None else
+                             figure_title(explanation, blob),
+                             unit=unit_label(probability, blob), shared_scale=shared_scale)
+    if path is not None:
+        path = Path(path)
+        fmt = path.suffix.lstrip(".") or "png"
+        save_figure(fig, path.with_suffix("") if path.suffix else path, formats=(fmt,))
+    return fig
 
 
 def save_figure(fig, path_without_suffix, formats=("png", "pdf"), *, dpi=150) -> list[Path]:

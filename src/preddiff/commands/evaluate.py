@@ -1,7 +1,9 @@
 """``preddiff evaluate``: how faithful is each explanation? (deletion/insertion, sanity check)
 
-Runs :func:`preddiff.evaluate.compare` on the bundled LeNet and digits (offline, CPU) and
-writes the table: PDA marginal and conditional, grey-patch occlusion, the sensitivity map and
+Runs :func:`preddiff.evaluate.compare` on the bundled LeNet and digits (offline, CPU), or with
+``--model FILE.onnx`` on a user's network (explain's preprocessing options; a colour network
+on the image files given, by default the bundled ImageNet photographs, with explain's
+marginal pool), and writes the table: PDA marginal and conditional, grey-patch occlusion, the sensitivity map and
 a random map, under each fill, mean ± standard error over the digits.
 """
 from __future__ import annotations
@@ -33,6 +35,33 @@ def register(subparsers) -> None:
         "a random map. Writes evaluation.md, evaluation.csv, evaluation.json and "
         "evaluation.npz into --out.",
     )
+    p.add_argument("images", nargs="*", metavar="IMAGE",
+                   help="with --model FILE.onnx of a colour network: the image files to "
+                   "evaluate on (default: the three bundled ImageNet photographs)")
+    p.add_argument("--model", default="lenet",
+                   help="lenet (default: the bundled LeNet and digits), or a FILE.onnx (or "
+                   "alexnet, googlenet, vgg16) with explain's preprocessing options")
+    p.add_argument("--blob", default=None,
+                   help="the probability blob (default: the output a Softmax node produces)")
+    p.add_argument("--pool", type=Path, default=None, metavar="DIR",
+                   help="colour network: images the samplers and fills learn from (default: "
+                   "explain's marginal pool, the views of the offline photographs that are "
+                   "not evaluated)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="onnxruntime device (default: CUDA when available)")
+    g = p.add_argument_group("ONNX files (--model FILE.onnx), as for explain")
+    g.add_argument("--input-size", default=None, metavar="HxW",
+                   help="the size to resize images to, for a model with a free input size")
+    g.add_argument("--resize", choices=("crop", "stretch"), default=None,
+                   help="fit images to the input: crop (default) or stretch")
+    g.add_argument("--mean", default=None, metavar="R,G,B",
+                   help="subtract this per-channel mean (on the [0, 1] scale)")
+    g.add_argument("--std", default=None, metavar="R,G,B",
+                   help="then divide by this per-channel standard deviation")
+    g.add_argument("--normalize", choices=("imagenet",), default=None,
+                   help="imagenet: torchvision's --mean and --std")
+    g.add_argument("--policy", choices=("crop", "resize"), default=None,
+                   help="zoo nets: centre crop without resizing (default) or resize to 256")
     p.add_argument("--digits", type=int, default=20, metavar="N",
                    help=f"explain digits 0 … N-1 (at most {POOL_START}; default 20); the pool "
                    f"is digits {POOL_START}-1796")
@@ -78,9 +107,83 @@ def lenet_inputs(num_digits: int):
     return images[:num_digits], list(range(num_digits)), images[POOL_START:]
 
 
+def _user_inputs(args):
+    """``--model FILE.onnx`` (or a zoo net): the images, ids, pool, model, its description,
+    sha1, and the output/grey/mean fill, prepared as ``preddiff explain`` prepares them."""
+    import numpy as np
+    import onnx
+
+    from ..errors import InvalidArgument
+    from ..explainer import Input, check_options, load_model, options, read_image
+    from ..images import example_images, natural_views, photos_like, same_picture
+    from ..preprocess import load_image
+
+    opts = options(model=args.model, blob=args.blob, input_size=args.input_size,
+                   resize=args.resize, mean=args.mean, std=args.std,
+                   normalize=args.normalize, policy=args.policy, device=args.device,
+                   batch_size=args.batch_size, sampler="marginal", incremental="off")
+    check_options(opts)
+    net = load_model(opts)
+    if not net.probability:
+        raise InvalidArgument(f"evaluate needs a probability blob: {net.probability_reason}; "
+                              "name the Softmax output with --blob")
+    proto = onnx.load(net.source) if isinstance(net.source, str) else net.source
+    if net.gray and not args.images:
+        from ..digits import load_digits
+
+        if not 1 <= args.digits <= POOL_START:
+            raise InvalidArgument(f"--digits must be in 1..{POOL_START}, got {args.digits}")
+        digits = load_digits()[0]
+        items = [Input(f"digit{i}", net.preprocess(digits[i][0])) for i in range(args.digits)]
+        pool = np.stack([net.preprocess(d[0]) for d in digits[POOL_START:]])
+        what = f"the bundled digits 0-{args.digits - 1}"
+    else:
+        specs = [str(i) for i in args.images] or [
+            str(p) for p in sorted((Path(__file__).parents[1] / "data" / "images").glob("*.jpg"))]
+        items = [read_image(spec, net) for spec in specs]
+        thumbs = [it.thumbnail for it in items]
+        if args.pool is None:
+            same = {k for t in thumbs for k in photos_like(t)}
+            views = natural_views(net.min_view) if not net.gray else \
+                list(example_images().items())
+            pictures = [v for k, v in views if k.split(":")[0] not in same]
+        else:
+            if not args.pool.is_dir():
+                raise InvalidArgument(f"--pool {str(args.pool)!r} is not a folder")
+            from ..explainer import IMAGE_SUFFIXES
+
+            pictures = []
+            for path in sorted(args.pool.iterdir()):
+                if path.suffix.lower() in IMAGE_SUFFIXES:
+                    picture = load_image(path)
+                    if not any(same_picture(t, picture) for t in thumbs):
+                        pictures.append(picture)
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pool = [net.preprocess(p) for p in pictures]
+        if not pool:
+            raise InvalidArgument("the pool holds no image other than the ones evaluated; give "
+                                  "--pool DIR")
+        pool = np.stack(pool)
+        what = f"{len(items)} images ({', '.join(specs[:5])}{' …' if len(specs) > 5 else ''})"
+    images = np.stack([it.x for it in items])
+    grey = pool.reshape(len(pool), pool.shape[1], -1).mean(axis=(0, 2))  # the mean colour
+    describe = f"{net.name} (ONNX, sha1 {net.sha1[:12]}) on {what}, blob {net.blob!r}"
+    return (images, list(range(len(items))), pool, proto, describe, net.sha1,
+            {"output": net.blob, "grey": grey, "mean_value": None})
+
+
 def _command(args: argparse.Namespace, fills) -> str:
     """The full command line that regenerates this run (every option spelled out)."""
-    parts = ["preddiff", "evaluate", "--digits", str(args.digits)]
+    parts = ["preddiff", "evaluate", *map(str, args.images), "--digits", str(args.digits)]
+    if args.model != "lenet":
+        parts += ["--model", str(args.model)]
+        for name in ("blob", "input_size", "resize", "mean", "std", "normalize", "policy",
+                     "pool"):
+            if getattr(args, name) is not None:
+                parts += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     for fill in fills:
         parts += ["--fill", fill]
     parts += ["--window", str(args.window), "--padding", str(args.padding), "--samples",
@@ -138,14 +241,30 @@ def run(args: argparse.Namespace) -> int:
     if args.padding < 0:
         raise InvalidArgument(f"--padding must be >= 0, got {args.padding}")
     fills = tuple(dict.fromkeys(args.fill or FILLS))
-    images, ids, pool = lenet_inputs(args.digits)
-    model = onnx.load(os.fspath(zoo.ensure_onnx("lenet")))
+    target = {"output": None, "grey": 0.0, "mean_value": None}
+    if args.model == "lenet":
+        if args.images:
+            raise InvalidArgument("IMAGE arguments need --model FILE.onnx of a colour "
+                                  "network; LeNet is evaluated on the bundled digits (--digits)")
+        given = [f"--{n.replace('_', '-')}" for n in ("input_size", "resize", "mean", "std",
+                                                      "normalize", "policy", "blob", "pool")
+                 if getattr(args, n) is not None]
+        if given:
+            raise InvalidArgument(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'}"
+                                  " with --model FILE.onnx (or a zoo colour net) only")
+        images, ids, pool = lenet_inputs(args.digits)
+        model = onnx.load(os.fspath(zoo.ensure_onnx("lenet")))
+        describe_model = "Caffe LeNet (bundled weights) on the bundled UCI digits"
+        model_sha1 = zoo.manifest("lenet").sha1
+    else:
+        images, ids, pool, model, describe_model, model_sha1, target = _user_inputs(args)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise InvalidArgument(f"--out {str(out)!r} is a file; give a folder")
     settings = {k: getattr(args, k) for k in ("window", "padding", "samples", "stride", "step",
                                               "draws", "seed", "no_randomisation")}
-    settings["fills"], settings["model_sha1"] = list(fills), zoo.manifest("lenet").sha1
+    settings["fills"], settings["model_sha1"] = list(fills), model_sha1
+    settings["images"] = [str(i) for i in args.images]
     from contextlib import nullcontext
 
     from .. import cluster
@@ -157,10 +276,11 @@ def run(args: argparse.Namespace) -> int:
                          num_samples=args.samples, stride=args.stride, fills=fills,
                          step=args.step, num_draws=args.draws,
                          randomise=not args.no_randomisation, seed=args.seed,
-                         batch_size=args.batch_size, grey=0.0, progress=not args.no_progress,
-                         per_image=_resumable(out, settings),
-                         describe_model="Caffe LeNet (bundled weights) on the bundled UCI "
-                         "digits", client=client)
+                         batch_size=args.batch_size, grey=target["grey"],
+                         mean_value=target["mean_value"], device=args.device,
+                         progress=not args.no_progress, per_image=_resumable(out, settings),
+                         describe_model=describe_model, client=client,
+                         output=target["output"])
     seconds = time.perf_counter() - started
     command = _command(args, fills)
     ran = ", ".join(result.providers) or "no network run"
