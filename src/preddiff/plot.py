@@ -422,8 +422,9 @@ def explanation_figure(image, relevance_by_class: Mapping[str, np.ndarray],
     unit : str, optional
         Label of the colour bars: :data:`WOE_UNIT` (default) or :func:`unit_label`.
     shared_scale : bool, default False
-        One colour scale for every class (the largest |value| of all maps), so that the
-        panels' magnitudes compare; by default each map is scaled by its own largest |value|.
+        One colour scale for every class (the largest ``|value|`` of all maps), so that the
+        panels' magnitudes compare; by default each map is scaled by its own largest
+        ``|value|``.
     legend : bool, default True
         Say under the panels what red and blue mean.
 

@@ -1,10 +1,11 @@
 """
-Explain a digit
-===============
+The building blocks
+===================
 
 Prediction difference analysis of the bundled, Caffe-trained LeNet on a real handwritten
 digit, with the building blocks of the Python API: the classifier, the conditional sampler
-fitted on the other digits, and :func:`preddiff.prediction_difference` (Algorithm 1 of
+fitted on the other digits, and
+:func:`preddiff.prediction_difference <preddiff.analysis.prediction_difference>` (Algorithm 1 of
 Zintgraf et al. 2017). Red is evidence for a class, blue evidence against; the unit is the
 bit (the weight of evidence, eq. 4–5).
 """
