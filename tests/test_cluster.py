@@ -40,6 +40,7 @@ def local_cluster(workers=2):
 
     return distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                     host="127.0.0.1", dashboard_address=None,
+                                    scheduler_kwargs={"dashboard_address": ":0"},
                                     silence_logs=logging.ERROR)
 
 

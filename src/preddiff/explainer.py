@@ -585,8 +585,8 @@ def build_pool(opts, model: Model, image: Input) -> tuple[np.ndarray, dict]:
             if opts.sampler == "marginal" and opts.compat != "released":
                 items = [(k, v) for k, v in natural_views(model.min_view)
                          if k.split(":")[0] not in same]
-                source = ("views of nine offline photographs (each, nine 2/3 crops where "
-                          "no enlarging is needed, all mirrored)")
+                source = ("views of nine offline photographs (each whole and in up to nine "
+                          "crops, all also mirrored; preddiff.images.natural_views)")
             else:
                 items = [(k, v) for k, v in example_images().items() if k not in same]
                 source = "the seven example photographs"
@@ -661,10 +661,13 @@ def engine_kwargs(opts, model: Model, window: int) -> dict:
     from .compat import settings as compat_settings
 
     incremental = bool(getattr(model.classifier, "incremental", False))
+    size = batch_size(opts, incremental)
+    if opts.batch_size is None:  # at least one call of the measured size (large on a GPU)
+        size = max(size, int(getattr(model.classifier, "batch_size", 0)))
     return dict(window=window, stride=opts.stride, num_samples=opts.samples,
                 blobs=(model.blob,),
                 probability_blobs=(model.blob,) if model.probability else (),
-                batch_size=batch_size(opts, incremental), rng=opts.seed,
+                batch_size=size, rng=opts.seed,
                 edges=compat_settings(getattr(opts, "compat", "intended")).get("edges", "cover"))
 
 

@@ -56,7 +56,7 @@ def sampler_words(sampler: dict, num_samples: int | None = None, pool: int | Non
     name = (sampler or {}).get("name", "")
     count = f"{num_samples} " if num_samples else ""
     if name == "ConditionalGaussianSampler":
-        colour = " per colour channel" if sampler.get("colour") == "per-channel" else ""
+        colour = ", all colour channels jointly" if sampler.get("colour") == "joint" else ""
         return (f"{count}conditional samples per window (Gaussian given the "
                 f"{sampler.get('padding')}-pixel border{colour})")
     if name == "MarginalSampler":
@@ -447,18 +447,26 @@ def explanation_figure(image, relevance_by_class: Mapping[str, np.ndarray],
         panels.append(Panel(relevance, "signed", panel_title(name, value, value_label),
                             vmax=vmax, label=unit))
         overlays.append(Panel(overlay(image, relevance, vmax), "image", "overlay"))
+    if suptitle:  # wrapped to the figure's width (about 11 characters an inch at 10 pt)
+        import textwrap
+
+        width = max(30, int(len(panels) * panel_size * (1.25 if colorbar else 1.0) * 11))
+        suptitle = "\n".join(textwrap.fill(line, width, break_on_hyphens=False)
+                             for line in suptitle.split("\n"))
     fig = grid(panels + overlays, ncols=len(panels), colorbar=colorbar, panel_size=panel_size,
                suptitle=suptitle)
     if legend:
         from matplotlib.patches import Patch
 
         scale = ("one colour scale for all classes" if shared_scale else
-                 "each map scaled to its own largest |value|")
+                 "each map scaled to its largest |value|")
         cmap = signed_cmap()
         fig.legend(handles=[Patch(color=cmap(0.85), label="red: evidence for the class"),
                             Patch(color=cmap(0.15), label="blue: evidence against it"),
-                            Patch(color="white", label=f"white: none ({scale})")],
-                   loc="outside lower center", ncol=3, fontsize=7, frameon=False)
+                            Patch(facecolor="white", edgecolor="0.7",
+                                  label=f"white: none ({scale})")],
+                   loc="outside lower center", ncol=3 if len(panels) >= 4 else 1,
+                   fontsize=7, frameon=False)
     return fig
 
 
