@@ -21,7 +21,9 @@
 #
 # Creates .venv (python3 -m venv; pip install -e .) unless a working one is already there.
 # Figures go to figures/<scale>/figN.{png,pdf,json}; computations are cached in
-# figures/cache/<scale>/ (keyed on their parameters; safe to delete).
+# figures/cache/<scale>/ (keyed on their parameters; safe to delete). figures/smoke/ and the
+# caches are ignored by git: a smoke run, whose records hold its timings and platform, leaves
+# the checkout clean.
 #
 # Verdicts: PASS (within tolerance: max |result - reference| <= 1e-3 x max |reference| per
 # map, identical predicted classes; see reproduce/common.py TOLERANCE for why), FAIL, ERROR
@@ -59,7 +61,7 @@ while [ $# -gt 0 ]; do
                 exit 64
             fi
             cluster+=("$1" "$2"); shift ;;
-        -h|--help) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$0"; exit 0 ;;  # the header comment
         *) echo "run_all.sh: unknown option $1 (try --help)" >&2; exit 64 ;;
     esac
     shift

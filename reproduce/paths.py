@@ -3,6 +3,8 @@
 Layout (relative to the repository root)::
 
     figures/<scale>/figN.png, figN.pdf, figN.json   the figures and the configuration used
+                                                    (``figures/smoke/`` is ignored by git: its
+                                                    records hold each run's timings)
     figures/reference/<scale>/figN.npz              stored reference numbers (committed)
     figures/cache/<scale>/                          computed relevance maps and results
                                                     (``.npz``, not committed; safe to delete)

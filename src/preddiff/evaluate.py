@@ -1042,8 +1042,8 @@ def evaluate_image(x, image_id: int, model: ModelView, methods: Sequence[Method]
     dict
         ``unit``, ``probability``, ``fractions`` (T,), ``map/<method>`` (H, W),
         ``curve/<fill>/<method>/<deletion|insertion|negative>`` (T,) (NaN for unsigned maps'
-        negative curve), ``similarity/<method>`` (J, 4): columns Spearman |map|, SSIM |map|,
-        Spearman signed, SSIM signed.
+        negative curve), ``similarity/<method>`` (J, 4): columns Spearman ``|map|``,
+        SSIM ``|map|``, Spearman signed, SSIM signed.
     """
     x = np.asarray(_check_image(x), dtype=np.float32)
     probs = np.asarray(model.classifier(x[None])[model.output], dtype=np.float64).reshape(-1)

@@ -115,7 +115,7 @@ def show_signed(ax, relevance, vmax=None, colorbar=False, *, title=None, label=N
     relevance : array_like, shape (H, W)
         Signed relevance (weight of evidence, eq. (4)–(5), or activation difference, eq. (9)).
     vmax : float, optional
-        Colour limit: the map is drawn on ``[-vmax, vmax]``; default its largest |value|.
+        Colour limit: the map is drawn on ``[-vmax, vmax]``; default its largest ``|value|``.
     colorbar : bool, default False
         Add a colour bar next to ``ax``.
     title : str, optional
@@ -200,7 +200,7 @@ def overlay(image, relevance, vmax=None, *, alpha=0.8) -> np.ndarray:
     relevance : array_like, shape (H, W)
         Signed relevance.
     vmax : float, optional
-        Colour limit (default: the map's largest |value|).
+        Colour limit (default: the map's largest ``|value|``).
     alpha : float, default 0.8
         Saturation factor of the released code.
 
@@ -239,7 +239,7 @@ def top_mask(relevance, percent=5, absolute=True) -> np.ndarray:
         Share of pixels to select, in [0, 100]; ``round(percent/100 · H·W)`` pixels are
         selected exactly (ties broken by position, row-major).
     absolute : bool, default True
-        Rank by |relevance| (the paper's choice); False ranks by the signed value.
+        Rank by ``|relevance|`` (the paper's choice); False ranks by the signed value.
 
     Returns
     -------
@@ -269,7 +269,7 @@ class Panel:
         How to draw it; ``auto``: RGB → image, bool → mask, otherwise signed.
     title : str, optional
     vmax : float, optional
-        Colour limit of a signed/unsigned map (default: its own largest |value|).
+        Colour limit of a signed/unsigned map (default: its own largest ``|value|``).
     colorbar : bool, optional
         Overrides the grid's ``colorbar`` for this panel.
     label : str, optional
@@ -422,8 +422,9 @@ def explanation_figure(image, relevance_by_class: Mapping[str, np.ndarray],
     unit : str, optional
         Label of the colour bars: :data:`WOE_UNIT` (default) or :func:`unit_label`.
     shared_scale : bool, default False
-        One colour scale for every class (the largest |value| of all maps), so that the
-        panels' magnitudes compare; by default each map is scaled by its own largest |value|.
+        One colour scale for every class (the largest ``|value|`` of all maps), so that the
+        panels' magnitudes compare; by default each map is scaled by its own largest
+        ``|value|``.
     legend : bool, default True
         Say under the panels what red and blue mean.
 

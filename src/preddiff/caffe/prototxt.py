@@ -225,7 +225,7 @@ class _Parser:
 
 
 def parse(text: str, source: str = "<prototxt>") -> dict:
-    """Parse protobuf text format into nested ``dict``s of value lists.
+    """Parse protobuf text format into nested dicts of value lists.
 
     Parameters
     ----------
