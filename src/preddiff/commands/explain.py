@@ -50,6 +50,9 @@ ZOO_COLOUR = ("alexnet", "googlenet", "vgg16")
 
 #: Classes whose maps are plotted, printed and kept in the ``.npz`` by default (``--top``).
 DEFAULT_TOP = 3
+#: Classes drawn in the figure at most (two panels each; 1000 classes would take minutes);
+#: the ``.npz`` keeps the maps of every class asked for.
+MAX_FIGURE_CLASSES = 20
 
 def register(subparsers) -> None:
     """Add the ``explain`` sub-command."""
@@ -215,14 +218,18 @@ def _onnx_model(path: Path, args) -> _Model:
                                 device=args.device, threads=args.threads, name=str(path))
     channels, height, width = classifier.input_shape
     if channels not in (1, 3):
-        raise InvalidArgument(f"{path} takes {channels} channels; preddiff explain handles "
-                              "1 (gray) or 3 (RGB) channel images")
+        shape = ", ".join("?" if d is None else str(d) for d in classifier.input_shape)
+        layout = (f"it looks channels-last (N, H, W, C) with {width} channels; "
+                  if width in (1, 3) else "")
+        raise InvalidArgument(
+            f"{path}: input {classifier.input_name!r} has shape (N, {shape}): {layout}"
+            "preddiff explain needs a channels-first input (N, C, H, W) with C = 1 (gray) or "
+            "3 (RGB); export the model with that layout (e.g. a Transpose at its input)")
     size = _parse_size(args.input_size) if args.input_size else None
     if height is None or width is None:
         if size is None:
             raise InvalidArgument(f"{path} leaves its input size free: give --input-size HxW")
         height, width = size
-        _check_batch_memory(args, (channels, height, width))
     elif size is not None and size != (height, width):
         raise InvalidArgument(f"--input-size {size[0]}x{size[1]} differs from the model's "
                               f"input {height}x{width}")
@@ -314,22 +321,29 @@ def _available_memory() -> int | None:
 
 
 def _check_batch_memory(args, shape) -> None:
-    """Refuse an ``--input-size`` whose batch of perturbed float32 images cannot fit in the
-    memory available (the network's own activations come on top)."""
+    """Refuse, before any work, a run whose batch of perturbed float32 images cannot fit in
+    the memory available (the network's own activations come on top). A batch holds whole
+    windows: at least the ``--samples`` images of one window, whatever ``--batch-size``."""
     from ..errors import InvalidArgument
 
     available = _available_memory()
     channels, height, width = shape
     batch = _batch_size(args)
-    need = (batch + 2) * channels * height * width * 4  # the batch, the image, its copy
+    images = max(batch, int(args.samples))
+    need = (images + 2) * channels * height * width * 4  # the batch, the image, its copy
     if available is None or need <= available:
         return
-    hint = ("a smaller --input-size or --batch-size"
-            if 3 * channels * height * width * 4 <= available else "a smaller --input-size")
+    knobs = ["--samples" if images > batch else "--batch-size"]
+    if 3 * channels * height * width * 4 > available:
+        knobs = []
+    if args.input_size is not None:
+        knobs.insert(0, "--input-size")
+    why = " (the samples of one window, --samples)" if images > batch else ""
+    prefix = f"--input-size {height}x{width}: " if args.input_size is not None else ""
     raise InvalidArgument(
-        f"--input-size {height}x{width}: a batch of {batch} images of {channels}x{height}x"
-        f"{width} float32 needs at least {_gib(need)} of memory, and {_gib(available)} is "
-        f"available; give {hint}")
+        f"{prefix}a batch of {images} images of {channels}x{height}x{width} float32{why} "
+        f"needs at least {_gib(need)} of memory, and {_gib(available)} is available; give a "
+        f"smaller {' or '.join(knobs) or '--samples'}")
 
 
 def _gib(count: int) -> str:
@@ -412,6 +426,10 @@ def _use_incremental(model: _Model, args, window: int) -> str:
         return "incremental inference off (--no-incremental)"
     if args.incremental == "off":
         return "incremental inference off (--incremental off)"
+    input_dtype = getattr(model.classifier, "_input_dtype", None)
+    if input_dtype is not None and input_dtype().dtype.name != "float32":
+        return (f"incremental inference off: the model's input is "
+                f"{input_dtype().dtype.name} (cast from float32)")
     import logging
 
     import numpy as np
@@ -602,8 +620,20 @@ def _sampler(args, pool, window):
 
 
 def _resumable(checkpoint) -> bool:
-    """Whether a checkpoint is there to resume from (checked before the run)."""
-    return checkpoint is not None and checkpoint.is_file()
+    """Whether a checkpoint with finished windows is there to resume from (checked before the
+    run). A file that records none is not resumed from (the engine starts afresh); one that
+    cannot be read is left to the engine, which says so."""
+    import json
+
+    import numpy as np
+
+    if checkpoint is None or not checkpoint.is_file():
+        return False
+    try:
+        with np.load(checkpoint, allow_pickle=False) as data:
+            return int(json.loads(str(data["meta"]))["done"]) > 0
+    except Exception:  # noqa: BLE001 - reported by the engine
+        return False
 
 
 def _say_resumed(checkpoint) -> None:
@@ -613,13 +643,15 @@ def _say_resumed(checkpoint) -> None:
           "run were not computed again", file=sys.stderr)
 
 
-def _time_text(seconds: float, explanation, resumed: bool) -> str:
+def _time_text(seconds: float, explanation, resumed: bool, together: int = 0) -> str:
     """``"12.3 s (classifier 10.1 s"``; for a resumed run the times over all its runs, so
-    that the classifier's share does not look larger than the whole."""
+    that the classifier's share does not look larger than the whole. ``together``: the number
+    of images a cluster computed at once (their time is the cluster run's, shared)."""
     timings = explanation.timings
+    shared = f" for the {together} images together" if together > 1 else ""
     if not resumed:
-        return f"{seconds:.1f} s (classifier {timings['classifier']:.1f} s"
-    return (f"{seconds:.1f} s this run, resumed (over all runs: prediction difference "
+        return f"{seconds:.1f} s{shared} (classifier {timings['classifier']:.1f} s"
+    return (f"{seconds:.1f} s this run{shared}, resumed (over all runs: prediction difference "
             f"{timings['total']:.1f} s, classifier {timings['classifier']:.1f} s")
 
 
@@ -636,6 +668,24 @@ def _count_units(model: _Model, x) -> int:
 
     out = np.asarray(model.classifier(x[None])[model.blob])
     return int(out.shape[1]) if out.ndim >= 2 else 1
+
+
+def _check_output(model: _Model, x) -> None:
+    """Refuse, before any work, a blob with no unit axis: one forward pass of the first image.
+
+    A model whose output is one value per image, shape (N,), would be computed in full and
+    then fail when its classes are ranked (issue 19)."""
+    import numpy as np
+
+    from ..errors import InvalidArgument
+
+    shape = np.shape(model.classifier(x[None])[model.blob])
+    if len(shape) < 2:
+        raise InvalidArgument(
+            f"blob {model.blob!r} of {model.name} has shape {shape} for one image: one value "
+            "per image, without a class axis; preddiff explain needs an output of shape "
+            "(N, classes) or (N, C, H, W): give the model an (N, 1) output (e.g. an Unsqueeze "
+            "node), or name another blob with --blob")
 
 
 def _parse_classes(text, names: list[str], units: int, labelled: bool) -> list[int]:
@@ -668,6 +718,11 @@ def _parse_classes(text, names: list[str], units: int, labelled: bool) -> list[i
 def _figure(model: _Model, explanation, top, names, stem: Path) -> Path:
     from .. import plot
 
+    if len(top) > MAX_FIGURE_CLASSES:
+        print(f"preddiff: note: the figure shows the first {MAX_FIGURE_CLASSES} of the "
+              f"{len(top)} classes asked for (--top, --classes); the .npz holds all their maps",
+              file=sys.stderr)
+        top = top[:MAX_FIGURE_CLASSES]
     maps = {f"{names[i]}": explanation.relevance_of(model.blob, i) for i, _ in top}
     values = {f"{names[i]}": v for i, v in top}
     title = (f"{model.name}: {model.blob}, k={explanation.window[0]}x{explanation.window[1]}, "
@@ -749,6 +804,7 @@ def run(args: argparse.Namespace) -> int:
                               "inputs")
     _options_that_apply(args)
     model = _load_model(args)
+    _check_batch_memory(args, model.input_shape)
     window = args.window if args.window is not None else (4 if model.input_shape[0] == 1 else 10)
     window_grid(model.input_shape[1:], window, args.stride)  # a bad window fails first
     note = _use_incremental(model, args, window)
@@ -756,19 +812,26 @@ def run(args: argparse.Namespace) -> int:
     jobs = _read_inputs(args.images, model)  # every image checked before any work
     args.claim = _claim_outputs(args.out, [f"{job[1]}_{model.name}" for job in jobs])
     loaded = {job[0]: tuple(job[1:]) for job in jobs}
+    _check_output(model, jobs[0][2])
     classes = _check_classes(args, model, jobs[0][2])
 
     def prepare_image(args, model, spec, window):
         return _prepare_image(args, model, spec, window, loaded[spec])
 
-    prepared = {}
+    prepared, earlier, cluster_seconds = {}, {}, 0.0
     if cluster.wanted(args):  # every image on a Dask cluster; handed over as checkpoints
+        # which images resume a checkpoint, known before the cluster run completes them all
+        earlier = {spec: _resumable(args.out / f"{loaded[spec][0]}_{model.name}.ckpt.npz")
+                   for spec in loaded}
+        tic = time.perf_counter()
         prepared = cluster.explain_images(args, model, window, prepare_image, _engine_kwargs)
+        cluster_seconds = time.perf_counter() - tic
     for spec in loaded:
-        started = time.perf_counter()
+        # a cluster run's images share its time (they were computed together)
+        started = time.perf_counter() - (cluster_seconds if spec in prepared else 0.0)
         name, x, pool, sampler, stem, checkpoint = (
             prepared.get(spec) or prepare_image(args, model, spec, window))
-        resumed = not prepared and _resumable(checkpoint)
+        resumed = earlier.get(spec, False) if spec in prepared else _resumable(checkpoint)
         explanation = prediction_difference(
             x, model.classifier, sampler, **_engine_kwargs(args, model, window),
             checkpoint=checkpoint, keep_checkpoint=True,
@@ -812,6 +875,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"  note: {uncovered} pixels lie in no window (stride {args.stride} > window "
                   f"{window}): their relevance is 0", file=sys.stderr)
         provider = getattr(model.classifier, "provider", None) or "?"
-        print(f"  {_time_text(seconds, explanation, resumed)} on "
+        together = len(prepared) if spec in prepared else 0
+        print(f"  {_time_text(seconds, explanation, resumed, together)} on "
               f"{provider.replace('ExecutionProvider', '')}; {note}); wrote {npz} and {png}")
     return 0
