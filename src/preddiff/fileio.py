@@ -50,7 +50,7 @@ def atomic_path(path, *, suffix: str = ".tmp", fsync: bool = False):
     """
     path = Path(os.fspath(path))
     if path.is_dir():
-        raise IsADirectoryError(21, f"cannot write {path}: it is a folder")
+        raise _with_errno(IsADirectoryError(f"cannot write {path}: it is a folder"), 21)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
@@ -78,8 +78,12 @@ def atomic_path(path, *, suffix: str = ".tmp", fsync: bool = False):
 def _naming(exc: OSError, path: Path) -> OSError:
     """``exc`` as an error of writing ``path`` (the target, not a temporary file)."""
     reason = exc.strerror or " ".join(str(exc).split()) or type(exc).__name__
-    return type(exc)(exc.errno, f"cannot write {path}: {reason}") if exc.errno is not None \
-        else OSError(f"cannot write {path}: {reason}")
+    return _with_errno(type(exc)(f"cannot write {path}: {reason}"), exc.errno)
+
+
+def _with_errno(exc: OSError, errno) -> OSError:
+    exc.errno = errno  # kept for callers; the message stays the plain sentence
+    return exc
 
 
 def remove_stale_temporaries(path, suffixes=(".tmp",)) -> list:

@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
 
     from .. import zoo
     from ..errors import InvalidArgument
-    from ..evaluate import FILLS, compare, csv_text
+    from ..evaluate import FILLS, compare, csv_text, step_fractions
 
     for name in ("window", "samples", "stride", "draws", "batch_size"):
         if getattr(args, name) < 1:
@@ -139,6 +139,12 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidArgument(f"--padding must be >= 0, got {args.padding}")
     fills = tuple(dict.fromkeys(args.fill or FILLS))
     images, ids, pool = lenet_inputs(args.digits)
+    # a step below one pixel would make a curve of millions of steps (and gigabytes)
+    step_fractions(images.shape[-2] * images.shape[-1], args.step)
+    from .. import cluster as _cluster
+
+    if _cluster.wanted(args):
+        _cluster.check_options(args)
     model = onnx.load(os.fspath(zoo.ensure_onnx("lenet")))
     out = Path(args.out)
     if out.exists() and not out.is_dir():

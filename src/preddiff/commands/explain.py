@@ -803,6 +803,8 @@ def run(args: argparse.Namespace) -> int:
                               f"{'x'.join(map(str, zoo.manifest(args.model).input_shape[1:]))} "
                               "inputs")
     _options_that_apply(args)
+    if cluster.wanted(args):
+        cluster.check_options(args)  # --workers bounds, the --scheduler address: before work
     model = _load_model(args)
     _check_batch_memory(args, model.input_shape)
     window = args.window if args.window is not None else (4 if model.input_shape[0] == 1 else 10)
