@@ -850,7 +850,10 @@ def _quiet_dask():
     if added:
         sys.warnoptions.append(quiet)  # passed on to the resource tracker when it starts
     try:
-        yield
+        with warnings.catch_warnings():
+            # "Port 8787 is already in use. Perhaps you already have a cluster running?"
+            warnings.filterwarnings("ignore", message="Port .* is already in use")
+            yield
     finally:
         for name, level in saved.items():
             logging.getLogger(name).setLevel(level)

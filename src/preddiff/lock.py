@@ -170,5 +170,5 @@ def claim_outputs(folder: Path, stems, suffixes=(".npz", ".png", ".ckpt.npz")) -
     for stem in stems:
         for suffix in suffixes:
             target = stem.with_name(stem.name + suffix)
-            remove_stale_temporaries(target, suffixes=(".tmp", Path(suffix).suffix))
+            remove_stale_temporaries(target, suffixes=(".tmp", "." + suffix.rsplit(".", 1)[-1]))
     return claim

@@ -147,7 +147,7 @@ class _Parser:
         return _error(self.source, token.line, token.col, message)
 
     def message(self, close: str | None, opened: _Token | None = None) -> dict:
-        if self.depth >= MAX_DEPTH:
+        if self.depth > MAX_DEPTH:
             raise self.fail(opened, f"messages nested more than {MAX_DEPTH} levels deep; a "
                             "Caffe net is a few levels deep (protobuf stops at 100)")
         self.depth += 1
