@@ -215,7 +215,7 @@ def test_03_workers_that_all_died_end_the_run_with_one_error(monkeypatch, home):
 
 def test_09_a_lost_scheduler_is_one_line_saying_rerun_to_resume(tmp_path, home, monkeypatch,
                                                                 scheduler):
-    distributed = pytest.importorskip("distributed")
+    pytest.importorskip("distributed")
     from preddiff import cluster
 
     address, process = scheduler

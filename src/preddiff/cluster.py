@@ -195,7 +195,7 @@ class _Watchdog:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join()
+        self._thread.join(timeout=5)  # a call to a lost scheduler must not delay the error
 
     def _watch(self) -> None:
         since = None
@@ -204,7 +204,7 @@ class _Watchdog:
                 if self.client.status not in ("running", "connecting", "newly-created"):
                     self.reason = _lost(self.address)
                     return
-                workers = self.client.scheduler_info().get("workers", {})
+                workers = self.client.nthreads()  # {worker address: threads}
             except Exception:  # noqa: BLE001 - a client shutting down
                 continue
             if workers:
