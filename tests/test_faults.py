@@ -311,13 +311,15 @@ def test_13_dask_logs_stay_off_stderr(home, monkeypatch, capfd):
 def test_05_a_step_below_one_pixel_is_refused(tmp_path, home):
     proc = cli("evaluate", "--digits", "1", "--fill", "mean", "--no-randomisation", "--step",
                "0.001", "--no-progress", "--out", tmp_path, home=home)
-    one_error_line(proc, "step 0.001 is less than one pixel of the 784",
+    one_error_line(proc, "--step 0.001 is less than one pixel of the 784 of a digit",
                    "at least 1/784 = 0.00127551")
     from preddiff.evaluate import step_fractions
 
-    with pytest.raises(InvalidArgument, match="less than one pixel"):
+    with pytest.raises(InvalidArgument, match="less than a quarter of a pixel of the 784: a "
+                       "curve would have 1,000,000,000 steps"):
         step_fractions(784, 1e-9)
     assert len(step_fractions(784, 1 / 784)[0]) == 785  # one pixel a step is allowed
+    assert len(step_fractions(16, 0.05)[0]) == 21  # the API keeps small images' curves
 
 
 # ----------------------------------------------------------------------------------------------

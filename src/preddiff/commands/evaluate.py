@@ -139,8 +139,13 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidArgument(f"--padding must be >= 0, got {args.padding}")
     fills = tuple(dict.fromkeys(args.fill or FILLS))
     images, ids, pool = lenet_inputs(args.digits)
-    # a step below one pixel would make a curve of millions of steps (and gigabytes)
-    step_fractions(images.shape[-2] * images.shape[-1], args.step)
+    # a step below one pixel only repeats steps (1e-9: a billion of them, and gigabytes)
+    pixels = images.shape[-2] * images.shape[-1]
+    step_fractions(pixels, args.step)
+    if args.step * pixels < 1 - 1e-9:
+        raise InvalidArgument(
+            f"--step {args.step:g} is less than one pixel of the {pixels} of a digit: give at "
+            f"least 1/{pixels} = {1.0 / pixels:.6g} (one pixel a step)")
     from .. import cluster as _cluster
 
     if _cluster.wanted(args):
