@@ -4,7 +4,6 @@ and one-line errors naming the image. Local clusters on the loopback interface o
 import os
 import signal
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -262,11 +261,9 @@ def test_workers_without_dask_is_one_line_saying_what_to_install(tmp_path, capsy
 def test_bad_cluster_options(tmp_path, capsys, argv, message):
     import dask
 
-    started = time.monotonic()
     with dask.config.set({"distributed.comm.timeouts.connect": "3s"}):
         assert main(["explain", "digits:1", *argv, "--out", str(tmp_path)]) == 2
     assert message in capsys.readouterr().err
-    assert time.monotonic() - started < 60
 
 
 # ------------------------------------------------------------------------- figures and evaluate

@@ -412,3 +412,23 @@ def test_windows_outside_the_image_are_refused(rng):
         clf.evaluate_windows(x, np.array([[0, 0], [9, 2]]), patches)
     with pytest.raises(InvalidArgument, match="one top-left corner each"):
         clf.evaluate_windows(x, np.array([[0, 0]]), patches)
+
+
+@pytest.mark.parametrize("elem,dtype", [(TensorProto.DOUBLE, np.float64),
+                                        (TensorProto.FLOAT16, np.float16)])
+def test_a_float64_or_float16_input_is_cast_in_the_composing_graph(rng, elem, dtype):
+    """The float32 images are cast as the host path casts them before the network."""
+    inp = helper.make_tensor_value_info("data", elem, ["N", 3, 8, 8])
+    out = helper.make_tensor_value_info("prob", elem, ["N", 3])
+    nodes = [helper.make_node("GlobalAveragePool", ["data"], ["gap"]),
+             helper.make_node("Flatten", ["gap"], ["flat"], axis=1),
+             helper.make_node("Softmax", ["flat"], ["prob"], axis=1)]
+    model = helper.make_model(helper.make_graph(nodes, "g", [inp], [out]),
+                              opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    clf = OnnxClassifier(model, compose="device", device="cpu")
+    x = rng.normal(size=(3, 8, 8)).astype(np.float32)
+    top_left, patches = random_windows(rng, x.shape, (3, 3), 5)
+    got = clf.evaluate_windows(x, top_left, patches)["prob"]
+    assert clf._composer is not None and got.dtype == dtype
+    np.testing.assert_array_equal(got, clf(literal_compose(x, top_left, patches))["prob"])

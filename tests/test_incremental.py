@@ -742,21 +742,29 @@ def test_fused_one_by_one_steps_equal_separate_steps(case, rng):
 
 
 def test_in_order_keeps_the_order_and_raises_where_the_error_is():
-    import time
+    import threading
 
     from preddiff.incremental import _in_order
 
-    def slow(i):
-        time.sleep(0.02 * (i % 3 == 0))  # later items finish first
-        if i == 7:
-            raise ValueError("item 7")
-        return i
+    def make(threaded):
+        """Items 0, 3, 6, ... finish only after the item after them has finished (threaded):
+        later items finish first, by events, not by sleeping."""
+        finished = {}
 
-    assert list(_in_order(slow, list(range(7)), 3)) == list(range(7))
-    assert list(_in_order(slow, list(range(7)), 1)) == list(range(7))
+        def item(i):
+            if threaded and i % 3 == 0:
+                finished.setdefault(i + 1, threading.Event()).wait(timeout=60)
+            finished.setdefault(i, threading.Event()).set()
+            if i == 7:
+                raise ValueError("item 7")
+            return i
+        return item
+
+    assert list(_in_order(make(True), list(range(7)), 3)) == list(range(7))
+    assert list(_in_order(make(False), list(range(7)), 1)) == list(range(7))
     seen = []
     with pytest.raises(ValueError, match="item 7"):
-        for value in _in_order(slow, list(range(20)), 2):
+        for value in _in_order(make(True), list(range(20)), 2):
             seen.append(value)
     assert seen == list(range(7))
 
@@ -901,27 +909,44 @@ def test_threads_sharing_a_classifier_do_not_mix_their_images(rng):
     top_left = _windows(23, 27, 5, rng, extra=4)
     patches = rng.normal(size=(len(top_left), 3, 5, 5)).astype(np.float32)
     want = [clf(_literal_images(x, top_left, patches)) for x in xs]
-    first_waits, second_has_cleaned = threading.Event(), threading.Event()
+    # The first thread pauses inside its evaluation until the second has either set its clean
+    # image (no lock: the first would then evaluate the wrong image) or is waiting for the
+    # classifier's lock (correct): events, not a timeout, so a slow machine changes nothing.
+    first_waits, second_arrived = threading.Event(), threading.Event()
     prefix, set_clean = clf._prefix, clf._set_clean
 
-    def slow_prefix(*args, **kwargs):  # the first thread pauses inside its evaluation
+    class SpyLock:
+        """The classifier's lock; says when the second thread asks for it."""
+
+        def __init__(self, lock):
+            self.lock = lock
+
+        def __enter__(self):
+            if threading.current_thread().name == "second":
+                second_arrived.set()
+            return self.lock.__enter__()
+
+        def __exit__(self, *exc):
+            return self.lock.__exit__(*exc)
+
+    def slow_prefix(*args, **kwargs):
         if threading.current_thread().name == "first":
             first_waits.set()
-            second_has_cleaned.wait(timeout=1.0)
+            assert second_arrived.wait(timeout=600), "the second thread never arrived"
         return prefix(*args, **kwargs)
 
     def spying_set_clean(x):
         out = set_clean(x)
         if threading.current_thread().name == "second":
-            second_has_cleaned.set()
+            second_arrived.set()
         return out
 
-    clf._prefix, clf._set_clean = slow_prefix, spying_set_clean
+    clf._prefix, clf._set_clean, clf._lock = slow_prefix, spying_set_clean, SpyLock(clf._lock)
     got = {}
 
     def work(i, name):
         if name == "second":
-            first_waits.wait(timeout=5.0)
+            assert first_waits.wait(timeout=600), "the first thread never paused"
         got[name] = clf.evaluate_windows(xs[i], top_left, patches)
 
     threads = [threading.Thread(target=work, args=(i, n), name=n)

@@ -338,6 +338,11 @@ class Explanation:
         InvalidArgument
             A unit index outside the blob, or a unit whose map this explanation lacks.
         """
+        import os
+
+        if os.path.isdir(path):
+            raise InvalidArgument(f"cannot save the explanation to {path}: it is a folder; "
+                                  "give a file name")
         if isinstance(units, str):
             if units != "all":
                 raise InvalidArgument(f"units={units!r}: give 'all' or a dict "
@@ -354,6 +359,17 @@ class Explanation:
         if unknown:
             raise InvalidArgument(f"units names unknown blob(s) {unknown}; this explanation "
                                   f"has {', '.join(self.relevance)}")
+        for blob, chosen in units.items():
+            indices = None
+            if not isinstance(chosen, (str, bytes)):
+                try:
+                    indices = list(chosen)
+                except TypeError:
+                    pass
+            if indices is None or not all(isinstance(u, numbers.Integral) and
+                                          not isinstance(u, bool) for u in indices):
+                raise InvalidArgument(f"units[{blob!r}] must be a sequence of unit indices "
+                                      f"(integers), got {chosen!r}")
         arrays = {"meta": json_array(self._meta()), "x": self.x, "counts": self.counts}
         for i, blob in enumerate(self.blobs):
             keep = self.units[blob]
@@ -370,7 +386,16 @@ class Explanation:
 
     @classmethod
     def load(cls, path) -> "Explanation":
-        """Read an explanation written by :meth:`save`."""
+        """Read an explanation written by :meth:`save`.
+
+        Raises
+        ------
+        InvalidArgument
+            ``path`` is missing, a folder, or not a complete saved Explanation.
+        """
+        from .fileio import saved_file
+
+        path = saved_file(path, "Explanation")
         try:
             with np.load(path, allow_pickle=False) as data:
                 meta = json.loads(str(data["meta"]))
@@ -380,19 +405,20 @@ class Explanation:
                          if f"units_{i}" in data.files}
                 clean = {b: data[f"clean_{i}"] for i, b in enumerate(blobs)}
                 x, counts = data["x"], data["counts"]
-        except (KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-            # a truncated, empty or foreign file
+            return cls(relevance=relevance, clean=clean, counts=counts, x=x,
+                       window=tuple(meta["window"]), stride=meta["stride"],
+                       num_samples=meta["num_samples"], blobs=blobs,
+                       probability_blobs=tuple(meta["probability_blobs"]),
+                       laplace_n=meta["laplace_n"], seed=meta["seed"], sampler=meta["sampler"],
+                       batch_size=meta["batch_size"], timings=meta["timings"],
+                       metadata=meta.get("metadata", {}),
+                       # files written before edge coverage existed used the regular grid
+                       edges=meta.get("edges", "drop"), units=units)
+        except (KeyError, ValueError, TypeError, IndexError, EOFError, OSError,
+                zipfile.BadZipFile) as exc:
+            # a truncated, empty or foreign file, or one with incomplete metadata
             raise InvalidArgument(f"{path} is not a saved Explanation "
                                   f"({type(exc).__name__}: {exc})") from None
-        return cls(relevance=relevance, clean=clean, counts=counts, x=x,
-                   window=tuple(meta["window"]), stride=meta["stride"],
-                   num_samples=meta["num_samples"], blobs=blobs,
-                   probability_blobs=tuple(meta["probability_blobs"]),
-                   laplace_n=meta["laplace_n"], seed=meta["seed"], sampler=meta["sampler"],
-                   batch_size=meta["batch_size"], timings=meta["timings"],
-                   metadata=meta.get("metadata", {}),
-                   # files written before edge coverage existed used the regular grid
-                   edges=meta.get("edges", "drop"), units=units)
 
 
 # ----------------------------------------------------------------------------------------------

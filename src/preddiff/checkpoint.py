@@ -119,7 +119,32 @@ class Checkpoint:
             # the file is not held against a run with other arguments. It is overwritten.
             return None
         self._check(meta, clean)
+        self._check_contents(done, values, meta.get("timings", {}))
         return done, values, dict(meta.get("timings", {}))
+
+    def _check_contents(self, done: int, values: dict, timings) -> None:
+        """A file of this run whose contents do not fit together (a finished count beyond the
+        windows, too few values, a damaged or hand-edited file) is refused like an unreadable
+        one, before anything is resumed from it."""
+        windows = self.fingerprint.get("n_windows")
+        problem = None
+        if done < 0 or (windows is not None and done > int(windows)):
+            problem = f"it records {done} finished windows of {windows}"
+        elif not isinstance(timings, dict) or not all(
+                isinstance(v, (int, float)) for v in timings.values()):
+            problem = "its timings are not numbers"
+        for blob, array in values.items():
+            if problem is not None:
+                break
+            clean = np.asarray(self.clean.get(blob, np.empty(0)))
+            units = clean.shape[0] if clean.ndim else 1
+            if array.shape != (done, units) or array.dtype.kind != "f":
+                problem = (f"its values of blob {blob!r} have shape {array.shape} "
+                           f"({array.dtype}), expected ({done}, {units}) floats for {done} "
+                           "finished windows")
+        if problem is not None:
+            raise CheckpointMismatch(f"cannot read checkpoint {self.path}: {problem}; delete it "
+                                     "to start again")
 
     def _check(self, meta: dict, clean: dict) -> None:
         stored = meta.get("fingerprint", {})

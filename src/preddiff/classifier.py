@@ -154,6 +154,25 @@ def _check_windows(shape, top_left, patches) -> None:
                 f"{high[0]}, columns {low[1]}–{high[1]}")
 
 
+def _input_dtype(value_info, source) -> type:
+    """The NumPy type the image input takes: float32, or float64 / float16 (the float32 batch
+    is cast: exactly, resp. rounded as the model's own Cast would). Integer inputs are refused:
+    the preprocessed images are fractional ([0, 1], or normalised)."""
+    from onnx import TensorProto
+
+    elem = value_info.type.tensor_type.elem_type
+    floats = {TensorProto.UNDEFINED: np.float32, TensorProto.FLOAT: np.float32,
+              TensorProto.DOUBLE: np.float64, TensorProto.FLOAT16: np.float16}
+    if elem in floats:
+        return floats[elem]
+    kind = TensorProto.DataType.Name(elem).lower() if elem in TensorProto.DataType.values() \
+        else str(elem)
+    raise InvalidArgument(
+        f"{source} input {value_info.name!r} has type {kind}; preddiff feeds it preprocessed "
+        f"float images (scaled to [0, 1] or normalised), which a {kind} input cannot hold: "
+        "export the model with a float32 input (e.g. its Cast inside the graph)")
+
+
 def _is_model_proto(model) -> bool:
     import onnx
 
@@ -243,6 +262,7 @@ class OnnxClassifier:
             raise InvalidArgument(f"{self.source} input {self.input_name!r} has {len(dims)} "
                                   "dimensions; expected (N, C, H, W)")
         self.input_shape = tuple(dims[1:])
+        self._input_dtype = _input_dtype(inputs[0], self.source)
         self._fixed_batch = dims[0] if dims[0] else None
         names = [self.input_name]
         for node in graph.node:
@@ -411,7 +431,8 @@ class OnnxClassifier:
             padded = np.zeros((self._fixed_batch,) + chunk.shape[1:], np.float32)
             padded[:n] = chunk
             chunk = padded
-        results = dict(zip(wanted, self._session.run(wanted, {self.input_name: chunk}))) if wanted else {}
+        feed = chunk if self._input_dtype == np.float32 else chunk.astype(self._input_dtype)
+        results = dict(zip(wanted, self._session.run(wanted, {self.input_name: feed}))) if wanted else {}
         results[self.input_name] = chunk
         return [results[o][:n] for o in self.outputs]
 

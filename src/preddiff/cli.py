@@ -77,6 +77,28 @@ def main(argv: list[str] | None = None) -> int:
         message = " ".join(str(exc).split()) or type(exc).__name__
         print(f"preddiff: error: {message}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except ImportError as exc:  # a broken installation (e.g. onnxruntime's shared library)
+        if args.debug:
+            raise
+        print(f"preddiff: error: {import_failure(exc)}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+def import_failure(exc: ImportError) -> str:
+    """One line saying which installed package failed to import, and what to do."""
+    package = None
+    tb = exc.__traceback__
+    while tb is not None:  # the innermost module that raised it, outside preddiff
+        name = tb.tb_frame.f_globals.get("__name__", "")
+        if name and not name.startswith(("preddiff", "importlib")):
+            package = name.split(".")[0]
+        tb = tb.tb_next
+    package = package or (exc.name or "").split(".")[0] or "a required package"
+    message = " ".join(str(exc).split()) or type(exc).__name__
+    distribution = {"onnxruntime": "onnxruntime-gpu (or onnxruntime)"}.get(package, package)
+    return (f"cannot import {package} ({type(exc).__name__}: {message}); the installation is "
+            f"broken: reinstall it (pip install --force-reinstall {distribution}); `preddiff "
+            "doctor` shows the versions")
 
 
 if __name__ == "__main__":  # pragma: no cover

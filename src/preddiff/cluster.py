@@ -39,9 +39,11 @@ import os
 import sys
 import threading
 import time
+import types
 import uuid
 import warnings
 from collections import OrderedDict
+from concurrent.futures import CancelledError
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +67,180 @@ MAX_BATCHES_PER_BLOCK = 8
 
 class ClusterUnavailable(PredDiffError):
     """Dask is not installed, or the cluster cannot be started or reached."""
+
+
+#: Environment variable: seconds a run waits for a scheduler without workers (at the start, or
+#: after all its workers died) before it gives up (default :data:`NO_WORKERS_TIMEOUT`).
+NO_WORKERS_VARIABLE = "PREDDIFF_NO_WORKERS_TIMEOUT"
+NO_WORKERS_TIMEOUT = 120.0
+#: Local worker processes per core at most, and the memory each needs at least (a worker with
+#: its onnxruntime session and the image task).
+MAX_WORKERS_PER_CORE = 4
+WORKER_MEMORY = 256 * 2**20
+#: Address schemes a client in another process can reach.
+SCHEMES = ("tcp", "tls", "ws", "wss", "ucx")
+
+
+def no_workers_timeout() -> float:
+    """Seconds to wait for workers (``PREDDIFF_NO_WORKERS_TIMEOUT``, default 120)."""
+    text = os.environ.get(NO_WORKERS_VARIABLE, "")
+    try:
+        value = float(text) if text else NO_WORKERS_TIMEOUT
+    except ValueError:
+        raise InvalidArgument(f"{NO_WORKERS_VARIABLE}={text!r}: expected seconds, e.g. 120") \
+            from None
+    return max(0.0, value)
+
+
+def max_local_workers() -> int:
+    """The most local worker processes :func:`connect` starts: :data:`MAX_WORKERS_PER_CORE`
+    per core, and no more than the available memory holds at :data:`WORKER_MEMORY` each."""
+    from .explainer import available_memory as _available_memory
+
+    cores = os.cpu_count() or 1
+    limit = MAX_WORKERS_PER_CORE * cores
+    available = _available_memory()
+    if available is not None:
+        limit = min(limit, max(1, available // WORKER_MEMORY))
+    return int(limit)
+
+
+def check_address(address: str) -> str:
+    """``--scheduler ADDRESS`` checked before connecting: ``[SCHEME://]HOST:PORT`` with a port
+    in 1–65535 and a scheme another process can reach (``inproc://`` cannot)."""
+    text = str(address).strip()
+    scheme, sep, location = text.partition("://")
+    if not sep:
+        scheme, location = "tcp", text
+    scheme = scheme.lower()
+    usage = "expected tcp://HOST:PORT, e.g. tcp://10.0.0.5:8786"
+    if scheme not in SCHEMES:
+        why = (f"{scheme}:// addresses name a scheduler inside one process"
+               if scheme == "inproc" else f"unknown scheme {scheme}://")
+        raise InvalidArgument(f"--scheduler {text!r}: {why}; {usage}")
+    host, colon, port = location.rpartition(":")
+    if scheme in ("tcp", "tls") and (not colon or not host or not port.isdigit()):
+        raise InvalidArgument(f"--scheduler {text!r}: no port; {usage}")
+    if port.isdigit() and not 1 <= int(port) <= 65535:
+        raise InvalidArgument(f"--scheduler {text!r}: port {port} is out of range (1-65535)")
+    return f"{scheme}://{location}"
+
+
+def _probe_scheduler(address: str, timeout: float) -> None:
+    """Before Dask connects to a ``tcp://`` address: a refused connection, an unknown host or
+    a server that is not a Dask scheduler (e.g. its dashboard, any HTTP server: Dask would
+    wait for its answer for minutes) are one clear error, at once.
+
+    A Dask scheduler speaks first: it sends its handshake as soon as a connection is accepted;
+    an HTTP server waits for a request and sends nothing."""
+    import socket
+
+    scheme, _, location = address.partition("://")
+    if scheme != "tcp":
+        return
+    host, _, port = location.rpartition(":")
+    host = host.strip("[]")
+    try:
+        sock = socket.create_connection((host, int(port)), timeout=timeout)
+    except ConnectionRefusedError:
+        raise ClusterUnavailable(f"cannot reach the Dask scheduler {address!r}: the connection "
+                                 "was refused (no scheduler listens on that port)") from None
+    except socket.gaierror as exc:
+        raise ClusterUnavailable(f"cannot reach the Dask scheduler {address!r}: unknown host "
+                                 f"{host!r} ({exc.strerror})") from None
+    except (TimeoutError, socket.timeout):
+        raise ClusterUnavailable(f"cannot reach the Dask scheduler {address!r}: no answer "
+                                 f"within {timeout:g} s") from None
+    except OSError as exc:
+        raise ClusterUnavailable(f"cannot reach the Dask scheduler {address!r}: "
+                                 f"{exc.strerror or exc}") from None
+    with sock:
+        sock.settimeout(timeout)
+        try:
+            first = sock.recv(8)
+        except (TimeoutError, socket.timeout):
+            first = None
+        except OSError:
+            first = b""
+    if not first:
+        raise ClusterUnavailable(
+            f"{address!r} is not a Dask scheduler: the server there "
+            f"{'sent nothing within %g s' % timeout if first is None else 'closed the connection'}"
+            " (a dashboard or another HTTP server? the scheduler's own port is usually 8786)")
+
+
+def _lost(address) -> ClusterUnavailable:
+    where = f" {address}" if address else ""
+    return ClusterUnavailable(
+        f"lost the connection to the Dask scheduler{where} (it stopped or the network failed); "
+        "the finished work is saved: rerun the same command to resume")
+
+
+class _Watchdog:
+    """Watches a client while its futures run, in a thread: when the scheduler has had no
+    workers for :func:`no_workers_timeout` seconds (all died), or the client lost the
+    scheduler, it records why and cancels the futures, so that the loop over them ends."""
+
+    def __init__(self, client, futures, address=None, poll: float = 0.5):
+        self.client, self.futures, self.address, self.poll = client, futures, address, poll
+        self.limit = no_workers_timeout()
+        self.reason = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="preddiff-watchdog",
+                                        daemon=True)
+
+    def start(self) -> "_Watchdog":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)  # a call to a lost scheduler must not delay the error
+
+    def _watch(self) -> None:
+        since = None
+        while not self._stop.wait(self.poll):
+            try:
+                if self.client.status not in ("running", "connecting", "newly-created"):
+                    self.reason = _lost(self.address)
+                    return
+                workers = self.client.nthreads()  # {worker address: threads}
+            except Exception:  # noqa: BLE001 - a client shutting down
+                continue
+            if workers:
+                since = None
+                continue
+            since = time.monotonic() if since is None else since
+            if time.monotonic() - since >= self.limit:
+                self.reason = ClusterUnavailable(
+                    f"the Dask scheduler{' ' + self.address if self.address else ''} has had "
+                    f"no workers for {self.limit:g} s (they died, or none were started); the "
+                    "finished work is saved: start workers and rerun the same command to "
+                    f"resume ({NO_WORKERS_VARIABLE} sets the wait)")
+                self._cancel()
+                return
+
+    def _cancel(self) -> None:
+        while True:
+            try:
+                pending = list(self.futures)  # the loop pops from it meanwhile
+                break
+            except RuntimeError:
+                continue
+        for future in pending:
+            try:
+                future.cancel()
+            except Exception:  # noqa: BLE001 - a client shutting down
+                pass
+
+    def error(self, exc: BaseException) -> BaseException:
+        """What to raise for ``exc`` (a cancelled future or a connection error): the reason
+        recorded, a lost scheduler, else ``exc`` itself (an error of the task)."""
+        if self.reason is not None:
+            return self.reason
+        if isinstance(exc, CancelledError) or self.client.status != "running":
+            return _lost(self.address)
+        return exc
 
 
 def require_distributed():
@@ -413,6 +589,7 @@ def explain_all(client, analyses, *, progress: bool = True, block_windows=None,
     bar = tqdm(total=total, initial=sum(s.done for s in states), unit="win",
                desc=f"prediction difference ({len(states)} image{'s' * (len(states) != 1)})",
                file=sys.stderr, disable=not progress, dynamic_ncols=True, smoothing=0.1)
+    watchdog = _Watchdog(client, futures, _address(client)).start()
     try:
         for future in distributed.as_completed(list(futures)):
             i, j = futures.pop(future)
@@ -425,6 +602,8 @@ def explain_all(client, analyses, *, progress: bool = True, block_windows=None,
                 raise ClusterUnavailable(
                     f"{s.analysis.name}: the workers computing windows {s.blocks[j][0]}–"
                     f"{s.blocks[j][1] - 1} died repeatedly (out of memory? {exc})") from None
+            except (CancelledError, OSError, distributed.comm.CommClosedError) as exc:
+                raise watchdog.error(exc) from None
             start, stop = s.blocks[j]
             for blob in s.setup.blobs:
                 s.values[blob][start:stop] = values[blob]
@@ -446,6 +625,7 @@ def explain_all(client, analyses, *, progress: bool = True, block_windows=None,
                 pass
         raise
     finally:
+        watchdog.stop()
         bar.close()
 
     elapsed = time.perf_counter() - started
@@ -540,6 +720,7 @@ def map_images(client, function, context, items, names, *, per_image=None,
         del held
     bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=desc, unit="image",
                file=sys.stderr, disable=not progress, dynamic_ncols=True)
+    watchdog = _Watchdog(client, futures, _address(client)).start()
     try:
         for future in distributed.as_completed(list(futures)):
             k = futures.pop(future)
@@ -547,6 +728,12 @@ def map_images(client, function, context, items, names, *, per_image=None,
                 value = future.result()
             except PredDiffError as exc:
                 raise _named(exc, str(names[k])) from None
+            except distributed.scheduler.KilledWorker as exc:
+                raise ClusterUnavailable(
+                    f"{names[k]}: the workers computing it died repeatedly (out of memory? "
+                    f"{exc}); the images finished are saved: rerun to resume") from None
+            except (CancelledError, OSError, distributed.comm.CommClosedError) as exc:
+                raise watchdog.error(exc) from None
             results[k] = dict(per_image(names[k], lambda: value) if per_image else value)
             bar.update(1)
     except BaseException:
@@ -554,8 +741,17 @@ def map_images(client, function, context, items, names, *, per_image=None,
             future.cancel()
         raise
     finally:
+        watchdog.stop()
         bar.close()
     return results
+
+
+def _address(client):
+    """The scheduler's address (for messages), or None."""
+    try:
+        return client.scheduler.address
+    except Exception:  # noqa: BLE001
+        return None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -636,40 +832,84 @@ def connect(*, workers: int | None = None, scheduler: str | None = None):
         raise InvalidArgument("give either --workers N or --scheduler ADDRESS, not both")
     if workers is not None and (isinstance(workers, bool) or int(workers) < 1):
         raise InvalidArgument(f"--workers must be a positive integer, got {workers}")
+    check_options(types.SimpleNamespace(workers=workers, scheduler=scheduler))
+    if scheduler is not None:
+        scheduler = check_address(scheduler)
     distributed = require_distributed()
     import logging
 
-    if workers is not None:
-        try:
-            cluster = distributed.LocalCluster(
-                n_workers=int(workers), threads_per_worker=1, processes=True,
-                host="127.0.0.1", dashboard_address=None, silence_logs=logging.ERROR,
-                # no dashboard; its HTTP server on a free port, so that a busy 8787 (another
-                # cluster) gives no "Port 8787 is already in use" warning
-                scheduler_kwargs={"dashboard_address": ":0"},
-                env={THREADS_VARIABLE: str(threads_per_worker(workers))})
-        except Exception as exc:  # noqa: BLE001 - any start failure is one line for the user
-            raise ClusterUnavailable(f"cannot start a local cluster of {workers} workers: "
-                                     f"{type(exc).__name__}: {exc}") from None
-        try:
-            with distributed.Client(cluster) as client:
-                _pin_gpus(client)  # several GPUs: one per worker
-                yield client
-        finally:
-            cluster.close()
-        return
-    import dask
+    with _quiet_dask():
+        if workers is not None:
+            try:
+                cluster = distributed.LocalCluster(
+                    n_workers=int(workers), threads_per_worker=1, processes=True,
+                    host="127.0.0.1", dashboard_address=None, silence_logs=logging.CRITICAL,
+                    # no dashboard; its HTTP server on a free port, so that a busy 8787
+                    # (another cluster) gives no "Port 8787 is already in use" warning
+                    scheduler_kwargs={"dashboard_address": ":0"},
+                    env={THREADS_VARIABLE: str(threads_per_worker(workers))})
+            except Exception as exc:  # noqa: BLE001 - any start failure is one line
+                raise ClusterUnavailable(f"cannot start a local cluster of {workers} workers: "
+                                         f"{type(exc).__name__}: {exc}") from None
+            try:
+                with distributed.Client(cluster) as client:
+                    _pin_gpus(client)  # several GPUs: one per worker
+                    yield client
+            finally:
+                cluster.close()
+            return
+        import dask
 
+        timeout = dask.utils.parse_timedelta(
+            dask.config.get("distributed.comm.timeouts.connect"), default="seconds")
+        _probe_scheduler(scheduler, timeout)
+        try:
+            client = distributed.Client(scheduler, timeout=timeout)
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise ClusterUnavailable(f"cannot reach the Dask scheduler {scheduler!r}: {exc}") \
+                from None
+        try:
+            wait = no_workers_timeout()
+            try:
+                client.wait_for_workers(1, timeout=wait)
+            except (TimeoutError, OSError):
+                raise ClusterUnavailable(
+                    f"the Dask scheduler {scheduler} has no workers (waited {wait:g} s): start "
+                    f"workers with `dask worker {scheduler}` ({NO_WORKERS_VARIABLE} sets the "
+                    "wait)") from None
+            yield client
+        finally:
+            client.close()
+
+
+@contextmanager
+def _quiet_dask():
+    """Dask's own log lines (worker tracebacks, "Task … marked as failed", "Couldn't gather
+    keys", port warnings) off stderr while preddiff uses the cluster: its errors are reported
+    once, as preddiff's one line. The worker processes inherit a filter for the leaked
+    semaphore warnings that killed workers leave."""
+    import logging
+
+    names = ["distributed", "tornado", "asyncio"] + [
+        name for name in list(logging.root.manager.loggerDict)
+        if name.startswith(("distributed.", "tornado."))]
+    saved = {name: logging.getLogger(name).level for name in names}
+    for name in names:
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+    quiet = "ignore::UserWarning:multiprocessing.resource_tracker"
+    added = quiet not in sys.warnoptions
+    if added:
+        sys.warnoptions.append(quiet)  # passed on to the resource tracker when it starts
     try:
-        client = distributed.Client(scheduler,
-                                    timeout=dask.config.get("distributed.comm.timeouts.connect"))
-    except (OSError, TimeoutError, ValueError) as exc:
-        raise ClusterUnavailable(f"cannot reach the Dask scheduler {scheduler!r}: {exc}") \
-            from None
-    try:
-        yield client
+        with warnings.catch_warnings():
+            # "Port 8787 is already in use. Perhaps you already have a cluster running?"
+            warnings.filterwarnings("ignore", message="Port .* is already in use")
+            yield
     finally:
-        client.close()
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
+        if added and quiet in sys.warnoptions:
+            sys.warnoptions.remove(quiet)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -685,6 +925,22 @@ def add_arguments(parser) -> None:
     group.add_argument("--scheduler", default=None, metavar="ADDRESS",
                        help="compute on a running Dask cluster, e.g. tcp://HOST:8786 (workers "
                        "need preddiff and the model file at the same path)")
+
+
+def check_options(args) -> None:
+    """``--workers`` / ``--scheduler`` checked before any work (bounds, address syntax)."""
+    workers, scheduler = getattr(args, "workers", None), getattr(args, "scheduler", None)
+    if workers is not None:
+        if workers < 1:
+            raise InvalidArgument(f"--workers must be a positive integer, got {workers}")
+        if workers > max_local_workers():
+            raise InvalidArgument(
+                f"--workers {workers}: this machine runs at most {max_local_workers()} local "
+                f"workers ({MAX_WORKERS_PER_CORE} per core on {os.cpu_count() or 1} cores, "
+                f"{WORKER_MEMORY >> 20} MiB of available memory each); more processes only "
+                "add memory: give fewer, or --scheduler for a cluster of several machines")
+    if scheduler is not None:
+        check_address(scheduler)
 
 
 def wanted(args) -> bool:

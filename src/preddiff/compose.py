@@ -145,8 +145,16 @@ def composing_model(model, input_name: str, shape, window, outputs, *, spatial_m
                          axis=1),
         helper.make_node("Reshape", [p + "base", p + "index_shape"], [p + "base5"]),
         helper.make_node("Add", [p + "base5", p + "offsets"], [p + "indices"]),
-        helper.make_node("ScatterND", [p + "images", p + "indices", PATCHES], [input_name]),
     ]
+    elem = next((i.type.tensor_type.elem_type for i in model.graph.input
+                 if i.name == input_name), TensorProto.FLOAT)
+    if elem in (TensorProto.FLOAT, TensorProto.UNDEFINED):
+        nodes.append(helper.make_node("ScatterND", [p + "images", p + "indices", PATCHES],
+                                      [input_name]))
+    else:  # a float64 / float16 input: the float32 images cast as the host would cast them
+        nodes += [helper.make_node("ScatterND", [p + "images", p + "indices", PATCHES],
+                                   [p + "images_float32"]),
+                  helper.make_node("Cast", [p + "images_float32"], [input_name], to=elem)]
     wrapped = onnx.ModelProto()
     wrapped.CopyFrom(model)
     graph = wrapped.graph

@@ -133,6 +133,11 @@ def step_fractions(num_pixels: int, step: float) -> tuple[np.ndarray, np.ndarray
     """
     if not (isinstance(step, (float, int, np.floating)) and 0 < step <= 1):
         raise InvalidArgument(f"step must be a fraction of the pixels in (0, 1], got {step!r}")
+    if 4 * step * num_pixels < 1 - 1e-9:  # e.g. 1e-9: a billion steps, gigabytes of masks
+        raise InvalidArgument(
+            f"step {step:g} is less than a quarter of a pixel of the {num_pixels}: a curve "
+            f"would have {int(np.ceil(1.0 / step - 1e-9)):,} steps; give a step of at least "
+            f"1/{num_pixels} = {1.0 / num_pixels:.6g} (one pixel a step)")
     num_steps = int(np.ceil(1.0 / step - 1e-9))
     counts = np.round(np.linspace(0, num_pixels, num_steps + 1)).astype(np.int64)
     return counts, counts / num_pixels

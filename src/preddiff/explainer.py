@@ -200,14 +200,18 @@ def _onnx_model(model, opts) -> Model:
                                 device=opts.device, threads=opts.threads, name=shown)
     channels, height, width = classifier.input_shape
     if channels not in (1, 3):
-        raise InvalidArgument(f"{shown} takes {channels} channels; preddiff explain handles "
-                              "1 (gray) or 3 (RGB) channel images")
+        dims = ", ".join("?" if d is None else str(d) for d in classifier.input_shape)
+        layout = (f"it looks channels-last (N, H, W, C) with {width} channels; "
+                  if width in (1, 3) else "")
+        raise InvalidArgument(
+            f"{shown}: input {classifier.input_name!r} has shape (N, {dims}): {layout}"
+            "preddiff explain needs a channels-first input (N, C, H, W) with C = 1 (gray) or "
+            "3 (RGB); export the model with that layout (e.g. a Transpose at its input)")
     size = parse_size(opts.input_size) if opts.input_size else None
     if height is None or width is None:
         if size is None:
             raise InvalidArgument(f"{shown} leaves its input size free: give --input-size HxW")
         height, width = size
-        check_batch_memory(opts, (channels, height, width))
     elif size is not None and size != (height, width):
         raise InvalidArgument(f"--input-size {size[0]}x{size[1]} differs from the model's "
                               f"input {height}x{width}")
@@ -262,6 +266,26 @@ def _text(values) -> str:
     return ",".join(str(v) for v in np.atleast_1d(values))
 
 
+def _zoo_name(model) -> bool:
+    from . import zoo
+
+    return isinstance(model, str) and model in zoo.MODEL_NAMES
+
+
+def check_output(model: Model, x) -> None:
+    """Refuse, before any work, a blob with no unit axis: one forward pass of the first image.
+
+    A model whose output is one value per image, shape (N,), would be computed in full and
+    then fail when its classes are ranked (issue 19)."""
+    shape = np.shape(model.classifier(np.asarray(x, np.float32)[None])[model.blob])
+    if len(shape) < 2:
+        raise InvalidArgument(
+            f"blob {model.blob!r} of {model.name} has shape {shape} for one image: one value "
+            "per image, without a class axis; preddiff explain needs an output of shape "
+            "(N, classes) or (N, C, H, W): give the model an (N, 1) output (e.g. an Unsqueeze "
+            "node), or name another blob with --blob")
+
+
 def load_model(opts) -> Model:
     """The :class:`Model` named by ``opts.model``: a zoo name, an ONNX file or an
     ``onnx.ModelProto`` (``opts`` from :func:`options` or the command line)."""
@@ -294,20 +318,27 @@ def available_memory() -> int | None:
 
 
 def check_batch_memory(opts, shape) -> None:
-    """Refuse an ``--input-size`` whose batch of perturbed float32 images cannot fit in the
-    memory available (the network's own activations come on top)."""
+    """Refuse, before any work, a run whose batch of perturbed float32 images cannot fit in
+    the memory available (the network's own activations come on top). A batch holds whole
+    windows: at least the ``--samples`` images of one window, whatever ``--batch-size``."""
     available = available_memory()
     channels, height, width = shape
     batch = batch_size(opts)
-    need = (batch + 2) * channels * height * width * 4  # the batch, the image, its copy
+    images = max(batch, int(opts.samples))
+    need = (images + 2) * channels * height * width * 4  # the batch, the image, its copy
     if available is None or need <= available:
         return
-    hint = ("a smaller --input-size or --batch-size"
-            if 3 * channels * height * width * 4 <= available else "a smaller --input-size")
+    knobs = ["--samples" if images > batch else "--batch-size"]
+    if 3 * channels * height * width * 4 > available:
+        knobs = []
+    if opts.input_size is not None:
+        knobs.insert(0, "--input-size")
+    why = " (the samples of one window, --samples)" if images > batch else ""
+    prefix = f"--input-size {height}x{width}: " if opts.input_size is not None else ""
     raise InvalidArgument(
-        f"--input-size {height}x{width}: a batch of {batch} images of {channels}x{height}x"
-        f"{width} float32 needs at least {gib(need)} of memory, and {gib(available)} is "
-        f"available; give {hint}")
+        f"{prefix}a batch of {images} images of {channels}x{height}x{width} float32{why} "
+        f"needs at least {gib(need)} of memory, and {gib(available)} is available; give a "
+        f"smaller {' or '.join(knobs) or '--samples'}")
 
 
 def gib(count: int) -> str:
@@ -416,6 +447,10 @@ def use_incremental(model: Model, opts, window: int) -> str:
         return "incremental inference off (--no-incremental)"
     if opts.incremental == "off":
         return "incremental inference off (--incremental off)"
+    input_dtype = getattr(model.classifier, "_input_dtype", None)
+    if input_dtype is not None and np.dtype(input_dtype) != np.float32:
+        return (f"incremental inference off: the model's input is "
+                f"{np.dtype(input_dtype).name} (cast from float32)")
     import logging
 
     from .incremental_decision import decide_incremental
@@ -806,9 +841,12 @@ def explain(image, model="lenet", *, target=None, top=None, checkpoint=None,
     started = time.perf_counter()
     check_options(opts)
     net = load_model(opts)
+    check_batch_memory(opts, net.input_shape)
     window = default_window(opts, net)
     window_grid(net.input_shape[1:], window, opts.stride)  # a bad window fails first
     item = read_image(image, net)
+    if not _zoo_name(opts.model):  # the zoo nets' blobs are all (N, C, ...)
+        check_output(net, item.x)
     classes = check_classes(opts, net, item.x, option="target")
     pool, pool_info = build_pool(opts, net, item)
     sampler = make_sampler(opts, pool, window)

@@ -94,6 +94,11 @@ def read_image(path) -> np.ndarray:
     try:
         with Image.open(path) as image:
             image.load()
+            frames = getattr(image, "n_frames", 1)
+            if frames > 1:
+                kind = "animated" if getattr(image, "is_animated", False) else "multi-page"
+                warnings.warn(f"{path} is {kind} ({frames} frames): only its first frame is "
+                              "used", stacklevel=2)
             return _pixels(_upright(image, path), path)
     except UnidentifiedImageError:
         if path.suffix.lower() not in SKIMAGE_SUFFIXES:
@@ -117,6 +122,10 @@ def _upright(image, path: Path):
 
     orientation = image.getexif().get(0x0112, 1)
     if orientation in (None, 1):
+        return image
+    if orientation not in range(2, 9):
+        warnings.warn(f"{path} has an invalid EXIF orientation ({orientation!r}; valid: 1-8): "
+                      "ignored, the image is used as stored", stacklevel=3)
         return image
     turned = ImageOps.exif_transpose(image)
     how = {2: "mirrored", 3: "rotated 180°", 4: "flipped upside down",

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from .errors import PredDiffError
+from .fileio import remove_stale_temporaries
 
 try:
     import fcntl
@@ -63,7 +64,14 @@ class OutputLock:
         if fcntl is None:  # pragma: no cover
             return self
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            except OSError as exc:
+                what = ("is a folder" if self.path.is_dir()
+                        else f"cannot be opened ({exc.strerror})")
+                raise PredDiffError(
+                    f"{self.path}, the lock file of output {self.stem}.npz, {what}; nothing was "
+                    "computed: remove it, or use another --out") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -158,4 +166,9 @@ def claim_outputs(folder: Path, stems, suffixes=(".npz", ".png", ".ckpt.npz")) -
     except BaseException:
         claim.release()
         raise
+    # the names are ours now: temporary files of them were left by a killed run
+    for stem in stems:
+        for suffix in suffixes:
+            target = stem.with_name(stem.name + suffix)
+            remove_stale_temporaries(target, suffixes=(".tmp", "." + suffix.rsplit(".", 1)[-1]))
     return claim

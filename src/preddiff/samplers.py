@@ -495,7 +495,16 @@ class ConditionalGaussianSampler(Sampler):
 
     @classmethod
     def load(cls, path) -> "ConditionalGaussianSampler":
-        """Read parameters written by :meth:`save`."""
+        """Read parameters written by :meth:`save`.
+
+        Raises
+        ------
+        InvalidArgument
+            ``path`` is missing, a folder, or not a complete saved sampler.
+        """
+        from .fileio import saved_file
+
+        path = saved_file(path, "ConditionalGaussianSampler")
         try:
             with np.load(path, allow_pickle=False) as data:
                 fields = {k: data[k] for k in data.files}
@@ -505,7 +514,10 @@ class ConditionalGaussianSampler(Sampler):
                        channels=int(fields["channels"]), pool_min=fields.get("pool_min"),
                        pool_max=fields.get("pool_max"),
                        num_patches=None if num_patches < 0 else num_patches)
-        except (KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        except InvalidArgument:
+            raise
+        except (KeyError, ValueError, TypeError, IndexError, EOFError, OSError,
+                zipfile.BadZipFile) as exc:
             # a truncated, empty or foreign file
             raise InvalidArgument(
                 f"{path} is not a saved ConditionalGaussianSampler "

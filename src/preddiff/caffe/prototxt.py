@@ -123,11 +123,17 @@ def _number(text: str):
     return float(body)
 
 
+#: Deepest nesting of messages read (protobuf's own parsers stop at 100 by default); deeper
+#: text is refused instead of exhausting Python's recursion limit.
+MAX_DEPTH = 100
+
+
 class _Parser:
     def __init__(self, text: str, source: str):
         self.source = source
         self.tokens = _tokenize(text, source)
         self.i = 0
+        self.depth = 0
 
     def peek(self) -> _Token:
         return self.tokens[self.i]
@@ -141,6 +147,16 @@ class _Parser:
         return _error(self.source, token.line, token.col, message)
 
     def message(self, close: str | None, opened: _Token | None = None) -> dict:
+        if self.depth > MAX_DEPTH:
+            raise self.fail(opened, f"messages nested more than {MAX_DEPTH} levels deep; a "
+                            "Caffe net is a few levels deep (protobuf stops at 100)")
+        self.depth += 1
+        try:
+            return self._fields(close, opened)
+        finally:
+            self.depth -= 1
+
+    def _fields(self, close: str | None, opened: _Token | None) -> dict:
         fields: dict = {}
         while True:
             token = self.peek()

@@ -55,17 +55,26 @@ def _probe_session(ort):
 
 
 def diagnose() -> tuple[str, list[str], list[tuple[str, str]]]:
-    """``(provider, reasons it is not CUDA, [(item, value)] of versions and findings)``."""
-    import onnxruntime as ort
-
+    """``(provider, reasons it is not CUDA, [(item, value)] of versions and findings)``;
+    provider is ``"none"`` when onnxruntime cannot be imported (the reason says why)."""
     from .. import __version__
-    from ..classifier import _cuda_device_count, preload_cuda_libraries
 
     rows = [("preddiff", __version__), ("python", platform.python_version()),
             ("platform", platform.platform())]
     for name in ("numpy", "onnx", "onnxruntime", "onnxruntime-gpu", "dask", "distributed",
                  "dask-cuda", "nvidia-cudnn-cu12", "nvidia-cudnn-cu13"):
         rows.append((name, _version(name) or "not installed"))
+    try:
+        import onnxruntime as ort
+
+        from ..classifier import _cuda_device_count, preload_cuda_libraries
+    except Exception as exc:  # noqa: BLE001 - ImportError, or whatever a broken build raises
+        from ..cli import import_failure
+
+        error = (import_failure(exc) if isinstance(exc, ImportError)
+                 else " ".join(f"{type(exc).__name__}: {exc}".split()))
+        rows.append(("onnxruntime (imported)", "FAILED"))
+        return "none", [error], rows
     rows.append(("onnxruntime (imported)", f"{ort.__version__} from {ort.__file__}"))
     available = ort.get_available_providers()
     rows.append(("onnxruntime providers built in", ", ".join(available)))
@@ -98,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     print()
     print(f"execution provider: {provider}")
     for reason in reasons:
-        print(f"  not CUDA: {reason}")
+        print(f"  {'not CUDA' if provider != 'none' else 'no onnxruntime'}: {reason}")
     if _version("distributed") is None:
         print("Dask cluster (--workers, --scheduler): not installed; pip install "
               "'preddiff[cluster]'")
@@ -107,4 +116,4 @@ def run(args: argparse.Namespace) -> int:
               "dask-cuda's LocalCUDACluster, or one `dask worker` per device with "
               "CUDA_VISIBLE_DEVICES (README: Many images, many machines)")
     sys.stdout.flush()
-    return 0
+    return 1 if provider == "none" else 0

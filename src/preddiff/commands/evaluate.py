@@ -230,7 +230,7 @@ def run(args: argparse.Namespace) -> int:
 
     from .. import zoo
     from ..errors import InvalidArgument
-    from ..evaluate import FILLS, compare, csv_text
+    from ..evaluate import FILLS, compare, csv_text, step_fractions
 
     for name in ("window", "samples", "stride", "draws", "batch_size"):
         if getattr(args, name) < 1:
@@ -258,6 +258,18 @@ def run(args: argparse.Namespace) -> int:
         model_sha1 = zoo.manifest("lenet").sha1
     else:
         images, ids, pool, model, describe_model, model_sha1, target = _user_inputs(args)
+    # a step below one pixel only repeats steps (1e-9: a billion of them, and gigabytes)
+    pixels = images.shape[-2] * images.shape[-1]
+    step_fractions(pixels, args.step)
+    if args.step * pixels < 1 - 1e-9:
+        raise InvalidArgument(
+            f"--step {args.step:g} is less than one pixel of the {pixels} of "
+            f"{'a digit' if args.model == 'lenet' else 'an image'}: give at "
+            f"least 1/{pixels} = {1.0 / pixels:.6g} (one pixel a step)")
+    from .. import cluster as _cluster
+
+    if _cluster.wanted(args):
+        _cluster.check_options(args)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise InvalidArgument(f"--out {str(out)!r} is a file; give a folder")

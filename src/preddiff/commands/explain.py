@@ -248,9 +248,19 @@ def _time_text(seconds: float, explanation, resumed: bool, cluster_images: int =
             f"{timings['total']:.1f} s, classifier {timings['classifier']:.1f} s")
 
 
+#: Classes drawn in the figure at most (two panels each; 1000 classes would take minutes);
+#: the ``.npz`` keeps the maps of every class asked for.
+MAX_FIGURE_CLASSES = 20
+
+
 def _figure(model, explanation, shown, names, stem: Path) -> Path:
     from .. import plot
 
+    if len(shown) > MAX_FIGURE_CLASSES:
+        print(f"preddiff: note: the figure shows the first {MAX_FIGURE_CLASSES} of the "
+              f"{len(shown)} classes asked for (--top, --classes); the .npz holds all their "
+              "maps", file=sys.stderr)
+        shown = shown[:MAX_FIGURE_CLASSES]
     fig = plot.figure_of(explanation, model.blob, [i for i, _ in shown], names=names)
     return plot.save_figure(fig, stem, formats=("png",))[0]
 
@@ -279,21 +289,28 @@ def run(args: argparse.Namespace) -> int:
     from .. import cluster, prediction_difference
     from ..compat import round_relevance
     from ..errors import InvalidArgument
-    from ..explainer import (check_classes, check_options, default_window, describe,
-                             engine_kwargs, load_model, unit_names, use_incremental)
+    from .. import zoo
+    from ..explainer import (check_batch_memory, check_classes, check_options, check_output,
+                             default_window, describe, engine_kwargs, load_model, unit_names,
+                             use_incremental)
     from ..plot import value_text
     from ..windows import window_grid
 
     if args.out.exists() and not args.out.is_dir():
         raise InvalidArgument(f"--out {str(args.out)!r} is a file; give a folder")
     check_options(args)
+    if cluster.wanted(args):
+        cluster.check_options(args)  # --workers bounds, the --scheduler address: before work
     model = load_model(args)
+    check_batch_memory(args, model.input_shape)
     window = default_window(args, model)
     window_grid(model.input_shape[1:], window, args.stride)  # a bad window fails first
     args.out.mkdir(parents=True, exist_ok=True)
     jobs = _read_inputs(args.images, model)  # every image checked before any work
     args.claim = _claim_outputs(args.out, [f"{job[1]}_{model.name}" for job in jobs])
     loaded = {job[0]: tuple(job[1:]) for job in jobs}
+    if args.model not in zoo.MODEL_NAMES:  # the zoo nets' blobs are all (N, C, ...)
+        check_output(model, jobs[0][2].x)
     classes = check_classes(args, model, jobs[0][2].x)
     args.pool_info = {}
 
