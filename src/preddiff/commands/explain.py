@@ -95,8 +95,8 @@ def register(subparsers) -> None:
     p.add_argument("--compat", choices=("intended", "released"), default="intended",
                    help="released: reproduce the released code's numbers (first-S marginal, "
                    "its patch drawing and shared colour conditionals, the regular window grid "
-                   "without edge windows, float16 relevance; see the README); default: "
-                   "intended")
+                   "without edge windows, float16 relevance; see docs/faithfulness.md); "
+                   "default: intended")
     p.add_argument("--policy", choices=("crop", "resize"), default=None,
                    help="zoo nets: centre crop without resizing (released code; default) or "
                    "resize to 256 then crop")
@@ -104,7 +104,10 @@ def register(subparsers) -> None:
                    help="ONNX file with a free input size: the size to resize images to")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--batch-size", type=int, default=None, metavar="N",
-                   help="images per classifier call (default 256)")
+                   help="perturbed images per classifier call and per engine batch "
+                   "(default: the call size --incremental measured, the engine working "
+                   "through 256 images at a time, 1000 with incremental inference, or one "
+                   "such call when larger)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="onnxruntime device (default: CUDA when available)")
     p.add_argument("--threads", type=int, default=None, metavar="N",
