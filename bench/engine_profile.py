@@ -119,7 +119,12 @@ def profile(name: str, device: str, quick: bool) -> dict:
         from preddiff.samplers import ConditionalGaussianSampler
 
         model, _ = bench._model(name, 0)
-        pool = __import__("preddiff.images").images.default_pool(name)
+        if name in bench.NETZOO_MODELS:
+            from preddiff import netzoo
+
+            pool = netzoo.example_pool(224)
+        else:
+            pool = __import__("preddiff.images").images.default_pool(name)
         x = pool[0]
         sampler = ConditionalGaussianSampler.fit(pool[1:], bench.WINDOW, bench.PADDING,
                                                  num_patches=2000, rng=0)
