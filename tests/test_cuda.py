@@ -43,7 +43,7 @@ def test_cuda_composes_on_the_device_and_matches_the_cpu(rng):
     cuda = OnnxClassifier(model, outputs=["conv", "prob"], device="cuda", batch_size=128)
     assert cuda.provider == "CUDAExecutionProvider" and cuda.composes_on_device
     got = prediction_difference(x, cuda, sampler, **kwargs)
-    assert cuda._composer[1].device_type == "cuda"
+    assert cuda._composer.runner.device_type == "cuda"
     want = prediction_difference(x, OnnxClassifier(model, outputs=["conv", "prob"],
                                                    device="cpu", batch_size=128),
                                  sampler, **kwargs)

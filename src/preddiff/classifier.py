@@ -18,6 +18,7 @@ why. :attr:`OnnxClassifier.provider` says which one runs.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import logging
 import threading
 import re
@@ -179,6 +180,19 @@ def _is_model_proto(model) -> bool:
     return isinstance(model, onnx.ModelProto)
 
 
+@dataclasses.dataclass
+class _Composer:
+    """The composing graph of :meth:`OnnxClassifier.evaluate_windows` for one input shape,
+    window and set of reduced blobs: its bound session, the output names it fetches, the
+    clean image bound (our own copy) and whether it has run once."""
+
+    key: tuple
+    runner: BoundSession
+    names: list
+    clean: np.ndarray | None = None
+    ran: bool = False
+
+
 class OnnxClassifier:
     """Evaluate an ONNX image classifier in batches and return the requested blobs.
 
@@ -237,7 +251,7 @@ class OnnxClassifier:
                                   f"{', '.join(COMPOSE)}")
         self.compose = compose
         self._lock = threading.Lock()  # evaluate_windows' buffers and binding are shared
-        self._composer = None  # (key, BoundSession) of the composing graph, built on first use
+        self._composer = None  # the composing graph's _Composer, built on first use
         self._buffer = None    # host composition buffer (batch_size images)
         self._from_file = not _is_model_proto(model)
         self._model, self.source = _load_model(model, name)
@@ -511,28 +525,27 @@ class OnnxClassifier:
         if n == 0 or not self.composes_on_device:
             return self._windows_on_host(x, top_left, patches)
         means = tuple(b for b in spatial_means if b in self.outputs and b != self.input_name)
-        composing = self._composing(x, patches.shape[2:], means)
-        if composing is None:  # the graph could not be composed: host from now on
+        composer = self._composing(x, patches.shape[2:], means)
+        if composer is None:  # the graph could not be composed: host from now on
             return self._windows_on_host(x, top_left, patches)
-        runner, names, clean = composing
-        if clean is None or not np.array_equal(clean, x):
-            clean = x.copy()  # our own copy: the caller may refill its array in place
-            runner.set_constant(CLEAN, clean[None])
-            self._composer[2] = clean
-        step = self.batch_size
+        if composer.clean is None or not np.array_equal(composer.clean, x):
+            composer.clean = x.copy()  # our own copy: the caller may refill its array
+            composer.runner.set_constant(CLEAN, composer.clean[None])
+        step, names = self.batch_size, composer.names
         try:
-            parts = [runner.run({PATCHES: patches[i:i + step],
-                                 TOP_LEFT: top_left[i:i + step]}, names, min(step, n - i))
+            parts = [composer.runner.run({PATCHES: patches[i:i + step],
+                                          TOP_LEFT: top_left[i:i + step]}, names,
+                                         min(step, n - i))
                      for i in range(0, n, step)]
         except Exception as exc:  # noqa: BLE001 - host composition always works
-            if self.compose == "device" or self._composer[4]:
+            if self.compose == "device" or composer.ran:
                 raise
             log.warning("composing the images on the host: the composing graph of %s "
                         "failed on its first batch (%s)", self.source,
                         " ".join(str(exc).split())[:300])
             self.compose, self._composer = "host", None
             return self._windows_on_host(x, top_left, patches)
-        self._composer[4] = True  # ran once: later errors are errors
+        composer.ran = True  # ran once: later errors are errors
         out = {}
         for blob, name in zip(self._composed_outputs(), names):
             out[blob] = (parts[0][name] if len(parts) == 1 else
@@ -565,12 +578,11 @@ class OnnxClassifier:
                 full[start:stop] = part
         return dict(zip(self.outputs, out))
 
-    def _composing(self, x, window, means):
-        """The composing graph's :class:`~preddiff.binding.BoundSession` for this input
-        shape, window and reduced blobs (built on first use and when they change), the
-        output names to fetch, and the clean image currently bound."""
+    def _composing(self, x, window, means) -> "_Composer | None":
+        """The composing graph for this input shape, window and reduced blobs (built on first
+        use and when they change); None when it cannot be built (then: host from now on)."""
         key = (x.shape, tuple(window), means)
-        if self._composer is None or self._composer[0] != key:
+        if self._composer is None or self._composer.key != key:
             import onnx
 
             from .compose import MEAN_SUFFIX, composing_model
@@ -595,8 +607,8 @@ class OnnxClassifier:
                 return None
             device = "cuda" if session.get_providers()[0] == _CUDA else "cpu"
             names = [o + MEAN_SUFFIX if o in means else o for o in outputs]
-            self._composer = [key, BoundSession(session, device), None, names, False]
-        return self._composer[1], self._composer[3], self._composer[2]
+            self._composer = _Composer(key, BoundSession(session, device), names)
+        return self._composer
 
     def _output_tails(self, batch: np.ndarray):
         """Per-input shape and dtype of each output, from one evaluation on zeros (cached)."""
