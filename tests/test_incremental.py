@@ -391,13 +391,33 @@ def test_global_max_pool_head_and_hidden_outputs_only(rng):
     _check_all_cuts(model, hidden, x, top_left, patches)
 
 
-def test_device_paste_prelude_equals_numpy_paste(rng):
-    """The ScatterElements prelude used with CUDA, run here on the CPU provider."""
+@pytest.mark.parametrize("grouping", ["exact", "merge"])
+def test_one_compiled_graph_call_per_batch(grouping, rng, monkeypatch):
+    """Every batch of windows is one call of one compiled graph (gathers, crop computations,
+    pastes and the rest of the network inside it), whichever way windows are grouped, and
+    the outputs are the full forward pass's for every switch point."""
+    from preddiff.binding import BoundSession
+
     model, outputs = _case_model("inception", rng)
     x = rng.normal(size=(3, 23, 27)).astype(np.float32)
     top_left = _windows(23, 27, 10, rng)
     patches = rng.normal(size=(len(top_left), 3, 10, 10)).astype(np.float32)
-    _check_all_cuts(model, outputs, x, top_left, patches, device_paste=True)
+    _check_all_cuts(model, outputs, x, top_left, patches, grouping=grouping)
+    steps = len(analyse(model, outputs).steps)
+    clf = IncrementalClassifier(model, outputs=outputs, device="cpu", grouping=grouping,
+                                batch_size=7, cut=steps)
+    calls = []
+    run = BoundSession.run
+    monkeypatch.setattr(BoundSession, "run",
+                        lambda self, *a, **k: calls.append(a[2]) or run(self, *a, **k))
+    clf.evaluate_windows(x, top_left, patches)
+    plan = clf._plan(x.shape, (10, 10))
+    batches = clf._batches(plan, top_left[:, 0], top_left[:, 1])
+    assert calls == [len(b) for b in batches]
+    ops = {n.op_type for n in plan.compiled.model.graph.node}
+    assert {"Gather", "GatherElements", "Where", "ScatterElements", "Conv"} <= ops
+    assert [i.name for i in plan.session.session.get_inputs()][:2] == ["preddiff_patches",
+                                                                       "preddiff_top_left"]
 
 
 def test_clean_cache_follows_the_image(rng):
@@ -685,90 +705,6 @@ def test_bad_arguments_raise_invalid_argument(rng):
         IncrementalClassifier(model, outputs=outputs, device="tpu")
 
 
-@pytest.mark.parametrize("case", ["mobile", "residual"])
-def test_concurrent_batches_give_identical_outputs(case, rng):
-    """Batches evaluated side by side (``workers``) give the same numbers as one at a time,
-    in the caller's order, and as the full forward pass."""
-    model, outputs = _case_model(case, rng)
-    x = rng.normal(size=(3, 23, 27)).astype(np.float32)
-    top_left = np.repeat(_windows(23, 27, 4, rng, extra=20), 3, axis=0)
-    patches = rng.normal(size=(len(top_left), 3, 4, 4)).astype(np.float32)
-    one = IncrementalClassifier(model, outputs=outputs, device="cpu", workers=1, batch_size=6)
-    three = IncrementalClassifier(model, outputs=outputs, device="cpu", workers=3, batch_size=6,
-                                  threads=2)
-    assert len(three._batches(three._plan(x.shape, (4, 4)), top_left[:, 0],
-                              top_left[:, 1])) > 6
-    want, got = one.evaluate_windows(x, top_left, patches), three.evaluate_windows(
-        x, top_left, patches)
-    for name in outputs:
-        np.testing.assert_array_equal(got[name], want[name])
-    reference = IncrementalClassifier(model, outputs=outputs, device="cpu", incremental=False)
-    _assert_exact(got, reference(_literal_images(x, top_left, patches)))
-    assert three._crop_threads == 1 and one._crop_threads is None
-    with pytest.raises(InvalidArgument, match="workers must be a positive integer, got 0"):
-        IncrementalClassifier(model, outputs=outputs, device="cpu", workers=0)
-
-
-@pytest.mark.parametrize("case", ["mobile", "bottleneck"])
-def test_fused_one_by_one_steps_equal_separate_steps(case, rng):
-    """1×1 convolution steps run in the session of the step in front of them give the same
-    outputs as run on their own, and as the full forward pass, for every switch point (a cut
-    between a step and its 1×1 followers fuses only the followers before the cut)."""
-    model, outputs = _case_model(case, rng)
-    x = rng.normal(size=(3, 23, 27)).astype(np.float32)
-    top_left = _windows(23, 27, 3, rng)
-    patches = rng.normal(size=(len(top_left), 3, 3, 3)).astype(np.float32)
-    steps = len(analyse(model, outputs).steps)
-    fused = IncrementalClassifier(model, outputs=outputs, device="cpu", cut=steps)
-    hosts = {i: fused._followers(i, steps) for i in range(steps)}
-    assert any(hosts.values()), "the case has no 1x1 step behind another step"
-    if case == "bottleneck":  # behind a convolution, behind a merge, and a chain of two
-        assert max(len(f) for f in hosts.values()) >= 2
-        assert sum(len(f) for f in hosts.values()) >= 4
-    for i, followers in hosts.items():
-        for j in followers:
-            assert fused.analysis.steps[j].op == "Conv"
-            assert fused.analysis.steps[j].inputs == (fused.analysis.steps[j - 1].output,)
-    separate = IncrementalClassifier(model, outputs=outputs, device="cpu", fuse=False,
-                                     cut=steps)
-    want = separate.evaluate_windows(x, top_left, patches)
-    got = fused.evaluate_windows(x, top_left, patches)
-    assert any(n for _, n in fused._crop_sessions), "no fused session ran"
-    for name in outputs:
-        np.testing.assert_allclose(got[name], want[name], rtol=0,
-                                   atol=TOL * np.abs(want[name]).max())
-    assert not any(separate._followers(i, steps) for i in range(steps))
-    _check_all_cuts(model, outputs, x, top_left, patches)
-
-
-def test_in_order_keeps_the_order_and_raises_where_the_error_is():
-    import threading
-
-    from preddiff.incremental import _in_order
-
-    def make(threaded):
-        """Items 0, 3, 6, ... finish only after the item after them has finished (threaded):
-        later items finish first, by events, not by sleeping."""
-        finished = {}
-
-        def item(i):
-            if threaded and i % 3 == 0:
-                finished.setdefault(i + 1, threading.Event()).wait(timeout=60)
-            finished.setdefault(i, threading.Event()).set()
-            if i == 7:
-                raise ValueError("item 7")
-            return i
-        return item
-
-    assert list(_in_order(make(True), list(range(7)), 3)) == list(range(7))
-    assert list(_in_order(make(False), list(range(7)), 1)) == list(range(7))
-    seen = []
-    with pytest.raises(ValueError, match="item 7"):
-        for value in _in_order(make(True), list(range(20)), 2):
-            seen.append(value)
-    assert seen == list(range(7))
-
-
 # ---------------------------------------------------------------------------------------------
 # GPU helpers that can be checked without a GPU
 
@@ -805,25 +741,6 @@ def test_to_float16_keeps_float32_interfaces(rng):
     for name in outputs:
         assert got[name].dtype == np.float32
         assert np.abs(got[name] - full[name]).max() <= 2e-2 * np.abs(full[name]).max()
-
-
-@pytest.mark.parametrize("windows", [3, 40])
-def test_paste_equals_a_literal_loop_with_clipping(windows, rng):
-    """The paste helper (grouped slices for few offsets, fancy indexing for many)."""
-    from preddiff.incremental import _paste
-
-    dest = rng.normal(size=(windows, 2, 9, 11)).astype(np.float32)
-    src = rng.normal(size=(windows, 2, 4, 5)).astype(np.float32)
-    dy = rng.integers(-3, 9, windows)
-    dx = rng.integers(-4, 11, windows)
-    want = dest.copy()
-    for n in range(windows):
-        for y in range(4):
-            for x in range(5):
-                if 0 <= dy[n] + y < 9 and 0 <= dx[n] + x < 11:
-                    want[n, :, dy[n] + y, dx[n] + x] = src[n, :, y, x]
-    _paste(dest, src, dy, dx)
-    np.testing.assert_array_equal(dest, want)
 
 
 def test_bench_table_and_model_check():
@@ -887,7 +804,7 @@ def test_model_with_a_fixed_batch_size(batch, rng):
     want = OnnxClassifier(model, outputs=outputs, device="cpu")(images)
     steps = len(analyse(model, outputs).steps)
     for kwargs in [{}, {"cut": 0}, {"cut": 1}, {"cut": steps},
-                   {"cut": steps, "device_paste": True}, {"incremental": False}]:
+                   {"cut": steps, "grouping": "merge"}, {"incremental": False}]:
         clf = IncrementalClassifier(model, outputs=outputs, device="cpu", batch_size=4,
                                     **kwargs)
         assert clf.incremental == kwargs.get("incremental", True)
@@ -913,7 +830,7 @@ def test_threads_sharing_a_classifier_do_not_mix_their_images(rng):
     # image (no lock: the first would then evaluate the wrong image) or is waiting for the
     # classifier's lock (correct): events, not a timeout, so a slow machine changes nothing.
     first_waits, second_arrived = threading.Event(), threading.Event()
-    prefix, set_clean = clf._prefix, clf._set_clean
+    runner, set_clean = clf._runner, clf._set_clean
 
     class SpyLock:
         """The classifier's lock; says when the second thread asks for it."""
@@ -929,11 +846,11 @@ def test_threads_sharing_a_classifier_do_not_mix_their_images(rng):
         def __exit__(self, *exc):
             return self.lock.__exit__(*exc)
 
-    def slow_prefix(*args, **kwargs):
+    def slow_runner(*args, **kwargs):
         if threading.current_thread().name == "first":
             first_waits.set()
             assert second_arrived.wait(timeout=600), "the second thread never arrived"
-        return prefix(*args, **kwargs)
+        return runner(*args, **kwargs)
 
     def spying_set_clean(x):
         out = set_clean(x)
@@ -941,7 +858,7 @@ def test_threads_sharing_a_classifier_do_not_mix_their_images(rng):
             second_arrived.set()
         return out
 
-    clf._prefix, clf._set_clean, clf._lock = slow_prefix, spying_set_clean, SpyLock(clf._lock)
+    clf._runner, clf._set_clean, clf._lock = slow_runner, spying_set_clean, SpyLock(clf._lock)
     got = {}
 
     def work(i, name):

@@ -1,4 +1,4 @@
-"""Exact incremental inference for Prediction Difference Analysis.
+"""Exact incremental inference for Prediction Difference Analysis: the runner.
 
 Prediction Difference Analysis (Zintgraf et al. 2017, Algorithm 1) re-evaluates the classifier
 on (number of windows) × S images that each differ from the clean image only inside one k×k
@@ -12,35 +12,35 @@ outputs exactly with far fewer multiply-adds:
    ReLU/LRN fused behind it) only changes on the *projective field* of the window: the changed
    box grows by the kernel extent minus one and shrinks with the stride, layer by layer; a
    channel concatenation changes on the union of its inputs' boxes. Each such layer is
-   recomputed only on that box, from an input crop that is the clean cached activation with
-   the changed crop of the previous layer pasted in. The crop computation runs with the
-   padding turned off ("valid"): the layer's padding value (0 for convolution and average
-   pooling, -inf for max pooling, the constant of a Pad) is put around the cached clean map
-   once, so it only ever appears at the true image border. Average pooling is rescaled by the
-   true divisor of each output position (which Caffe's and ONNX's ``count_include_pad``
-   semantics make position dependent).
+   recomputed only on that box, from an input region that is the clean activation with the
+   changed crop of the previous layer laid over it, with the padding turned off: the layer's
+   padding value (0 for convolution and average pooling, -inf for max pooling, the constant of
+   a Pad) is put around the clean map once, so it only ever appears at the true image border.
+   Average pooling is rescaled by the true divisor of each output position (which Caffe's and
+   ONNX's ``count_include_pad`` semantics make position dependent).
 3. When the changed box covers most of the map -- decided by a cost model comparing
    multiply-adds plus data movement for every possible switch point, printed in the log --
    or at the first layer that is not spatially local (Flatten, Gemm, global pooling, ...),
    the changed crops are written into full copies of the clean maps and the rest of the
    network runs in full.
 
-Many windows are evaluated as one batch. A window's projective field depends on its position
-(clipped at the border, and one unit wider or narrower with the alignment to the strides), so
-windows are grouped into *classes* whose boxes have the same size in every layer; a class is
-one batch (classes too small to batch well are merged, their boxes widened to the largest and
-shifted inwards at the border, which recomputes some unchanged values, exactly). Gathers and
-pastes are NumPy fancy indexing; the per-layer crop computations are onnxruntime sessions of
-single layers (or a layer with its point-wise followers) on the batch of crops, with
-intra-op thread spinning off (spinning threads of one small session would steal the cores of
-the next); a 1×1 stride-1 convolution step runs in the session of the step in front of it, on
-that step's output crop, since its changed box is the same (``fuse``: ResNet bottlenecks,
-MobileNet projections and expansions; one call, gather and paste fewer each). On a CPU two
-batches run side by side in threads (``workers``), each session call on half the cores, which
-uses the cores better than one small call on all of them; the outputs are identical either
-way. The full maps at the switch point of several batches go
-through the remainder together, in the batches' order, so that fully connected weights are
-read once per run.
+The module layout follows those steps: :mod:`preddiff.incremental_plan` analyses the graph,
+computes every window's boxes and picks the switch point (pure NumPy and ``onnx``);
+:mod:`preddiff.incremental_graph` compiles that plan into **one ONNX graph** (gathers, the
+crop computations, the pastes at the switch point and the rest of the network; no Python
+between layers, the same graph on every execution provider); this module runs it
+(:class:`IncrementalClassifier`), one session call per batch of windows, the clean maps bound
+once per image through IOBinding (:class:`preddiff.binding.BoundSession`, shared with the
+naive engine's :class:`~preddiff.classifier.OnnxClassifier`); and
+:mod:`preddiff.incremental_decision` measures whether it is faster than the naive engine on
+the machine at hand.
+
+A window's projective field depends on its position (clipped at the border, and one unit
+wider or narrower with the alignment to the strides), so windows are grouped into *classes*
+whose boxes have the same size in every layer; the compiled graph computes each batch's boxes
+from the windows' positions, widening smaller boxes to the batch's largest and shifting them
+inwards at the border, which recomputes some unchanged values, exactly. A class too small to
+batch well is merged with others (``grouping``).
 
 Theoretical multiply-adds at k = 10 (:func:`theoretical_macs`: the window at the centre of
 the image, true projective fields, best switch point; printed by ``preddiff bench``), equal
@@ -58,59 +58,53 @@ HardSwish, PRelu, Softplus, Selu, Gelu, Erf, Softsign, ThresholdedRelu, Celu, Mi
 element-wise Add, Sub, Mul, Div, Pow, Max, Min or Sum with constants that broadcast over the
 spatial axes (scalars or one value per channel: the input normalisation ``(x - mean) / std``);
 or such an element-wise operator on several spatial maps of the prefix (a residual Add,
-``x * sigmoid(x)``, GELU's Erf chain), evaluated on the union of their changed boxes as a
-Concat. A global operator (GlobalAveragePool, a ReduceMean over H and W as in
-squeeze-and-excitation, InstanceNormalization, Flatten, Gemm, ...) ends the prefix on its
-path; everything computed from it runs in full inference. A graph with no spatially local layer
-on the prefix (or without one 4-D float input) is evaluated naively, with the reason logged at
-WARNING level (:func:`supported` gives it without building anything). Whether the incremental
-engine is actually faster on a machine is measured by
+``x * sigmoid(x)``, GELU's Erf chain), evaluated on the union of their changed boxes. A global
+operator (GlobalAveragePool, a ReduceMean over H and W as in squeeze-and-excitation,
+InstanceNormalization, Flatten, Gemm, ...) ends the prefix on its path; everything computed
+from it runs in full inference. A graph with no spatially local layer on the prefix, without
+one 4-D float input, or below opset 11 (the compiled graph's index operators) is evaluated
+naively, with the reason logged at WARNING level (:func:`supported` gives it without building
+anything). Whether the incremental engine is actually faster on a machine is measured by
 :func:`preddiff.incremental_decision.decide_incremental`.
 
-With the CUDA execution provider, sessions use I/O binding: the clean maps of the tensors at
-the switch point live on the device as ``OrtValue`` objects, and the full maps are assembled
-on the device by a ``ScatterElements`` prelude of the remainder graph, so only the small
-crops and the network outputs cross the bus. The batch size then defaults to
-:func:`auto_batch_size` of the free device memory; ``float16=True`` runs the sessions in half
-precision (see :func:`to_float16`; off by default).
+On CUDA the batch size defaults to :func:`auto_batch_size` of the free device memory;
+``float16=True`` runs the graph in half precision (see :func:`to_float16`; off by default).
 """
 from __future__ import annotations
 
-import collections
 import functools
 import hashlib
 import logging
 import re
-import shutil
-import subprocess
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import onnx
-from numpy.lib.stride_tricks import sliding_window_view
 from onnx import TensorProto, helper, numpy_helper
 
+from .binding import BoundSession
+from .compose import compose_batch
+from .devices import _probe_model, available_cores, gpu_free_memory, resolve_device
 from .errors import InvalidArgument
-from .incremental_decision import available_cores
+from .incremental_graph import MIN_OPSET, PATCHES, TOP_LEFT, compile_plan, model_opset
 from .incremental_plan import (
-    Analysis, _frontier, analyse, choose_cut, format_plan, geometry, load_model, remainder_macs,
+    Analysis, analyse, choose_cut, format_plan, geometry, load_model, remainder_macs,
 )
 
 log = logging.getLogger(__name__)
 
 __all__ = ["IncrementalClassifier", "supported", "auto_batch_size", "gpu_free_memory",
-           "to_float16", "theoretical_macs"]
+           "to_float16", "theoretical_macs", "resolve_device"]
 
 DEFAULT_BATCH_SIZE = 64
 #: Changes when the engine's speed changes (2: two batches side by side on a CPU; 3: 1×1
 #: steps fused; 4: full images timed as the engine sends them, composed on the device on
-#: CUDA), so that the decisions cached by :mod:`preddiff.incremental_decision` are
-#: measured again.
-ENGINE_REVISION = 4
-#: Largest number of windows, and of bytes of full maps, sent through the remainder at once.
-REMAINDER_BATCH = 256
-REMAINDER_BYTES = 64 * 2**20
+#: CUDA; 5: the plan compiled into one graph per input and window size), so that the
+#: decisions cached by :mod:`preddiff.incremental_decision` are measured again.
+ENGINE_REVISION = 5
+
+#: names kept importable from here for callers of earlier versions
+_ = (_probe_model, available_cores)
 
 
 # --------------------------------------------------------------------------------------------
@@ -133,16 +127,26 @@ def supported(model, outputs=None) -> tuple:
         ``(True, "")`` when at least one spatially local layer precedes the first operator
         that is not; otherwise ``(False, reason)``.
     """
+    analysis, reason = _supported(model, outputs)
+    return bool(analysis), reason
+
+
+def _supported(model, outputs) -> tuple:
+    """``(analysis, "")`` when the model runs incrementally, else ``(None, reason)``."""
     from google.protobuf.message import DecodeError
 
     try:
         analysis = analyse(model, outputs)
     except (ValueError, OSError, DecodeError) as exc:
-        return False, str(exc)
+        return None, str(exc)
     if not analysis.steps:
-        return False, ("no spatially local layer before the first other operator "
-                       f"({analysis.stop_reason})")
-    return True, ""
+        return None, ("no spatially local layer before the first other operator "
+                      f"({analysis.stop_reason})")
+    if model_opset(analysis.model) < MIN_OPSET:
+        return None, (f"the compiled incremental graph needs opset {MIN_OPSET} or newer; the "
+                      f"model declares opset {model_opset(analysis.model)}")
+    return analysis, ""
+
 
 
 def auto_batch_size(free_bytes, bytes_per_item, *, fixed_bytes=0, fraction=0.6, minimum=1,
@@ -182,18 +186,6 @@ def auto_batch_size(free_bytes, bytes_per_item, *, fixed_bytes=0, fraction=0.6, 
     n = int(np.clip(n, minimum, maximum))
     return n - n % 8 if n >= 8 else n
 
-
-def gpu_free_memory(device_id: int = 0):
-    """Free memory of a CUDA device in bytes (via ``nvidia-smi``), or None if unknown."""
-    exe = shutil.which("nvidia-smi")
-    if not exe:
-        return None
-    try:
-        out = subprocess.run([exe, "--query-gpu=memory.free", "--format=csv,noheader,nounits",
-                              "-i", str(device_id)], capture_output=True, text=True, timeout=10)
-        return int(out.stdout.strip().splitlines()[0]) * 2**20
-    except (OSError, ValueError, IndexError, subprocess.SubprocessError):
-        return None
 
 
 def to_float16(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -246,6 +238,7 @@ def to_float16(model: onnx.ModelProto) -> onnx.ModelProto:
     return m
 
 
+
 def theoretical_macs(model, input_shape, window=(10, 10), outputs=None) -> dict:
     """Multiply-adds of naive and exact incremental inference for one window.
 
@@ -285,64 +278,10 @@ def theoretical_macs(model, input_shape, window=(10, 10), outputs=None) -> dict:
     return report
 
 
+
+
 # --------------------------------------------------------------------------------------------
 # sessions
-
-
-_CUDA_OK = None
-
-
-def _probe_model() -> onnx.ModelProto:
-    """A one-node graph to try a provider with. Its opset and IR version are pinned low:
-    ``onnx.helper`` stamps the newest ones it knows, which an older onnxruntime refuses (and
-    the probe would then report no usable GPU on a machine that has one)."""
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
-    m = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])],
-                                            "probe", [x], [y]),
-                          opset_imports=[helper.make_opsetid("", 13)])
-    m.ir_version = 7
-    return m
-
-
-def _cuda_usable() -> bool:
-    """Whether the CUDA execution provider can actually create a session here."""
-    global _CUDA_OK
-    if _CUDA_OK is None:
-        import onnxruntime as ort
-
-        from .classifier import _cuda_device_count  # asks the driver, not onnxruntime
-        from .classifier import preload_cuda_libraries
-
-        _CUDA_OK = False
-        if "CUDAExecutionProvider" in ort.get_available_providers() and _cuda_device_count():
-            preload_cuda_libraries()
-            so = ort.SessionOptions()
-            so.log_severity_level = 4
-            try:
-                s = ort.InferenceSession(_probe_model().SerializeToString(), so,
-                                         providers=["CUDAExecutionProvider"])
-                _CUDA_OK = "CUDAExecutionProvider" in s.get_providers()
-            except Exception:  # noqa: BLE001 - any failure means no usable GPU
-                _CUDA_OK = False
-    return _CUDA_OK
-
-
-def resolve_device(device: str) -> str:
-    """``"cuda"`` or ``"cpu"`` for ``device`` in {"auto", "cpu", "cuda"}.
-
-    As :class:`preddiff.classifier.OnnxClassifier`: "cuda" without a usable CUDA provider
-    falls back to the CPU with a warning.
-    """
-    if device not in ("auto", "cpu", "cuda"):
-        raise InvalidArgument(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
-    if device == "cpu":
-        return "cpu"
-    if _cuda_usable():
-        return "cuda"
-    if device == "cuda":
-        log.warning("CUDA requested but onnxruntime has no usable CUDA provider; using the CPU")
-    return "cpu"
 
 
 class _Session:
@@ -451,108 +390,6 @@ def _with_outputs(model: onnx.ModelProto, names) -> onnx.ModelProto:
     return m
 
 
-def _crop_model(analysis: Analysis, step, channels: int, followers=()) -> onnx.ModelProto:
-    """The model computing ``step`` on a batch of input crops, padding off (valid).
-
-    ``followers``: 1×1 steps fused behind it (:func:`_fusable`); the model then returns the
-    outputs of ``step`` and of each follower, in order."""
-    nodes, needed = [], set()
-    for node in [n for s in (step, *followers) for n in s.nodes]:
-        if node.op_type == "Pad":
-            nodes.append(helper.make_node("Identity", [node.input[0]], [node.output[0]]))
-            continue
-        n = onnx.NodeProto()
-        n.CopyFrom(node)
-        if node.op_type in ("Conv", "MaxPool", "AveragePool"):
-            keep = [a for a in n.attribute if a.name not in ("pads", "auto_pad", "ceil_mode")]
-            del n.attribute[:]
-            n.attribute.extend(keep)
-            n.attribute.extend([helper.make_attribute("pads", [0, 0, 0, 0])])
-        nodes.append(n)
-        needed.update(t for t in node.input if t in analysis.constants)
-    inits = [numpy_helper.from_array(np.asarray(analysis.constants[t]), t) for t in sorted(needed)]
-    inputs = [_value_info(t, ["n", channels if len(step.inputs) == 1 else f"c{k}", "h", "w"])
-              for k, t in enumerate(step.inputs)]
-    outputs = [_value_info(s.output, None) for s in (step, *followers)]
-    return _new_model(analysis.model, nodes, inputs, outputs, inits,
-                      "crop_" + step.name.replace("/", "_"))
-
-
-def _fusable(step) -> bool:
-    """A 1×1, stride-1, unpadded operator on one input (a 1×1 convolution with point-wise
-    followers): its changed box is its input's box, so it can run in the session of the step
-    in front of it, on that step's output crop, exactly."""
-    return (step.kind == "local" and step.average is None and len(step.inputs) == 1
-            and step.axes is not None
-            and all(a.extent == 1 and a.stride == 1 and a.pad_begin == 0 and a.pad_end == 0
-                    and a.auto_pad in ("NOTSET", "VALID") for a in step.axes)
-            and not any(n.op_type == "Pad" for n in step.nodes))
-
-
-def _can_host(step) -> bool:
-    """Whether 1×1 steps can be fused behind ``step``: it runs a session whose output is
-    used as it comes (not rescaled like an average pool)."""
-    return (step.kind in ("local", "pointwise", "merge") and step.average is None
-            and not all(n.op_type == "Pad" for n in step.nodes))
-
-
-def _remainder_model(analysis: Analysis, cut: int, frontier: list, shapes: dict, outputs,
-                     device_paste: bool) -> tuple:
-    """The graph after the switch point, fed by the frontier tensors.
-
-    Returns ``(model, inputs)`` where ``inputs`` are the frontier tensors it reads (or
-    ``(None, [])`` when no requested output needs it). With ``device_paste`` each frontier
-    tensor ``T`` is instead assembled inside the graph from ``T__clean`` (1, C, H, W),
-    ``T__crop`` (N, C, h, w) and ``T__index`` (N, 1, h*w) int64 (flat positions in the map) by
-    ``ScatterElements``, so that the clean maps can stay on the device.
-    """
-    g = analysis.model.graph
-    incremental = {id(n) for s in analysis.steps[:cut] for n in s.nodes}
-    nodes = [n for n in g.node if id(n) not in incremental]
-    needed, keep = set(outputs), []
-    for node in reversed(nodes):
-        if any(o in needed for o in node.output):
-            keep.append(node)
-            needed.update(t for t in node.input if t)
-    keep.reverse()
-    if not keep:
-        return None, []
-    feeds = [t for t in frontier if t in needed]
-    inits = [i for i in g.initializer if i.name in needed]
-    graph_outs = {o.name: o for o in g.output}
-    outs = [graph_outs.get(t) or _value_info(t, None) for t in outputs]
-    prelude, ins = [], []
-    for t in feeds:
-        c, h, w = shapes[t]
-        if not device_paste:
-            ins.append(_value_info(t, ["n", c, h, w]))
-            continue
-        ins += [_value_info(t + "__clean", [1, c, h, w]),
-                _value_info(t + "__crop", ["n", c, "a", "b"]),
-                _value_info(t + "__index", ["n", 1, "ab"], TensorProto.INT64)]
-        k = t + "__paste_"
-        inits += [numpy_helper.from_array(np.array([1, 1, 1], np.int64), k + "ones"),
-                  numpy_helper.from_array(np.array([0, c, -1], np.int64), k + "flat"),
-                  numpy_helper.from_array(np.array([0, c, h, w], np.int64), k + "map"),
-                  numpy_helper.from_array(np.array([0], np.int64), k + "0"),
-                  numpy_helper.from_array(np.array([1], np.int64), k + "1")]
-        prelude += [
-            helper.make_node("Shape", [t + "__crop"], [k + "shape"]),
-            helper.make_node("Slice", [k + "shape", k + "0", k + "1"], [k + "n"]),
-            helper.make_node("Concat", [k + "n", k + "ones"], [k + "expand"], axis=0),
-            helper.make_node("Expand", [t + "__clean", k + "expand"], [k + "full"]),
-            helper.make_node("Reshape", [k + "full", k + "flat"], [k + "fullflat"]),
-            helper.make_node("Reshape", [t + "__crop", k + "flat"], [k + "cropflat"]),
-            helper.make_node("Shape", [k + "cropflat"], [k + "cropshape"]),
-            helper.make_node("Expand", [t + "__index", k + "cropshape"], [k + "idx"]),
-            helper.make_node("ScatterElements", [k + "fullflat", k + "idx", k + "cropflat"],
-                             [k + "pasted"], axis=2),
-            helper.make_node("Reshape", [k + "pasted", k + "map"], [t]),
-        ]
-    model = _new_model(analysis.model, prelude + keep, ins, outs, inits, "remainder")
-    return model, feeds
-
-
 def _infer_prefix_shapes(analysis: Analysis, input_shape) -> dict:
     """(C, H, W) of the input and every step output, by running the prefix on zeros."""
     names = [s.output for s in analysis.steps]
@@ -565,60 +402,6 @@ def _infer_prefix_shapes(analysis: Analysis, input_shape) -> dict:
     return shapes
 
 
-# --------------------------------------------------------------------------------------------
-# gather and paste
-
-
-def _gather(padded_hwc: np.ndarray, r0, c0, size) -> np.ndarray:
-    """Crops ``padded[:, r0[n]:r0[n]+h, c0[n]:c0[n]+w]`` of a (H, W, C) map as (N, C, h, w)."""
-    view = sliding_window_view(padded_hwc, tuple(size), axis=(0, 1))
-    return view[r0, c0]
-
-
-def _paste(dest: np.ndarray, src: np.ndarray, dy, dx) -> None:
-    """``dest[n, :, dy[n]:dy[n]+h, dx[n]:dx[n]+w] = src[n]`` for all n, clipped to ``dest``."""
-    n, _, h, w = src.shape
-    gh, gw = dest.shape[2:]
-    shift = dx.astype(np.int64) - dx.min()
-    key = dy.astype(np.int64) * (int(shift.max()) + 1) + shift
-    uniq, first, inverse = np.unique(key, return_index=True, return_inverse=True)
-    if len(uniq) <= 16:
-        for u, i in enumerate(first):
-            y, x = int(dy[i]), int(dx[i])
-            y0, y1, x0, x1 = max(0, y), min(gh, y + h), max(0, x), min(gw, x + w)
-            if y0 >= y1 or x0 >= x1:
-                continue
-            sel = slice(None) if len(uniq) == 1 else np.flatnonzero(inverse == u)
-            dest[sel, :, y0:y1, x0:x1] = src[sel, :, y0 - y:y1 - y, x0 - x:x1 - x]
-        return
-    yy = dy[:, None] + np.arange(h)
-    xx = dx[:, None] + np.arange(w)
-    vy = (yy >= 0) & (yy < gh)
-    vx = (xx >= 0) & (xx < gw)
-    if vy.all() and vx.all():
-        dest[np.arange(n)[:, None, None], :, yy[:, :, None], xx[:, None, :]] = \
-            src.transpose(0, 2, 3, 1)
-        return
-    ni, yi, xi = np.nonzero(vy[:, :, None] & vx[:, None, :])
-    dest[ni, :, yy[ni, yi], xx[ni, xi]] = src[ni, :, yi, xi]
-
-
-def _boxes(box, shape, rows, cols) -> tuple:
-    """Starts (N,), (N,) and the common size of the boxes of windows ``rows, cols``.
-
-    The size is the largest changed box among these windows; smaller boxes are widened
-    (shifted inwards at the border) to it, which recomputes some unchanged values, exactly.
-    """
-    out = []
-    for d, pos in enumerate((rows, cols)):
-        sizes = box.size[d][pos]
-        size = int(sizes.max())
-        start = box.start[d][pos]
-        if sizes.min() != size:
-            start = np.minimum(start, shape[1 + d] - size)
-        out.append((start, size))
-    return out[0][0], out[1][0], (out[0][1], out[1][1])
-
 
 def _store(result: dict, idx, total: int, part: dict) -> None:
     """``result[name][idx] = part[name]``, allocating (total, ...) arrays on first use."""
@@ -626,18 +409,6 @@ def _store(result: dict, idx, total: int, part: dict) -> None:
         if name not in result:
             result[name] = np.empty((total, *value.shape[1:]), value.dtype)
         result[name][idx] = value
-
-
-def _patch_images(x: np.ndarray, top_left: np.ndarray, patches: np.ndarray) -> np.ndarray:
-    """Full images: ``x`` with ``patches[n]`` written at ``top_left[n]`` (N, C, H, W)."""
-    out = np.empty((len(patches), *x.shape), np.float32)
-    out[:] = x
-    _paste(out, patches, top_left[:, 0], top_left[:, 1])
-    return out
-
-
-# --------------------------------------------------------------------------------------------
-# the classifier
 
 
 def _locked(method):
@@ -649,15 +420,21 @@ def _locked(method):
     return wrapper
 
 
-class _Plan:
-    """Geometry, switch point and remainder session for one input and window size."""
+# --------------------------------------------------------------------------------------------
+# the classifier
 
-    def __init__(self, geo, report, remainder, remainder_inputs, wanted, scales):
+
+class _Plan:
+    """Geometry, switch point and compiled graph for one input size and window size."""
+
+    def __init__(self, geo, report, compiled, session, float16):
         self.geo, self.report = geo, report
         self.cut = report["cut"]
-        self.remainder, self.remainder_inputs = remainder, remainder_inputs
-        self.wanted = wanted  # outputs the remainder computes
-        self.scales = scales
+        self.compiled = compiled
+        self.session = session      # a _Session of the compiled graph
+        self.float16 = float16
+        self.runner = None          # BoundSession, created on first use
+        self.bound = None           # the clean-image key whose maps are bound
 
 
 class IncrementalClassifier:
@@ -666,7 +443,8 @@ class IncrementalClassifier:
     Called on a batch it behaves like :class:`preddiff.classifier.OnnxClassifier` (full
     forward passes). :meth:`evaluate_windows` returns the same outputs for images that differ
     from one clean image only inside a window, computing each layer only on the window's
-    projective field (Krypton, Nakandala et al. SIGMOD 2019; see the module docstring).
+    projective field (Krypton, Nakandala et al. SIGMOD 2019; see the module docstring), one
+    compiled graph call per batch of windows.
 
     Parameters
     ----------
@@ -687,9 +465,6 @@ class IncrementalClassifier:
         False disables the incremental path (:meth:`evaluate_windows` builds full images).
     cut : int, optional
         Force the number of steps evaluated incrementally (tests); default: cost model.
-    device_paste : bool, optional
-        Assemble the full maps at the switch point inside the remainder graph
-        (ScatterElements) instead of with NumPy; default True on CUDA, False on CPU.
     grouping : {"auto", "exact", "merge"}, optional
         How windows are batched: "exact" batches windows whose changed boxes have the same
         sizes in every layer (fewest multiply-adds); "merge" evaluates each chunk of
@@ -698,17 +473,6 @@ class IncrementalClassifier:
         windows on average. Default: "auto" on CPU, "merge" on CUDA.
     min_group : int
         See ``grouping``.
-    workers : int, optional
-        Batches of windows whose incremental steps run at the same time (CPU only), each
-        session call on ``threads // workers`` onnxruntime threads: the small per-layer calls
-        use many cores poorly, two batches side by side use them better. Default: 2 on a CPU
-        when ``threads`` (default: the cores available) is at least 2, else 1; on the 2-core
-        benchmark machine 10–17 % more window-samples/s than one batch at a time on 2
-        threads (ResNet-50, MobileNetV2, EfficientNet-Lite0). Results do not depend on it.
-    fuse : bool
-        Run each 1×1 stride-1 convolution step (with its point-wise followers) in the session
-        of the step in front of it, on that step's output crop: one session call, gather and
-        paste fewer per fused step (default True; False for comparisons).
 
     Attributes
     ----------
@@ -725,8 +489,8 @@ class IncrementalClassifier:
     """
 
     def __init__(self, model, *, outputs=("prob",), batch_size=None, device="auto",
-                 threads=None, float16=False, incremental=True, cut=None, device_paste=None,
-                 grouping=None, min_group=4, workers=None, fuse=True):
+                 threads=None, float16=False, incremental=True, cut=None, grouping=None,
+                 min_group=4):
         self.model = load_model(model)
         self.outputs = tuple(outputs)
         if not self.outputs:
@@ -742,17 +506,6 @@ class IncrementalClassifier:
             float16 = False
         self.float16 = bool(float16)
         self.threads = threads
-        cores = available_cores()
-        if workers is None:  # two batches side by side when two cores are ours
-            workers = 2 if self.device != "cuda" and (threads or cores) >= 2 else 1
-        if int(workers) != workers or workers < 1:
-            raise InvalidArgument(f"workers must be a positive integer, got {workers!r}")
-        # the device path keeps its clean maps on one device: one batch at a time there
-        self.workers = 1 if self.device == "cuda" else int(workers)
-        self.fuse = bool(fuse)
-        self._crop_threads = (threads if self.workers == 1
-                              else max(1, (threads or cores) // self.workers))
-        self.device_paste = (self.device == "cuda") if device_paste is None else bool(device_paste)
         self._user_batch = batch_size
         if batch_size is not None and (int(batch_size) != batch_size or batch_size < 1):
             raise InvalidArgument(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -763,9 +516,7 @@ class IncrementalClassifier:
                              else None)
         # one evaluation at a time: the clean activations and plans are shared state
         self._lock = threading.RLock()
-        self._sessions_lock = threading.Lock()
-        self._full = self._session(_with_outputs(self.model, self.outputs), spinning=True,
-                                   fixed=True)
+        self._full = self._session(_with_outputs(self.model, self.outputs), fixed=True)
         self._cut = cut
         if grouping is None:  # a GPU wants large batches more than the fewest multiply-adds
             grouping = "merge" if self.device == "cuda" else "auto"
@@ -774,18 +525,14 @@ class IncrementalClassifier:
         self.grouping, self.min_group = grouping, int(min_group)
         self._plans: dict = {}
         self._clean_key = None
+        self._clean: dict = {}
         self.incremental, self.reason = False, "disabled by the caller"
         self.analysis = None
         if incremental:
-            try:
-                self.analysis = analyse(self.model, self.outputs)
-            except ValueError as exc:
-                self.reason = str(exc)
-            else:
-                self.incremental = bool(self.analysis.steps)
-                self.reason = "" if self.incremental else (
-                    "no spatially local layer before the first other operator "
-                    f"({self.analysis.stop_reason})")
+            ok, self.reason = _supported(self.model, self.outputs)
+            if ok:
+                self.analysis = ok
+                self.incremental = True
         if self.incremental:
             log.info("incremental inference: %d steps, prefix ends at %s",
                      len(self.analysis.steps), self.analysis.stop_reason)
@@ -795,8 +542,7 @@ class IncrementalClassifier:
                 [s.output for s in self.analysis.steps]
                 + [o for o in self.outputs if o != self.analysis.input_name]))
             self._clean_session = self._session(_with_outputs(self.model, self._clean_names),
-                                                spinning=True, fixed=True)
-            self._crop_sessions: dict = {}
+                                                fixed=True)
         else:
             log.log(logging.WARNING if incremental else logging.INFO,
                     "incremental inference off, evaluating full images: %s", self.reason)
@@ -806,42 +552,13 @@ class IncrementalClassifier:
         """The onnxruntime execution provider the sessions run on (as OnnxClassifier)."""
         return "CUDAExecutionProvider" if self.device == "cuda" else "CPUExecutionProvider"
 
-    # ---- sessions ---------------------------------------------------------------------
-
-    def _session(self, model, spinning=False, fixed=False, threads=None) -> _Session:
-        """A session; ``fixed``: a graph derived from the model's own (full, clean or
-        remainder), which keeps the batch size the model's input may declare."""
+    def _session(self, model, fixed=False) -> _Session:
+        """A session; ``fixed``: a graph derived from the model's own (full or clean), which
+        keeps the batch size the model's input may declare."""
         if self.float16:
             model = to_float16(model)
-        return _Session(model, self.device, threads or self.threads, spinning,
+        return _Session(model, self.device, self.threads, True,
                         self._fixed_batch if fixed else None)
-
-    def _crop_session(self, index: int, channels: int, fused: int = 0):
-        """The session of step ``index`` with the ``fused`` steps after it (1×1) fused in."""
-        step = self.analysis.steps[index]
-        if all(n.op_type == "Pad" for n in step.nodes):
-            return None
-        key = (index, fused)
-        if key not in self._crop_sessions:
-            with self._sessions_lock:  # batches in worker threads may ask at the same time
-                if key not in self._crop_sessions:
-                    followers = self.analysis.steps[index + 1:index + 1 + fused]
-                    self._crop_sessions[key] = self._session(
-                        _crop_model(self.analysis, step, channels, followers),
-                        threads=self._crop_threads)
-        return self._crop_sessions[key]
-
-    def _followers(self, index: int, cut: int) -> list:
-        """Indices of the 1×1 steps right after step ``index`` (and before ``cut``) that run
-        fused in its session, each reading the previous one's output."""
-        steps = self.analysis.steps
-        if not self.fuse or not _can_host(steps[index]):
-            return []
-        out, j = [], index + 1
-        while j < cut and _fusable(steps[j]) and steps[j].inputs == (steps[j - 1].output,):
-            out.append(j)
-            j += 1
-        return out
 
     # ---- plain calls ------------------------------------------------------------------
 
@@ -883,8 +600,6 @@ class IncrementalClassifier:
                                              self._clean_names)
             self._clean = {self.analysis.input_name: x.copy()}  # not the caller's buffer
             self._clean.update({n: v[0] for n, v in zip(self._clean_names, values)})
-            self._padded: dict = {}
-            self._device_clean: dict = {}
             self._clean_key = key
         return {o: self._clean[o][None] for o in self.outputs}
 
@@ -893,16 +608,9 @@ class IncrementalClassifier:
         """Forget the clean image's cached activations (sessions and plans are kept), so that
         the next evaluation pays for its clean forward pass again (benchmarks)."""
         self._clean_key = None
-        self._clean, self._padded, self._device_clean = {}, {}, {}
-
-    def _padded_hwc(self, name: str, pads, value: float) -> np.ndarray:
-        """The clean map of ``name`` as (H, W, C) with ``pads`` of ``value`` around it."""
-        key = (name, pads, value)
-        if key not in self._padded:
-            (t, b), (l, r) = pads
-            m = self._clean[name].transpose(1, 2, 0)
-            self._padded[key] = np.pad(m, ((t, b), (l, r), (0, 0)), constant_values=value)
-        return self._padded[key]
+        self._clean = {}
+        for plan in self._plans.values():
+            plan.bound = None
 
     def _plan(self, x_shape, window) -> _Plan:
         key = (tuple(x_shape), tuple(window))
@@ -922,13 +630,14 @@ class IncrementalClassifier:
         report["reduction"] = report["macs_full"] / max(report["macs_theoretical"], 1.0)
         report["plan"] = format_plan(report, window)
         log.info("%s", report["plan"])
-        frontier = _frontier(a, cut)
-        wanted = [t for t in self.outputs if t not in set(frontier)]
-        rem, feeds = _remainder_model(a, cut, frontier, shapes, wanted, self.device_paste)
-        rem_session = self._session(rem, fixed=True) if rem is not None else None
         scales = {i: self._average_scale(i, geo) for i, s in enumerate(a.steps[:cut])
                   if s.average is not None}
-        plan = _Plan(geo, report, rem_session, feeds, wanted, scales)
+        compiled = compile_plan(a, geo, cut, self.outputs, scales)
+        log.info("compiled graph: %d nodes, %d clean maps bound per image", compiled.nodes,
+                 len(compiled.clean_inputs))
+        model = to_float16(compiled.model) if self.float16 else compiled.model
+        session = _Session(model, self.device, self.threads, True)
+        plan = _Plan(geo, report, compiled, session, self.float16)
         self._plans[key] = plan
         if self._user_batch is None and self.device == "cuda":
             self.batch_size = auto_batch_size(gpu_free_memory(), self._bytes_per_window(plan))
@@ -956,11 +665,13 @@ class IncrementalClassifier:
         return self._plan(tuple(int(v) for v in input_shape), tuple(window)).report
 
     def _bytes_per_window(self, plan: _Plan) -> float:
+        """Modelled device memory of one more window in a batch (regions, crops, full maps
+        after the switch point, the image)."""
         geo, cut = plan.geo, plan.cut
         crops = sum(geo.shapes[s.output][0] * geo.boxes[s.output].size[0].max()
                     * geo.boxes[s.output].size[1].max() for s in self.analysis.steps[:cut])
         full = sum(np.prod(geo.shapes[s.output]) for s in self.analysis.steps[cut:])
-        return 4.0 * (3 * crops + 3 * full + 4 * np.prod(geo.shapes[self.analysis.input_name]))
+        return 4.0 * (6 * crops + 3 * full + 4 * np.prod(geo.shapes[self.analysis.input_name]))
 
     def _average_scale(self, index: int, geo) -> np.ndarray | None:
         """Per-output factor turning a valid sum/k² average into the true average."""
@@ -1022,52 +733,43 @@ class IncrementalClassifier:
                               or top_left[:, 1].max() > x.shape[2] - kw):
             raise InvalidArgument(f"a window of size {kh}x{kw} at {top_left.tolist()} "
                                   f"leaves the image {x.shape[1:]}")
-        top_left = top_left.astype(np.int64)
+        top_left = np.ascontiguousarray(top_left, np.int64)
         if not len(patches):
             return self(np.empty((0, *x.shape), np.float32))
         if not self.incremental:
-            parts = [self(_patch_images(x, top_left[i:i + self.batch_size],
+            parts = [self(compose_batch(x, top_left[i:i + self.batch_size],
                                         patches[i:i + self.batch_size]))
                      for i in range(0, len(patches), self.batch_size)]
             return {o: np.concatenate([p[o] for p in parts]) for o in self.outputs}
         self._set_clean(x)
         plan = self._plan(x.shape, (kh, kw))
-        rows, cols = top_left[:, 0], top_left[:, 1]
+        runner = self._runner(plan)
         result: dict = {}
-        pending: list = []
-        batches = self._batches(plan, rows, cols)
-        prefix = functools.partial(self._prefix_of, plan, rows, cols, patches)
-        for idx, crops in _in_order(prefix, batches, self.workers):
-            _store(result, idx, len(patches),
-                   {t: self._materialize(t, crops[t]) for t in self.outputs if t in crops})
-            if plan.remainder is None:
+        step = self._fixed_batch
+        for idx in self._batches(plan, top_left[:, 0], top_left[:, 1]):
+            feeds = {PATCHES: patches[idx], TOP_LEFT: top_left[idx]}
+            if not step or len(idx) == step:
+                _store(result, idx, len(patches), runner.run(feeds, self.outputs, len(idx)))
                 continue
-            if self.device_paste:  # crops of different sizes: one remainder run per batch
-                feeds = {}
-                for t in plan.remainder_inputs:
-                    feeds.update(self._device_feeds(t, crops[t]))
-                batched = [t for t in feeds if not t.endswith("__clean")]
-                _store(result, idx, len(patches),
-                       dict(zip(plan.wanted, plan.remainder.run(feeds, plan.wanted, batched))))
-                continue
-            # the full maps of several batches go through the remainder together: its fully
-            # connected layers read their weights once per run
-            pending.append((idx, {t: self._materialize(t, crops[t])
-                                  for t in plan.remainder_inputs}))
-            if (sum(len(i) for i, _ in pending) >= REMAINDER_BATCH
-                    or sum(v.nbytes for _, f in pending for v in f.values()) >= REMAINDER_BYTES):
-                self._flush(plan, pending, result, len(patches))
-        self._flush(plan, pending, result, len(patches))
+            # a graph whose input declares a batch size runs in chunks of exactly that size
+            # (the last one padded by repeating its last window), as OnnxClassifier runs it
+            for start in range(0, len(idx), step):
+                part = idx[start:start + step]
+                chunk = np.concatenate([part, np.repeat(part[-1:], step - len(part))])
+                out = runner.run({PATCHES: patches[chunk], TOP_LEFT: top_left[chunk]},
+                                 self.outputs, step)
+                _store(result, part, len(patches), {o: v[:len(part)] for o, v in out.items()})
         return {o: result[o] for o in self.outputs}
 
-    def _flush(self, plan: _Plan, pending: list, result: dict, total: int) -> None:
-        """Run the remainder on the pending full maps and store its outputs."""
-        if not pending:
-            return
-        idx = np.concatenate([i for i, _ in pending])
-        feeds = {t: np.concatenate([f[t] for _, f in pending]) for t in plan.remainder_inputs}
-        _store(result, idx, total, dict(zip(plan.wanted, plan.remainder.run(feeds, plan.wanted))))
-        pending.clear()
+    def _runner(self, plan: _Plan) -> BoundSession:
+        """The plan's bound session with this image's clean maps bound (once per image)."""
+        if plan.runner is None:
+            plan.runner = BoundSession(plan.session.session, plan.session.device)
+        if plan.bound != self._clean_key:
+            for ci in plan.compiled.clean_inputs:
+                plan.runner.set_constant(ci.name, ci.build(self._clean[ci.tensor]))
+            plan.bound = self._clean_key
+        return plan.runner
 
     def _batches(self, plan, rows, cols) -> list:
         """Index arrays of the batches: windows of one class (same box sizes) together; the
@@ -1083,115 +785,6 @@ class IncrementalClassifier:
                                         and len(rows) / len(groups) < self.min_group):
             groups = [np.arange(len(rows))]
         return [g[i:i + self.batch_size] for g in groups for i in range(0, len(g), self.batch_size)]
-
-    def _prefix_of(self, plan: _Plan, rows, cols, patches, idx) -> tuple:
-        """``(idx, crops)``: :meth:`_prefix` of the windows ``idx`` (one batch)."""
-        return idx, self._prefix(plan, rows[idx], cols[idx], patches[idx])
-
-    def _prefix(self, plan: _Plan, rows, cols, patches) -> dict:
-        """The incremental steps for one batch of windows: tensor -> (crops, rows, cols)."""
-        a, geo = self.analysis, plan.geo
-        crops = {a.input_name: (patches, rows, cols)}
-        for i, step in enumerate(a.steps[:plan.cut]):
-            if step.output in crops:  # computed fused in the session of a step before it
-                continue
-            r0, c0, size = _boxes(geo.boxes[step.output], geo.shapes[step.output], rows, cols)
-            # 1×1 steps behind this one run in its session when their boxes are its box
-            # (always, unless merged classes widened one of them differently)
-            fused = []
-            for j in self._followers(i, plan.cut):
-                box = _boxes(geo.boxes[a.steps[j].output], geo.shapes[a.steps[j].output],
-                             rows, cols)
-                if box[2] != size or not (np.array_equal(box[0], r0)
-                                          and np.array_equal(box[1], c0)):
-                    break
-                fused.append(j)
-            extra = []
-            if step.kind == "pointwise":
-                src = crops[step.inputs[0]][0]
-                out, *extra = self._crop_session(i, src.shape[1], len(fused)).run(
-                    {step.inputs[0]: src})
-            elif step.kind == "concat":
-                parts = [self._recrop(t, crops[t], r0, c0, size) for t in step.inputs]
-                out = np.concatenate(parts, axis=1)
-            elif step.kind == "merge":
-                feeds = {t: self._recrop(t, crops[t], r0, c0, size) for t in step.inputs}
-                out, *extra = self._crop_session(i, None, len(fused)).run(feeds)
-            else:
-                src, sr, sc = crops[step.inputs[0]]
-                (pt, _), (pl, _) = geo.pads[i]
-                ax = step.axes
-                g0, h0 = r0 * ax[0].stride, c0 * ax[1].stride
-                region_size = ((size[0] - 1) * ax[0].stride + ax[0].extent,
-                               (size[1] - 1) * ax[1].stride + ax[1].extent)
-                padded = self._padded_hwc(step.inputs[0], geo.pads[i], step.pad_value)
-                region = _gather(padded, g0, h0, region_size)
-                _paste(region, src, sr + pt - g0, sc + pl - h0)
-                session = self._crop_session(i, region.shape[1], len(fused))
-                feeds = {step.inputs[0]: region}
-                feeds.update({t: self._recrop(t, crops[t], r0, c0, size)
-                              for t in step.inputs[1:]})  # a fused residual Add's operands
-                out, *extra = [region] if session is None else session.run(feeds)
-                if plan.scales.get(i) is not None:
-                    out = out * _gather(plan.scales[i][:, :, None], r0, c0, size)
-            crops[step.output] = (out, r0, c0)
-            for j, value in zip(fused, extra):
-                crops[a.steps[j].output] = (value, r0, c0)
-        return crops
-
-    def _recrop(self, name, crop, r0, c0, size) -> np.ndarray:
-        """The values of ``name`` on the box (r0, c0, size): clean context + its changed crop."""
-        src, sr, sc = crop
-        if src.shape[2:] == tuple(size) and np.array_equal(sr, r0) and np.array_equal(sc, c0):
-            return src
-        region = _gather(self._padded_hwc(name, ((0, 0), (0, 0)), 0.0), r0, c0, size)
-        _paste(region, src, sr - r0, sc - c0)
-        return region
-
-    def _materialize(self, name, crop) -> np.ndarray:
-        src, r0, c0 = crop
-        return _patch_images(self._clean[name], np.stack([r0, c0], axis=1), src)
-
-    def _device_feeds(self, name, crop) -> dict:
-        """Inputs of the ScatterElements prelude for frontier tensor ``name``."""
-        src, r0, c0 = crop
-        c, h, w = self._clean[name].shape
-        n, _, ch, cw = src.shape
-        if name not in self._device_clean:
-            value = self._clean[name][None]
-            if self.device == "cuda":
-                import onnxruntime as ort
-
-                value = ort.OrtValue.ortvalue_from_numpy(value, "cuda", 0)
-            self._device_clean[name] = value
-        index = ((r0[:, None, None] + np.arange(ch)[:, None]) * w
-                 + c0[:, None, None] + np.arange(cw)).reshape(n, 1, ch * cw)
-        return {name + "__clean": self._device_clean[name],
-                name + "__crop": np.ascontiguousarray(src), name + "__index": index}
-
-
-def _in_order(fn, items, workers: int):
-    """``fn(item)`` for each item, in order; with ``workers > 1`` computed by that many
-    threads, at most ``2 · workers`` ahead of the consumer (onnxruntime and most NumPy work
-    release the GIL). An exception is raised where its item would have been yielded."""
-    if workers <= 1 or len(items) <= 1:
-        for item in items:
-            yield fn(item)
-        return
-    with ThreadPoolExecutor(workers, thread_name_prefix="preddiff-batch") as pool:
-        queue = collections.deque()
-        items = iter(items)
-        try:
-            for item in items:
-                queue.append(pool.submit(fn, item))
-                if len(queue) >= 2 * workers:
-                    yield queue.popleft().result()
-            while queue:
-                yield queue.popleft().result()
-        finally:
-            for future in queue:  # an error or an abandoned generator: start nothing more
-                future.cancel()
-
 
 def _crop_model_single(template: onnx.ModelProto, node) -> onnx.ModelProto:
     """A pooling node with padding turned off, input ``x`` (1, 1, h, w), output ``y``."""

@@ -24,12 +24,14 @@ import hashlib
 import json
 import logging
 import os
-import platform
 import time
 
 import numpy as np
 
+from .devices import cpu_name
 from .errors import InvalidArgument
+from .incremental import ENGINE_REVISION, IncrementalClassifier, resolve_device, supported
+from .incremental_plan import load_model
 
 log = logging.getLogger(__name__)
 
@@ -94,30 +96,8 @@ class Decision:
     seconds: float | None = None
 
 
-def cpu_name() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), else what :mod:`platform` says."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            names = [ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    return cpu
-
-
-def available_cores() -> int:
-    """CPU cores this process may use (its affinity mask where the OS has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 def _machine_key(device: str, threads) -> str:
     import onnxruntime
-
-    from .incremental import ENGINE_REVISION
 
     return (f"{cpu_name()}|{os.cpu_count()}|onnxruntime {onnxruntime.__version__}|{device}|"
             f"{threads}|engine {ENGINE_REVISION}")
@@ -294,9 +274,6 @@ def decide_incremental(model, x, window, mode: str = "auto", *, outputs=("prob",
     InvalidArgument
         For a bad ``mode``, ``window``, ``batch_size`` or ``x``.
     """
-    from .incremental import IncrementalClassifier, resolve_device, supported
-    from .incremental_plan import load_model
-
     if mode not in MODES:
         raise InvalidArgument(f"incremental mode must be one of {', '.join(MODES)}, got {mode!r}")
     kh, kw = (window, window) if np.isscalar(window) else tuple(window)

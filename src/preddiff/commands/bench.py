@@ -218,7 +218,7 @@ def machine_info() -> dict:
 
     from .. import __version__
 
-    from ..incremental_decision import available_cores, cpu_name
+    from ..devices import available_cores, cpu_name
 
     return {
         "cpu": cpu_name(), "cores": available_cores(), "platform": platform.platform(),

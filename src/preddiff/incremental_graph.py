@@ -1,0 +1,463 @@
+"""Compiling an incremental plan into one ONNX graph (the graph compiler of the engine).
+
+:mod:`preddiff.incremental_plan` says which prefix of a network is evaluated incrementally,
+where every window's changed box lies in every prefix tensor, and where to switch to full
+inference. :func:`compile_plan` turns that plan into a single ONNX graph, so that a batch of
+windows is *one* onnxruntime call on every execution provider, with no Python between layers:
+
+- inputs: the window samples ``preddiff_patches`` (N, C, kh, kw), their top-left corners
+  ``preddiff_top_left`` (N, 2) int64, and the clean image's maps (:class:`CleanInput`), bound
+  once per image and left on the device;
+- per prefix tensor, the batch's box (start row and column per window, one common size) is
+  computed in the graph from the windows' rows and columns: the per-position start and size
+  tables of :class:`~preddiff.incremental_plan.Box` are constants, the common size is the
+  batch's largest (``ArgMax`` + ``Gather``) and smaller boxes are shifted inwards at the
+  border (``Min(start, map size - size)``), which recomputes some unchanged values, exactly,
+  as the per-layer engine did;
+- a local step (convolution, pooling, constant Pad, with fused point-wise followers) reads a
+  *region* of its input: the clean map, padded once with the operator's padding value (0,
+  -inf for max pooling, the Pad constant) so that padding appears only at the true border, is
+  gathered at the region's positions (``Gather`` on the flattened map), and the previous
+  step's changed crop is laid over it (``GatherElements`` + ``Where`` on the positions inside
+  the crop); the step's own nodes then run on the region with their padding turned off.
+  Average pooling is multiplied by the true divisor of each output position (a constant map,
+  gathered at the box);
+- a channel Concat or an element-wise merge of several maps (a residual Add) reads every input
+  on the output's box (clean values plus the input's crop, as above);
+- at the switch point, the crops of the tensors that the rest of the network reads are written
+  into copies of their clean maps (``ScatterElements``), and the rest of the network runs in
+  full in the same graph.
+
+Every index operation is exact, so the outputs are those of the full forward passes up to
+float32 rounding of the crop computations. The graph needs opset 11 (``Range``,
+``GatherElements``, ``ScatterElements``); the helper operators used here (``Reshape`` instead
+of ``Unsqueeze``, ``ArgMax`` instead of ``ReduceMax``, ``Min``/``Max`` instead of ``Clip``)
+mean the same in every opset from 11 on, so the network's own nodes keep their opset.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from .incremental_plan import Analysis, Geometry, _frontier
+
+__all__ = ["PATCHES", "TOP_LEFT", "CleanInput", "CompiledPlan", "compile_plan",
+           "MIN_OPSET"]
+
+PATCHES = "preddiff_patches"
+TOP_LEFT = "preddiff_top_left"
+#: Range, GatherElements and ScatterElements.
+MIN_OPSET = 11
+_I64 = np.int64
+
+
+@dataclasses.dataclass(frozen=True)
+class CleanInput:
+    """A clean map the compiled graph reads, as a graph input bound once per image.
+
+    Attributes
+    ----------
+    name : str
+        The graph input.
+    tensor : str
+        The prefix tensor (or the image input) whose clean map it is.
+    pads : ((int, int), (int, int))
+        Rows before/after and columns before/after of ``value`` put around the map.
+    value : float
+        The padding value.
+    full : bool
+        True: the map as (1, C, H·W), the base of a full map at the switch point; False: as
+        (C, Hp·Wp) (padded), the source of gathered regions.
+    """
+
+    name: str
+    tensor: str
+    pads: tuple
+    value: float
+    full: bool = False
+
+    def build(self, clean: np.ndarray) -> np.ndarray:
+        """The input's value for a clean map (C, H, W) of :attr:`tensor`."""
+        c = clean.shape[0]
+        if self.full:
+            return np.ascontiguousarray(clean.reshape(1, c, -1), np.float32)
+        (t, b), (l, r) = self.pads
+        padded = np.pad(clean, ((0, 0), (t, b), (l, r)), constant_values=self.value)
+        return np.ascontiguousarray(padded.reshape(c, -1), np.float32)
+
+
+@dataclasses.dataclass
+class CompiledPlan:
+    """The compiled graph of one (network, input size, window size, switch point).
+
+    Attributes
+    ----------
+    model : onnx.ModelProto
+        Inputs :data:`PATCHES`, :data:`TOP_LEFT` and :attr:`clean_inputs`; outputs
+        :attr:`outputs`, each (N, ...).
+    clean_inputs : list of CleanInput
+    outputs : list of str
+    nodes : int
+        Nodes of the graph (a size for logs and tests).
+    """
+
+    model: onnx.ModelProto
+    clean_inputs: list
+    outputs: list
+    nodes: int = 0
+
+
+class _Builder:
+    """Nodes, initializers and unique names of the graph under construction."""
+
+    def __init__(self):
+        self.nodes: list = []
+        self.inits: list = []
+        self._count = 0
+        self._consts: dict = {}
+
+    def fresh(self, hint: str) -> str:
+        self._count += 1
+        return f"preddiff/{hint}_{self._count}"
+
+    def const(self, value, dtype=_I64, hint: str = "const") -> str:
+        array = np.asarray(value, dtype=dtype)
+        key = (array.dtype.str, array.shape, array.tobytes())
+        if key not in self._consts:
+            name = self.fresh(hint)
+            self.inits.append(numpy_helper.from_array(array, name))
+            self._consts[key] = name
+        return self._consts[key]
+
+    def op(self, op_type: str, inputs, hint: str | None = None, **attrs) -> str:
+        out = self.fresh(hint or op_type.lower())
+        self.nodes.append(helper.make_node(op_type, list(inputs), [out], **attrs))
+        return out
+
+    def reshape(self, x: str, shape) -> str:
+        return self.op("Reshape", [x, shape if isinstance(shape, str) else self.const(shape)])
+
+
+@dataclasses.dataclass
+class _Crop:
+    """A tensor's changed crop in the graph: values (N, C, h, w) at rows ``r0`` … and
+    columns ``c0`` … (N,) int64; ``h``, ``w``: 0-d int64; ``box``: its geometry key."""
+
+    values: str
+    r0: str
+    c0: str
+    h: str
+    w: str
+    box: tuple
+
+
+def _box_key(geo: Geometry, tensor: str) -> tuple:
+    """Identity of a tensor's box tables: equal keys give equal boxes for every batch."""
+    b = geo.boxes[tensor]
+    return (tuple(geo.shapes[tensor][1:]), b.start[0].tobytes(), b.start[1].tobytes(),
+            b.size[0].tobytes(), b.size[1].tobytes())
+
+
+class _Compiler:
+    def __init__(self, analysis: Analysis, geo: Geometry, cut: int, scales: dict):
+        self.a, self.geo, self.cut, self.scales = analysis, geo, cut, scales
+        self.b = _Builder()
+        self.clean: dict = {}   # key -> CleanInput
+        self.boxes: dict = {}   # box key -> (r0, c0, h, w)
+        b = self.b
+        self.zero, self.one = b.const(0), b.const(1)
+        self.rows = b.op("Gather", [TOP_LEFT, b.const(0)], axis=1, hint="rows")
+        self.cols = b.op("Gather", [TOP_LEFT, b.const(1)], axis=1, hint="cols")
+
+    def minimum(self, x: str, y: str) -> str:
+        """Element-wise minimum of int64 tensors (``Min`` takes integers only from opset 12)."""
+        return self.b.op("Where", [self.b.op("Less", [x, y]), x, y])
+
+    def maximum(self, x: str, y: str) -> str:
+        return self.b.op("Where", [self.b.op("Less", [x, y]), y, x])
+
+    # ---- clean maps ----------------------------------------------------------------
+
+    def clean_input(self, tensor: str, pads=((0, 0), (0, 0)), value: float = 0.0,
+                    full: bool = False) -> CleanInput:
+        key = (tensor, pads, float(value), full)
+        if key not in self.clean:
+            kind = "full" if full else "pad" + "_".join(str(p) for pp in pads for p in pp)
+            name = f"preddiff_clean/{tensor}/{kind}/{value:g}"
+            self.clean[key] = CleanInput(name, tensor, pads, float(value), full)
+        return self.clean[key]
+
+    # ---- boxes -----------------------------------------------------------------------
+
+    def box(self, tensor: str) -> tuple:
+        """(r0, c0, h, w) of ``tensor``'s changed box for the batch (graph names)."""
+        key = _box_key(self.geo, tensor)
+        if key in self.boxes:
+            return self.boxes[key]
+        b, box = self.b, self.geo.boxes[tensor]
+        _, height, width = self.geo.shapes[tensor]
+        out = []
+        for d, (pos, limit) in enumerate(((self.rows, height), (self.cols, width))):
+            sizes = b.op("Gather", [b.const(box.size[d].astype(_I64)), pos], axis=0)
+            size = b.op("Gather", [sizes, b.op("ArgMax", [sizes], axis=0, keepdims=0)], axis=0)
+            start = b.op("Gather", [b.const(box.start[d].astype(_I64)), pos], axis=0)
+            start = self.minimum(start, b.op("Sub", [b.const(limit), size]))
+            out.append((start, size))
+        self.boxes[key] = (out[0][0], out[1][0], out[0][1], out[1][1])
+        return self.boxes[key]
+
+    def _grid(self, r0: str, c0: str, h: str, w: str) -> tuple:
+        """Row indices (N, h) and column indices (N, w) of boxes at (r0, c0)."""
+        b = self.b
+        rows = b.op("Add", [b.reshape(r0, [-1, 1]),
+                            b.reshape(b.op("Range", [self.zero, h, self.one]), [1, -1])])
+        cols = b.op("Add", [b.reshape(c0, [-1, 1]),
+                            b.reshape(b.op("Range", [self.zero, w, self.one]), [1, -1])])
+        return rows, cols
+
+    def _flat(self, rows: str, cols: str, width) -> str:
+        """Flat positions (N, h·w) of the grid ``rows`` × ``cols`` in a map ``width`` wide."""
+        b = self.b
+        width = width if isinstance(width, str) else b.const(width)
+        flat = b.op("Add", [b.op("Mul", [b.reshape(rows, [0, -1, 1]), width]),
+                            b.reshape(cols, [0, 1, -1])])
+        return b.reshape(flat, [0, -1])
+
+    # ---- regions -----------------------------------------------------------------------
+
+    def region(self, tensor: str, crop: _Crop, g0: str, h0: str, gh: str, gw: str,
+               pads=((0, 0), (0, 0)), value: float = 0.0) -> str:
+        """Values (N, C, gh, gw) of ``tensor`` padded by ``pads`` at padded rows ``g0`` … and
+        columns ``h0`` …: the clean map with ``crop`` (unpadded coordinates) laid over it."""
+        b = self.b
+        (pt, pb), (pl, pr) = pads
+        _, height, width = self.geo.shapes[tensor]
+        source = self.clean_input(tensor, pads, value)
+        rows, cols = self._grid(g0, h0, gh, gw)
+        flat = self._flat(rows, cols, width + pl + pr)
+        clean = b.op("Transpose", [b.op("Gather", [source.name, flat], axis=1)], perm=[1, 0, 2])
+        # positions inside the crop: their values come from it
+        rel_r = b.op("Sub", [rows, b.reshape(b.op("Add", [crop.r0, b.const(pt)]), [-1, 1])])
+        rel_c = b.op("Sub", [cols, b.reshape(b.op("Add", [crop.c0, b.const(pl)]), [-1, 1])])
+        inside = []
+        clipped = []
+        for rel, size in ((rel_r, crop.h), (rel_c, crop.w)):
+            ok = b.op("And", [b.op("Not", [b.op("Less", [rel, self.zero])]),
+                              b.op("Less", [rel, size])])
+            inside.append(ok)
+            last = b.op("Sub", [size, self.one])
+            clipped.append(self.maximum(self.minimum(rel, last), self.zero))
+        mask = b.op("And", [b.reshape(inside[0], [0, -1, 1]), b.reshape(inside[1], [0, 1, -1])])
+        mask = b.reshape(mask, [0, 1, -1])
+        index = self._flat(clipped[0], clipped[1], crop.w)
+        index = b.op("Expand", [b.reshape(index, [0, 1, -1]), b.op("Shape", [clean])])
+        values = b.op("GatherElements", [b.reshape(crop.values, [0, 0, -1]), index], axis=2)
+        merged = b.op("Where", [mask, values, clean])
+        return self._unflatten(merged, gh, gw)
+
+    def _unflatten(self, x: str, h: str, w: str) -> str:
+        b = self.b
+        shape = b.op("Concat", [b.const([0, 0]), b.reshape(h, [1]), b.reshape(w, [1])], axis=0)
+        return b.reshape(x, shape)
+
+    def on_box(self, tensor: str, crop: _Crop, box: tuple, key: tuple) -> str:
+        """``tensor``'s values on ``box``: its crop as it is when the boxes agree."""
+        if crop.box == key:
+            return crop.values
+        r0, c0, h, w = box
+        return self.region(tensor, crop, r0, c0, h, w)
+
+    def gathered_map(self, map_hw: np.ndarray, box: tuple) -> str:
+        """A constant (H, W) map's values on ``box``, as (N, 1, h, w)."""
+        b = self.b
+        r0, c0, h, w = box
+        rows, cols = self._grid(r0, c0, h, w)
+        flat = self._flat(rows, cols, map_hw.shape[1])
+        values = b.op("Gather", [b.const(map_hw.reshape(1, -1), np.float32, "scale"), flat],
+                      axis=1)  # (1, N, h·w)
+        return self._unflatten(b.op("Transpose", [values], perm=[1, 0, 2]), h, w)
+
+    # ---- steps -----------------------------------------------------------------------
+
+    def copy_nodes(self, step, rename: dict, first_input: str | None = None,
+                   padding_off: bool = False) -> str:
+        """The step's nodes with renamed tensors; returns the graph name of its output."""
+        b = self.b
+        for node in step.nodes:
+            if padding_off and node.op_type == "Pad":
+                out = b.fresh("pad")
+                b.nodes.append(helper.make_node("Identity", [rename.get(node.input[0],
+                                                                        node.input[0])], [out]))
+                rename[node.output[0]] = out
+                continue
+            n = onnx.NodeProto()
+            n.CopyFrom(node)
+            if padding_off and node.op_type in ("Conv", "MaxPool", "AveragePool"):
+                keep = [a for a in n.attribute if a.name not in ("pads", "auto_pad", "ceil_mode")]
+                del n.attribute[:]
+                n.attribute.extend(keep + [helper.make_attribute("pads", [0, 0, 0, 0])])
+            for i, t in enumerate(n.input):
+                if t in rename:
+                    n.input[i] = rename[t]
+                elif t in self.a.constants:
+                    self.constant(t)
+            for i, t in enumerate(n.output):
+                if t:
+                    rename[t] = n.output[i] = b.fresh("step")
+            n.name = b.fresh("node")
+            b.nodes.append(n)
+        return rename[step.output]
+
+    def constant(self, name: str) -> None:
+        if name not in self._weights:
+            self._weights.add(name)
+            self.b.inits.append(numpy_helper.from_array(np.asarray(self.a.constants[name]),
+                                                        name))
+
+    def step(self, i: int, crops: dict) -> _Crop:
+        step, geo, b = self.a.steps[i], self.geo, self.b
+        key = _box_key(geo, step.output)
+        if step.kind == "pointwise":
+            src = crops[step.inputs[0]]
+            out = self.copy_nodes(step, {step.inputs[0]: src.values})
+            return dataclasses.replace(src, values=out, box=src.box)
+        box = self.box(step.output)
+        r0, c0, h, w = box
+        if step.kind in ("concat", "merge"):
+            rename = {t: self.on_box(t, crops[t], box, key) for t in step.inputs}
+            out = self.copy_nodes(step, rename)
+            return _Crop(out, r0, c0, h, w, key)
+        # local: the region of the padded input that the box's outputs read
+        src = crops[step.inputs[0]]
+        ax = step.axes
+        (pt, pb), (pl, pr) = geo.pads[i]
+        g0 = b.op("Mul", [r0, b.const(ax[0].stride)])
+        h0 = b.op("Mul", [c0, b.const(ax[1].stride)])
+        gh = b.op("Add", [b.op("Mul", [b.op("Sub", [h, self.one]), b.const(ax[0].stride)]),
+                          b.const(ax[0].extent)])
+        gw = b.op("Add", [b.op("Mul", [b.op("Sub", [w, self.one]), b.const(ax[1].stride)]),
+                          b.const(ax[1].extent)])
+        region = self.region(step.inputs[0], src, g0, h0, gh, gw, geo.pads[i], step.pad_value)
+        rename = {step.inputs[0]: region}
+        rename.update({t: self.on_box(t, crops[t], box, key) for t in step.inputs[1:]})
+        if all(n.op_type == "Pad" for n in step.nodes):
+            out = region
+        else:
+            out = self.copy_nodes(step, rename, padding_off=True)
+        if self.scales.get(i) is not None:
+            out = b.op("Mul", [out, self.gathered_map(self.scales[i], box)])
+        return _Crop(out, r0, c0, h, w, key)
+
+    def full_map(self, tensor: str, crop: _Crop, name: str) -> None:
+        """``name`` := the clean map of ``tensor`` with ``crop`` written in, (N, C, H, W)."""
+        b = self.b
+        c, height, width = self.geo.shapes[tensor]
+        base = self.clean_input(tensor, full=True)
+        rows, cols = self._grid(crop.r0, crop.c0, crop.h, crop.w)
+        flat = b.reshape(self._flat(rows, cols, width), [0, 1, -1])
+        values = b.reshape(crop.values, [0, 0, -1])
+        shape = b.op("Shape", [values])
+        n = b.op("Slice", [shape, b.const([0]), b.const([1])])
+        expanded = b.op("Expand", [base.name, b.op("Concat", [n, b.const([1, 1])], axis=0)])
+        index = b.op("Expand", [flat, shape])
+        pasted = b.op("ScatterElements", [expanded, index, values], axis=2)
+        b.nodes.append(helper.make_node("Reshape", [pasted, b.const([0, c, height, width])],
+                                        [name], name=b.fresh("node")))
+
+    def compile(self, outputs) -> CompiledPlan:
+        a, b = self.a, self.b
+        self._weights: set = set()
+        kh, kw = self.geo.window
+        crops = {a.input_name: _Crop(PATCHES, self.rows, self.cols, b.const(kh), b.const(kw),
+                                     _box_key(self.geo, a.input_name))}
+        for i in range(self.cut):
+            crops[a.steps[i].output] = self.step(i, crops)
+        frontier = _frontier(a, self.cut)
+        remainder, needed = _remainder_nodes(a, self.cut, outputs)
+        for t in frontier:
+            if t in needed or t in outputs:
+                self.full_map(t, crops[t], t)
+        for name in sorted(needed):
+            if name in a.constants and name not in set(frontier):
+                init = [i for i in a.model.graph.initializer if i.name == name]
+                if init:
+                    if name not in self._weights:
+                        self._weights.add(name)
+                        b.inits.append(init[0])
+        b.nodes.extend(n for n in remainder if not all(o in self._weights for o in n.output))
+        inputs = [helper.make_tensor_value_info(PATCHES, TensorProto.FLOAT,
+                                                ["n", *self.geo.shapes[a.input_name][:1], kh, kw]),
+                  helper.make_tensor_value_info(TOP_LEFT, TensorProto.INT64, ["n", 2])]
+        for ci in self.clean.values():
+            c, height, width = self.geo.shapes[ci.tensor]
+            (t, bo), (l, r) = ci.pads
+            dims = [1, c, height * width] if ci.full else [c, (height + t + bo) * (width + l + r)]
+            inputs.append(helper.make_tensor_value_info(ci.name, TensorProto.FLOAT, dims))
+        graph_outs = {o.name: o for o in a.model.graph.output}
+        outs = [graph_outs.get(t) or helper.make_tensor_value_info(t, TensorProto.FLOAT, None)
+                for t in outputs]
+        graph = helper.make_graph(b.nodes, "preddiff_incremental", inputs, outs,
+                                  initializer=b.inits)
+        model = helper.make_model(graph, opset_imports=list(a.model.opset_import))
+        model.ir_version = a.model.ir_version
+        return CompiledPlan(model, list(self.clean.values()), list(outputs), len(b.nodes))
+
+
+def _remainder_nodes(analysis: Analysis, cut: int, outputs) -> tuple:
+    """The graph's nodes after the switch point that ``outputs`` need, and the tensors they
+    read (frontier maps, initializers, ...)."""
+    incremental = {id(n) for s in analysis.steps[:cut] for n in s.nodes}
+    nodes = [n for n in analysis.model.graph.node if id(n) not in incremental]
+    needed, keep = set(outputs), []
+    for node in reversed(nodes):
+        if any(o in needed for o in node.output):
+            keep.append(node)
+            needed.update(t for t in node.input if t)
+    keep.reverse()
+    return keep, needed
+
+
+def model_opset(model: onnx.ModelProto) -> int:
+    """The model's default-domain opset version."""
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            return int(entry.version)
+    return 1
+
+
+def compile_plan(analysis: Analysis, geo: Geometry, cut: int, outputs, scales=None
+                 ) -> CompiledPlan:
+    """One ONNX graph evaluating a batch of windows incrementally (see the module docstring).
+
+    Parameters
+    ----------
+    analysis : Analysis
+        From :func:`preddiff.incremental_plan.analyse`.
+    geo : Geometry
+        From :func:`preddiff.incremental_plan.geometry` for the input and window size.
+    cut : int
+        Number of steps evaluated incrementally (0: the images are composed in the graph and
+        the whole network runs in full).
+    outputs : sequence of str
+        Tensors to return, each (N, ...): outputs of the network, or prefix tensors (returned
+        as full maps).
+    scales : dict, optional
+        Step index -> (H, W) float32 factor of an average pooling step (its true divisor over
+        the unpadded crop's); None or absent when 1.
+
+    Returns
+    -------
+    CompiledPlan
+
+    Raises
+    ------
+    ValueError
+        When the model's opset is below :data:`MIN_OPSET`.
+    """
+    if model_opset(analysis.model) < MIN_OPSET:
+        raise ValueError(f"incremental evaluation in one graph needs opset {MIN_OPSET} or "
+                         f"newer; the model declares opset {model_opset(analysis.model)}")
+    return _Compiler(analysis, geo, int(cut), dict(scales or {})).compile(list(outputs))
