@@ -70,7 +70,8 @@ class CleanInput:
         The padding value.
     full : bool
         True: the map as (1, C, H·W), the base of a full map at the switch point; False: as
-        (C, Hp·Wp) (padded), the source of gathered regions.
+        (Hp·Wp, C) (padded, one row of channels per position), the source of gathered
+        regions.
     """
 
     name: str
@@ -86,7 +87,7 @@ class CleanInput:
             return np.ascontiguousarray(clean.reshape(1, c, -1), np.float32)
         (t, b), (l, r) = self.pads
         padded = np.pad(clean, ((0, 0), (t, b), (l, r)), constant_values=self.value)
-        return np.ascontiguousarray(padded.reshape(c, -1), np.float32)
+        return np.ascontiguousarray(padded.reshape(c, -1).T, np.float32)
 
 
 @dataclasses.dataclass
@@ -169,6 +170,7 @@ class _Compiler:
         self.boxes: dict = {}   # box key -> (r0, c0, h, w)
         b = self.b
         self.zero, self.one = b.const(0), b.const(1)
+        self.batch = b.op("Gather", [b.op("Shape", [TOP_LEFT]), b.const(0)], axis=0)
         self.rows = b.op("Gather", [TOP_LEFT, b.const(0)], axis=1, hint="rows")
         self.cols = b.op("Gather", [TOP_LEFT, b.const(1)], axis=1, hint="cols")
 
@@ -218,32 +220,36 @@ class _Compiler:
                             b.reshape(b.op("Range", [self.zero, w, self.one]), [1, -1])])
         return rows, cols
 
-    def _flat(self, rows: str, cols: str, width) -> str:
-        """Flat positions (N, h·w) of the grid ``rows`` × ``cols`` in a map ``width`` wide."""
+    def _flat(self, rows: str, cols: str, width, keep: bool = False) -> str:
+        """Flat positions (N, h·w) of the grid ``rows`` × ``cols`` in a map ``width`` wide;
+        ``keep``: as (N, h, w)."""
         b = self.b
         width = width if isinstance(width, str) else b.const(width)
         flat = b.op("Add", [b.op("Mul", [b.reshape(rows, [0, -1, 1]), width]),
                             b.reshape(cols, [0, 1, -1])])
-        return b.reshape(flat, [0, -1])
+        return flat if keep else b.reshape(flat, [0, -1])
 
     # ---- regions -----------------------------------------------------------------------
 
     def region(self, tensor: str, crop: _Crop, g0: str, h0: str, gh: str, gw: str,
                pads=((0, 0), (0, 0)), value: float = 0.0) -> str:
         """Values (N, C, gh, gw) of ``tensor`` padded by ``pads`` at padded rows ``g0`` … and
-        columns ``h0`` …: the clean map with ``crop`` (unpadded coordinates) laid over it."""
+        columns ``h0`` …: the clean map with ``crop`` (unpadded coordinates) laid over it.
+
+        Both sources are read position by position as channel vectors, by one ``Gather`` on
+        axis 0 of a (positions, C) table (C contiguous values per index): the clean map's
+        positions followed by the crops'; a position inside its window's crop reads the
+        crop's row, any other the clean map's."""
         b = self.b
         (pt, pb), (pl, pr) = pads
         _, height, width = self.geo.shapes[tensor]
         source = self.clean_input(tensor, pads, value)
         rows, cols = self._grid(g0, h0, gh, gw)
-        flat = self._flat(rows, cols, width + pl + pr)
-        clean = b.op("Transpose", [b.op("Gather", [source.name, flat], axis=1)], perm=[1, 0, 2])
+        flat = self._flat(rows, cols, width + pl + pr, keep=True)       # (N, gh, gw)
         # positions inside the crop: their values come from it
         rel_r = b.op("Sub", [rows, b.reshape(b.op("Add", [crop.r0, b.const(pt)]), [-1, 1])])
         rel_c = b.op("Sub", [cols, b.reshape(b.op("Add", [crop.c0, b.const(pl)]), [-1, 1])])
-        inside = []
-        clipped = []
+        inside, clipped = [], []
         for rel, size in ((rel_r, crop.h), (rel_c, crop.w)):
             ok = b.op("And", [b.op("Not", [b.op("Less", [rel, self.zero])]),
                               b.op("Less", [rel, size])])
@@ -251,13 +257,18 @@ class _Compiler:
             last = b.op("Sub", [size, self.one])
             clipped.append(self.maximum(self.minimum(rel, last), self.zero))
         mask = b.op("And", [b.reshape(inside[0], [0, -1, 1]), b.reshape(inside[1], [0, 1, -1])])
-        mask = b.reshape(mask, [0, 1, -1])
-        index = self._flat(clipped[0], clipped[1], crop.w)
-        index = b.op("Expand", [b.reshape(index, [0, 1, -1]), b.op("Shape", [clean])])
-        values = b.op("GatherElements", [b.reshape(crop.values, [0, 0, -1]), index], axis=2)
-        merged = b.op("Where", [mask, values, clean])
-        return self._unflatten(merged, gh, gw)
-
+        # one table of channel vectors: the clean map's positions, then the crops' (N·h·w)
+        positions = (height + pt + pb) * (width + pl + pr)
+        area = b.op("Mul", [crop.h, crop.w])
+        first = b.reshape(b.op("Mul", [b.op("Range", [self.zero, self.batch, self.one]), area]),
+                          [-1, 1, 1])
+        inner = b.op("Add", [self._flat(clipped[0], clipped[1], crop.w, keep=True), first])
+        index = b.op("Where", [mask, b.op("Add", [inner, b.const(positions)]), flat])
+        channels = b.op("Transpose", [crop.values], perm=[0, 2, 3, 1])   # (N, h, w, C)
+        channels = b.op("Reshape", [channels, b.const([-1, self.geo.shapes[tensor][0]])])
+        table = b.op("Concat", [source.name, channels], axis=0)
+        merged = b.op("Gather", [table, index], axis=0)                  # (N, gh, gw, C)
+        return b.op("Transpose", [merged], perm=[0, 3, 1, 2])
     def _unflatten(self, x: str, h: str, w: str) -> str:
         b = self.b
         shape = b.op("Concat", [b.const([0, 0]), b.reshape(h, [1]), b.reshape(w, [1])], axis=0)
@@ -394,7 +405,7 @@ class _Compiler:
         for ci in self.clean.values():
             c, height, width = self.geo.shapes[ci.tensor]
             (t, bo), (l, r) = ci.pads
-            dims = [1, c, height * width] if ci.full else [c, (height + t + bo) * (width + l + r)]
+            dims = [1, c, height * width] if ci.full else [(height + t + bo) * (width + l + r), c]
             inputs.append(helper.make_tensor_value_info(ci.name, TensorProto.FLOAT, dims))
         graph_outs = {o.name: o for o in a.model.graph.output}
         outs = [graph_outs.get(t) or helper.make_tensor_value_info(t, TensorProto.FLOAT, None)
