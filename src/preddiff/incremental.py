@@ -467,12 +467,12 @@ class IncrementalClassifier:
         Force the number of steps evaluated incrementally (tests); default: cost model.
     grouping : {"auto", "exact", "merge"}, optional
         How windows are batched: "exact" batches windows whose changed boxes have the same
-        sizes in every layer (fewest multiply-adds); "merge" evaluates each chunk of
-        ``batch_size`` windows as one batch with every box widened to the chunk's largest;
-        "auto" merges a chunk when its exact batches would hold fewer than ``min_group``
-        windows on average. Default: "auto" on CPU, "merge" on CUDA.
-    min_group : int
-        See ``grouping``.
+        sizes in every layer (fewest multiply-adds, but small classes make small batches,
+        and each batch reads the weights after the switch point once); "merge" evaluates
+        each chunk of ``batch_size`` windows, in the caller's order, as one batch with every
+        box widened to the chunk's largest; "auto" batches by class and lets consecutive
+        small classes (similar box sizes) share a batch of up to ``batch_size`` windows.
+        Default: "auto" on CPU, "merge" on CUDA.
 
     Attributes
     ----------
@@ -489,8 +489,7 @@ class IncrementalClassifier:
     """
 
     def __init__(self, model, *, outputs=("prob",), batch_size=None, device="auto",
-                 threads=None, float16=False, incremental=True, cut=None, grouping=None,
-                 min_group=4):
+                 threads=None, float16=False, incremental=True, cut=None, grouping=None):
         self.model = load_model(model)
         self.outputs = tuple(outputs)
         if not self.outputs:
@@ -522,7 +521,7 @@ class IncrementalClassifier:
             grouping = "merge" if self.device == "cuda" else "auto"
         if grouping not in ("auto", "exact", "merge"):
             raise InvalidArgument(f"grouping must be 'auto', 'exact' or 'merge', got {grouping!r}")
-        self.grouping, self.min_group = grouping, int(min_group)
+        self.grouping = grouping
         self._plans: dict = {}
         self._clean_key = None
         self._clean: dict = {}
@@ -772,19 +771,27 @@ class IncrementalClassifier:
         return plan.runner
 
     def _batches(self, plan, rows, cols) -> list:
-        """Index arrays of the batches: windows of one class (same box sizes) together; the
-        classes of a chunk are merged (boxes widened to the largest) when they are small."""
-        geo = plan.geo
-        if plan.cut == 0:
-            return [np.arange(i, min(i + self.batch_size, len(rows)))
-                    for i in range(0, len(rows), self.batch_size)]
+        """Index arrays of the batches, at most :attr:`batch_size` windows each: windows of
+        one class (same box sizes) together; with grouping "auto", classes smaller than a
+        batch share one with the classes next to them in class order (rows, then columns:
+        boxes of similar sizes), widened to the largest box; "merge" batches windows in the
+        caller's order."""
+        geo, size = plan.geo, self.batch_size
+        if plan.cut == 0 or self.grouping == "merge":
+            return [np.arange(i, min(i + size, len(rows))) for i in range(0, len(rows), size)]
         key = geo.row_class[rows] * (geo.col_class.max() + 1) + geo.col_class[cols]
         order = np.argsort(key, kind="stable")
         groups = np.split(order, np.flatnonzero(np.diff(key[order])) + 1)
-        if self.grouping == "merge" or (self.grouping == "auto"
-                                        and len(rows) / len(groups) < self.min_group):
-            groups = [np.arange(len(rows))]
-        return [g[i:i + self.batch_size] for g in groups for i in range(0, len(g), self.batch_size)]
+        batches = [g[i:i + size] for g in groups for i in range(0, len(g), size)]
+        if self.grouping == "exact":
+            return batches
+        merged = [batches[0]]
+        for batch in batches[1:]:
+            if len(merged[-1]) + len(batch) <= size:
+                merged[-1] = np.concatenate([merged[-1], batch])
+            else:
+                merged.append(batch)
+        return merged
 
 def _crop_model_single(template: onnx.ModelProto, node) -> onnx.ModelProto:
     """A pooling node with padding turned off, input ``x`` (1, 1, h, w), output ``y``."""
