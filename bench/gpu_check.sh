@@ -13,8 +13,11 @@
 #   6. bench/paper_scale.py: one paper-scale image (k = 10, S = 20, stride 1,
 #      conditional sampler) of AlexNet (<= 150 s) and GoogLeNet (<= 240 s) to completion,
 #      VGG16 on 1 % of its windows (<= 60 s), naive engine, one process and record each;
-#      then the projection of Figures 1-6 from all three.               (targets: 120 + 240 s)
-# Records: $OUT/gpu_check.txt (this log), gpu_bench.{json,txt}, paper_scale_cuda.{json,txt},
+#      VGG16 on 1 % again with exact incremental inference (the compiled graph, issue 17;
+#      <= 60 s); then the projection of Figures 1-6 from the three naive records.
+#                                                                      (targets: 120 + 240 s)
+# Records: $OUT/gpu_check.txt (this log), gpu_bench.{json,txt} (plain, naive and incremental
+# rows), paper_scale_<net>_incremental_{off,on}.json, paper_scale_cuda.{json,txt},
 # cuda_vs_cpu.txt: copy them to bench/results/.
 #
 # How the wheel gets there (the machine reaches no package registry; a call carries at most
@@ -43,13 +46,14 @@ export PYTHONUNBUFFERED=1 MPLBACKEND=Agg PREDDIFF_HOME=/tmp/preddiff-home
 
 if [ $DRY = 1 ]; then
     DEVICE=cpu; BENCH_MODELS=lenet; COMPARE_MODELS="lenet"; T=4
-    PAPER_RUNS="alexnet:--fraction:0.0005"; PAPER_OPTS="--patches 2000"
+    PAPER_RUNS="alexnet:--fraction:0.0005 alexnet:--fraction:0.0005::on"; PAPER_OPTS="--patches 2000"
     export PYTHONPATH=$PWD/src:$PWD
 else
     DEVICE=cuda; BENCH_MODELS=alexnet,googlenet,vgg16,resnet50
     COMPARE_MODELS="alexnet resnet50"; T=1
     # network:options:limit - AlexNet and GoogLeNet to completion, VGG16 on 1 % of its windows
-    PAPER_RUNS="alexnet:--complete:alexnet:150 googlenet:--complete:googlenet:240 vgg16:--fraction:0.01:60"
+    # (a fifth field: the engine; VGG16 once more with exact incremental inference, issue 17)
+    PAPER_RUNS="alexnet:--complete:alexnet:150 googlenet:--complete:googlenet:240 vgg16:--fraction:0.01:60 vgg16:--fraction:0.01:60:on"
     PAPER_OPTS=""
     say "stage 1: install"
     cp .ortgpu/part_* "$WHEELS/" 2>/dev/null
@@ -102,12 +106,15 @@ timeout $((150 * T)) python3 -m preddiff bench --device $DEVICE --quick --models
 say "stage 6: paper-scale images and the projection of Figures 1-6"
 PREVIOUS=""
 for run in $PAPER_RUNS; do
-    IFS=: read -r net flag value limit <<< "$run"
+    IFS=: read -r net flag value limit mode <<< "$run"
     limit=${limit:-$((60 * T))}
-    timeout "$limit" python3 bench/paper_scale.py --device $DEVICE --incremental off \
+    mode=${mode:-off}
+    record="$OUT/paper_scale_${net}_incremental_${mode}.json"
+    timeout "$limit" python3 bench/paper_scale.py --device $DEVICE --incremental $mode \
         --models "$net" $flag "$value" $PAPER_OPTS --no-progress \
-        --json "$OUT/paper_scale_$net.json" 2>&1 | grep -v "^  fig" | tail -8
-    [ -f "$OUT/paper_scale_$net.json" ] && PREVIOUS="$PREVIOUS $OUT/paper_scale_$net.json"
+        --json "$record" 2>&1 | grep -v "^  fig" | tail -8
+    # the projection of Figures 1-6 uses the naive engine's records
+    [ -f "$record" ] && [ "$mode" = off ] && PREVIOUS="$PREVIOUS $record"
 done
 # the projection from every network measured (a run stopped by its limit is left out)
 timeout 60 python3 bench/paper_scale.py --models "" --from $PREVIOUS \

@@ -1044,3 +1044,26 @@ def test_cuda_probe_graph_is_readable_by_this_onnxruntime():
                                    providers=["CPUExecutionProvider"])
     out = session.run(None, {"x": np.array([-2.0], np.float32)})[0]
     np.testing.assert_array_equal(out, [0.0])
+
+
+@pytest.mark.parametrize("name", ["vgg_like_120", "resnet_like_160"])
+def test_networks_the_engine_was_not_tuned_on(name, rng):
+    """A VGG-like net at 120² and a ResNet-like net with projection shortcuts at 160² (the
+    speed of both against their plan: ``bench/untuned_nets.py``) run incrementally to their
+    last spatial layer and give the full forward pass's outputs, windows at the borders and
+    corners included."""
+    from untuned_nets import NETS
+
+    build, size = NETS[name]
+    model = build(0)
+    x = rng.uniform(0, 1, size=(3, size, size)).astype(np.float32)
+    top_left = np.array([[0, 0], [size - 10, size - 10], [0, size - 10], [size // 2, 37],
+                         [3, size // 3], [size - 10, 5]])
+    top_left = np.repeat(top_left, 2, axis=0)
+    patches = rng.uniform(0, 1, size=(len(top_left), 3, 10, 10)).astype(np.float32)
+    clf = IncrementalClassifier(model, outputs=["prob"], device="cpu")
+    report = clf.report(x.shape, (10, 10))
+    assert report["cut"] == len(report["steps"]) and report["cut"] >= 12
+    want = IncrementalClassifier(model, outputs=["prob"], device="cpu", incremental=False)(
+        _literal_images(x, top_left, patches))
+    _assert_exact(clf.evaluate_windows(x, top_left, patches), want)
