@@ -1038,7 +1038,7 @@ def test_cuda_probe_graph_is_readable_by_this_onnxruntime():
     provider (the probe itself needs a GPU)."""
     import onnxruntime as ort
 
-    from preddiff.incremental import _probe_model
+    from preddiff.devices import _probe_model
 
     session = ort.InferenceSession(_probe_model().SerializeToString(),
                                    providers=["CPUExecutionProvider"])

@@ -115,11 +115,11 @@ def composing_model(model, input_name: str, shape, window, outputs, *, spatial_m
     clash = {CLEAN, PATCHES, TOP_LEFT} & names
     if clash:
         raise InvalidArgument(f"the model already has input(s) {sorted(clash)}")
-    if _opset(model) < 11:
+    if model_opset(model) < 11:
         # Range and ScatterND need opset 11; converting the network's own operators could
         # change what it computes, so such a model is composed on the host
         raise InvalidArgument(f"composing the images in the graph needs opset 11 or newer; "
-                              f"the model declares opset {_opset(model)}")
+                              f"the model declares opset {model_opset(model)}")
     p = _PREFIX
     consts = {
         "offsets": _window_offsets(channels, kh, kw),
@@ -182,19 +182,19 @@ def composing_model(model, input_name: str, shape, window, outputs, *, spatial_m
             graph.node.append(helper.make_node("Cast", [name], [double],
                                                to=TensorProto.DOUBLE))
             graph.node.append(helper.make_node("ReduceMean", [double], [reduced], axes=[2, 3],
-                                               keepdims=0) if _opset(model) < 18 else
+                                               keepdims=0) if model_opset(model) < 18 else
                               helper.make_node("ReduceMean", [double, p + "spatial_axes"],
                                                [reduced], keepdims=0))
             graph.output.append(onnx.ValueInfoProto(name=reduced))
         else:
             graph.output.append(onnx.ValueInfoProto(name=name))
-    if means and _opset(model) >= 18:
+    if means and model_opset(model) >= 18:
         graph.initializer.append(numpy_helper.from_array(np.array([2, 3], np.int64),
                                                          p + "spatial_axes"))
     return wrapped
 
 
-def _opset(model) -> int:
+def model_opset(model) -> int:
     """The model's default-domain opset version."""
     for entry in model.opset_import:
         if entry.domain in ("", "ai.onnx"):

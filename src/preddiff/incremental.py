@@ -83,10 +83,10 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .binding import BoundSession
-from .compose import compose_batch
-from .devices import _probe_model, available_cores, gpu_free_memory, resolve_device
+from .devices import gpu_free_memory, resolve_device
 from .errors import InvalidArgument
-from .incremental_graph import MIN_OPSET, PATCHES, TOP_LEFT, compile_plan, model_opset
+from .compose import compose_batch, model_opset
+from .incremental_graph import MIN_OPSET, PATCHES, TOP_LEFT, compile_plan
 from .incremental_plan import (
     Analysis, analyse, choose_cut, format_plan, geometry, load_model, remainder_macs,
 )
@@ -102,9 +102,6 @@ DEFAULT_BATCH_SIZE = 64
 #: CUDA; 5: the plan compiled into one graph per input and window size), so that the
 #: decisions cached by :mod:`preddiff.incremental_decision` are measured again.
 ENGINE_REVISION = 5
-
-#: names kept importable from here for callers of earlier versions
-_ = (_probe_model, available_cores)
 
 
 # --------------------------------------------------------------------------------------------
@@ -427,12 +424,11 @@ def _locked(method):
 class _Plan:
     """Geometry, switch point and compiled graph for one input size and window size."""
 
-    def __init__(self, geo, report, compiled, session, float16):
+    def __init__(self, geo, report, compiled, session):
         self.geo, self.report = geo, report
         self.cut = report["cut"]
         self.compiled = compiled
         self.session = session      # a _Session of the compiled graph
-        self.float16 = float16
         self.runner = None          # BoundSession, created on first use
         self.bound = None           # the clean-image key whose maps are bound
 
@@ -636,7 +632,7 @@ class IncrementalClassifier:
                  len(compiled.clean_inputs))
         model = to_float16(compiled.model) if self.float16 else compiled.model
         session = _Session(model, self.device, self.threads, True)
-        plan = _Plan(geo, report, compiled, session, self.float16)
+        plan = _Plan(geo, report, compiled, session)
         self._plans[key] = plan
         if self._user_batch is None and self.device == "cuda":
             self.batch_size = auto_batch_size(gpu_free_memory(), self._bytes_per_window(plan))

@@ -42,6 +42,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from .compose import model_opset
 from .incremental_plan import Analysis, Geometry, _frontier
 
 __all__ = ["PATCHES", "TOP_LEFT", "CleanInput", "CompiledPlan", "compile_plan",
@@ -293,8 +294,7 @@ class _Compiler:
 
     # ---- steps -----------------------------------------------------------------------
 
-    def copy_nodes(self, step, rename: dict, first_input: str | None = None,
-                   padding_off: bool = False) -> str:
+    def copy_nodes(self, step, rename: dict, padding_off: bool = False) -> str:
         """The step's nodes with renamed tensors; returns the graph name of its output."""
         b = self.b
         for node in step.nodes:
@@ -429,14 +429,6 @@ def _remainder_nodes(analysis: Analysis, cut: int, outputs) -> tuple:
             needed.update(t for t in node.input if t)
     keep.reverse()
     return keep, needed
-
-
-def model_opset(model: onnx.ModelProto) -> int:
-    """The model's default-domain opset version."""
-    for entry in model.opset_import:
-        if entry.domain in ("", "ai.onnx"):
-            return int(entry.version)
-    return 1
 
 
 def compile_plan(analysis: Analysis, geo: Geometry, cut: int, outputs, scales=None

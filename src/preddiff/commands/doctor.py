@@ -42,7 +42,7 @@ def _version(distribution: str) -> str | None:
 
 def _probe_session(ort):
     """(provider a one-node session runs on with CUDA first, error text or None)."""
-    from ..incremental import _probe_model
+    from ..devices import _probe_model
 
     options = ort.SessionOptions()
     options.log_severity_level = 4
