@@ -52,6 +52,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from preddiff.errors import interrupted
 from preddiff.fileio import atomic_path, atomic_write_bytes, atomic_write_text
 
 from . import paths
@@ -1157,7 +1158,9 @@ def run_main(main: Callable[[], int], prog: str) -> None:
 
     try:
         code = main()
-    except KeyboardInterrupt:
+    except BaseException as exc:  # noqa: BLE001 - only a Ctrl-C, however it surfaces
+        if not interrupted(exc):
+            raise
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         if not os.environ.get(INTERRUPT_QUIET):
             print(f"{prog}: interrupted", file=sys.stderr)

@@ -13,6 +13,20 @@ import runpy
 import signal
 import sys
 
+def interrupted(exc: BaseException | None) -> bool:
+    """True if ``exc`` is a Ctrl-C or was caused by one (an extension module interrupted while
+    it initialises raises ``ImportError`` from the ``KeyboardInterrupt``). Standard library
+    only, like the rest of this launcher: :func:`preddiff.errors.interrupted` is the same test
+    for code that may import preddiff."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 QUIET = "PREDDIFF_REPRODUCE_CHILD"  # = reproduce.common.INTERRUPT_QUIET: the parent says it
 
 
@@ -23,7 +37,9 @@ def main() -> None:
     sys.argv = [module, *sys.argv[2:]]
     try:
         runpy.run_module(module, run_name="__main__", alter_sys=True)
-    except KeyboardInterrupt:
+    except BaseException as exc:  # noqa: BLE001 - only a Ctrl-C, however it surfaces
+        if not interrupted(exc):
+            raise
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the script is already stopping
         if not os.environ.get(QUIET):
             print(f"{module.rsplit('.', 1)[-1]}: interrupted", file=sys.stderr)

@@ -412,6 +412,20 @@ def test_12_other_commands_say_onnxruntime_is_broken_in_one_line(broken_onnxrunt
     one_error_line(proc, "cannot import onnxruntime", "pip install --force-reinstall")
 
 
+def test_12_ctrl_c_while_onnxruntime_initialises_is_an_interrupt(tmp_path, home):
+    """Ctrl-C inside an extension module's initialisation raises ImportError from the
+    KeyboardInterrupt: the CLI says "interrupted" (status 130), not "broken installation"."""
+    package = tmp_path / "interrupted" / "onnxruntime"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(
+        "try:\n    raise KeyboardInterrupt\nexcept KeyboardInterrupt as exc:\n"
+        "    raise ImportError('initialization failed') from exc\n")
+    env = {"PYTHONPATH": os.pathsep.join([str(package.parent), os.environ.get("PYTHONPATH",
+                                                                              "")])}
+    proc = explain("digits:1", *FAST, "--out", tmp_path, home=home, env=env)
+    assert (proc.returncode, proc.stderr.strip()) == (130, "preddiff: interrupted"), proc.stderr
+
+
 # ----------------------------------------------------------------------------------------------
 # 14, 21: convert
 

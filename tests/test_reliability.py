@@ -543,6 +543,47 @@ def test_13_ctrl_c_while_a_script_is_still_importing_is_one_line(tmp_path):
     assert ok.returncode == 0 and "reproduce.check" in ok.stdout  # arguments pass through
 
 
+def test_13_ctrl_c_inside_an_extension_module_import_is_one_line(tmp_path):
+    """A Ctrl-C that lands while a compiled module initialises (SciPy's HiGHS wrapper, seen on
+    CI) surfaces as ``ImportError: initialization failed`` caused by the KeyboardInterrupt:
+    the launcher and the scripts' own handler treat it as the interrupt, one line, status 130."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), root]))
+    body = ("def load():\n    try:\n        raise KeyboardInterrupt\n"
+            "    except KeyboardInterrupt as exc:\n"
+            "        raise ImportError('initialization failed') from exc\n")
+    (tmp_path / "broken_import.py").write_text(body + "load()\n")
+    (tmp_path / "broken_main.py").write_text(  # inside reproduce.common.run_main's handler
+        body + "from reproduce import common\n"
+        "def main():\n    load()\n    return 0\n"
+        "common.run_main(main, 'broken_main')\n")
+    for module in ("broken_import", "broken_main"):
+        done = subprocess.run([sys.executable, "-m", "reproduce.launch", module], cwd=root,
+                              env=env, capture_output=True, text=True, timeout=600)
+        assert (done.returncode, done.stderr) == (130, f"{module}: interrupted\n"), done.stderr
+    (tmp_path / "other_import.py").write_text("raise ImportError('no such thing')\n")
+    done = subprocess.run([sys.executable, "-m", "reproduce.launch", "other_import"], cwd=root,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 1 and "ImportError: no such thing" in done.stderr  # not hidden
+
+
+def test_13_interrupted_follows_the_cause_chain():
+    from preddiff.errors import interrupted
+    from reproduce.launch import interrupted as launcher_interrupted
+
+    def chained():
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as exc:
+            try:
+                raise ImportError("initialization failed") from exc
+            except ImportError as inner:
+                return inner
+    for test in (interrupted, launcher_interrupted):
+        assert test(KeyboardInterrupt()) and test(chained())
+        assert not test(ImportError("x")) and not test(ValueError()) and not test(None)
+
+
 # ----------------------------------------------------------------------------------------------
 # 18, 19: misleading or missing words
 

@@ -15,7 +15,7 @@ import sys
 import threading
 
 from . import __version__, commands
-from .errors import PredDiffError
+from .errors import PredDiffError, interrupted
 
 EXIT_USER_ERROR = 2
 
@@ -60,17 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        # a second Ctrl-C must not turn the one line into a traceback while the process ends;
-        # a call from Python (explicit argv, e.g. tests) gets its handler back
-        previous = ignore_interrupts()
-        try:
-            if args.debug:
-                raise
-            print("preddiff: interrupted", file=sys.stderr)
-            return 130
-        finally:
-            if argv is not None and previous is not None:
-                signal.signal(signal.SIGINT, previous)
+        return _interrupted(args, argv)
     except (PredDiffError, OSError) as exc:
         if args.debug:
             raise
@@ -78,10 +68,27 @@ def main(argv: list[str] | None = None) -> int:
         print(f"preddiff: error: {message}", file=sys.stderr)
         return EXIT_USER_ERROR
     except ImportError as exc:  # a broken installation (e.g. onnxruntime's shared library)
+        if interrupted(exc):  # a Ctrl-C while an extension module initialised
+            return _interrupted(args, argv)
         if args.debug:
             raise
         print(f"preddiff: error: {import_failure(exc)}", file=sys.stderr)
         return EXIT_USER_ERROR
+
+
+def _interrupted(args: argparse.Namespace, argv: list[str] | None) -> int:
+    """Handle a Ctrl-C: one line on stderr, exit status 130 (re-raised with ``--debug``)."""
+    # a second Ctrl-C must not turn the one line into a traceback while the process ends;
+    # a call from Python (explicit argv, e.g. tests) gets its handler back
+    previous = ignore_interrupts()
+    try:
+        if args.debug:
+            raise
+        print("preddiff: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if argv is not None and previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 def import_failure(exc: ImportError) -> str:

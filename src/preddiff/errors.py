@@ -5,6 +5,8 @@ is a :class:`PredDiffError`. Its message names the bad value and what is allowed
 command-line interface prints it as one line on stderr and exits non-zero.
 """
 
+from __future__ import annotations
+
 
 class PredDiffError(Exception):
     """Base class of all user-facing preddiff errors."""
@@ -28,3 +30,19 @@ class DownloadError(PredDiffError):
 
 class CheckpointMismatch(PredDiffError):
     """A checkpoint was written by a run with different arguments."""
+
+
+def interrupted(exc: BaseException | None) -> bool:
+    """True if ``exc`` is a Ctrl-C or was raised because of one.
+
+    A ``KeyboardInterrupt`` that lands while a compiled extension module initialises (SciPy's
+    HiGHS wrapper, onnxruntime) comes out as ``ImportError: initialization failed`` with the
+    interrupt as its cause; the CLI and the figure scripts treat it as the interrupt it is.
+    """
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
