@@ -415,9 +415,45 @@ def test_one_compiled_graph_call_per_batch(grouping, rng, monkeypatch):
     batches = clf._batches(plan, top_left[:, 0], top_left[:, 1])
     assert calls == [len(b) for b in batches]
     ops = {n.op_type for n in plan.compiled.model.graph.node}
-    assert {"Gather", "Where", "ScatterElements", "Conv"} <= ops
+    assert {"Gather", "Where", "Conv"} <= ops  # full maps of >= 8 channels: gathered too
+    composed = IncrementalClassifier(model, outputs=outputs, device="cpu", cut=0)
+    ops = {n.op_type for n in composed._plan(x.shape, (10, 10)).compiled.model.graph.node}
+    assert "ScatterElements" in ops  # the 3-channel image: samples written into it
     assert [i.name for i in plan.session.session.get_inputs()][:2] == ["preddiff_patches",
                                                                        "preddiff_top_left"]
+
+
+def test_auto_grouping_merges_classes_only_when_the_call_saved_pays(rng, monkeypatch):
+    """grouping="auto" puts consecutive classes in one batch when widening their boxes costs
+    less than the session call saved: free calls give the exact classes, costly calls full
+    batches; every window is in exactly one batch, and the outputs stay exact."""
+    from preddiff import incremental
+
+    model, outputs = _case_model("inception", rng)
+    x = rng.normal(size=(3, 23, 27)).astype(np.float32)
+    top_left = _windows(23, 27, 10, rng)
+    patches = rng.normal(size=(len(top_left), 3, 10, 10)).astype(np.float32)
+    steps = len(analyse(model, outputs).steps)
+    want = IncrementalClassifier(model, outputs=outputs, device="cpu", incremental=False)(
+        _literal_images(x, top_left, patches))
+    found = {}
+    for cost in (0.0, 1e15):
+        monkeypatch.setattr(incremental, "CALL_COST_PER_NODE", cost)
+        auto = IncrementalClassifier(model, outputs=outputs, device="cpu", grouping="auto",
+                                     batch_size=7, cut=steps)
+        exact = IncrementalClassifier(model, outputs=outputs, device="cpu", grouping="exact",
+                                      batch_size=7, cut=steps)
+        plan = auto._plan(x.shape, (10, 10))
+        batches = auto._batches(plan, top_left[:, 0], top_left[:, 1])
+        assert sorted(np.concatenate(batches).tolist()) == list(range(len(top_left)))
+        assert max(len(b) for b in batches) <= 7
+        found[cost] = [b.tolist() for b in batches]
+        exact_batches = exact._batches(exact._plan(x.shape, (10, 10)), top_left[:, 0],
+                                       top_left[:, 1])
+        if cost == 0.0:
+            assert found[cost] == [b.tolist() for b in exact_batches]
+        _assert_exact(auto.evaluate_windows(x, top_left, patches), want)
+    assert len(found[1e15]) == -(-len(top_left) // 7) < len(found[0.0])
 
 
 def test_clean_cache_follows_the_image(rng):

@@ -97,6 +97,14 @@ __all__ = ["IncrementalClassifier", "supported", "auto_batch_size", "gpu_free_me
            "to_float16", "theoretical_macs", "resolve_device"]
 
 DEFAULT_BATCH_SIZE = 64
+#: Batching model of grouping "auto", in multiply-add equivalents: the fixed cost of one
+#: session call per node of the compiled graph (about 4 µs per node against about 120 G
+#: multiply-adds/s, measured for ResNet-50 on a 2-core x86 CPU: 18 ms per call of 4,497
+#: nodes), and moving one channel value of a crop (gathers, transposes, layout reorders:
+#: several ns each; chosen among 256, 1024 and 4096 by measured speed on the benchmark's
+#: networks, where 1024 was best or within noise of best).
+CALL_COST_PER_NODE = 5.0e5
+MOVE_COST = 1024.0
 #: Changes when the engine's speed changes (2: two batches side by side on a CPU; 3: 1×1
 #: steps fused; 4: full images timed as the engine sends them, composed on the device on
 #: CUDA; 5: the plan compiled into one graph per input and window size), so that the
@@ -467,7 +475,9 @@ class IncrementalClassifier:
         and each batch reads the weights after the switch point once); "merge" evaluates
         each chunk of ``batch_size`` windows, in the caller's order, as one batch with every
         box widened to the chunk's largest; "auto" batches by class and lets consecutive
-        small classes (similar box sizes) share a batch of up to ``batch_size`` windows.
+        classes share a batch of up to ``batch_size`` windows when the multiply-adds added by
+        widening their boxes cost less than the session call saved (a cost model:
+        :data:`CALL_COST_PER_NODE`, :data:`MOVE_COST`).
         Default: "auto" on CPU, "merge" on CUDA.
 
     Attributes
@@ -781,13 +791,35 @@ class IncrementalClassifier:
         batches = [g[i:i + size] for g in groups for i in range(0, len(g), size)]
         if self.grouping == "exact":
             return batches
+        # "auto": a batch takes the next one in when widening their boxes to a common size
+        # costs less than the call saved (modelled in multiply-add equivalents)
+        per_pos, heights, widths = self._batch_model(plan)
+        call = CALL_COST_PER_NODE * plan.compiled.nodes
         merged = [batches[0]]
+        h, w = heights[:, rows[batches[0]]].max(1), widths[:, cols[batches[0]]].max(1)
         for batch in batches[1:]:
-            if len(merged[-1]) + len(batch) <= size:
+            bh, bw = heights[:, rows[batch]].max(1), widths[:, cols[batch]].max(1)
+            mh, mw = np.maximum(h, bh), np.maximum(w, bw)
+            n, m = len(merged[-1]), len(batch)
+            apart = n * (per_pos @ (h * w)) + m * (per_pos @ (bh * bw)) + call
+            if n + m <= size and (n + m) * (per_pos @ (mh * mw)) <= apart:
                 merged[-1] = np.concatenate([merged[-1], batch])
+                h, w = mh, mw
             else:
                 merged.append(batch)
+                h, w = bh, bw
         return merged
+
+    def _batch_model(self, plan) -> tuple:
+        """Per incremental step: modelled cost per output position (multiply-adds plus
+        :data:`MOVE_COST` per channel value moved), and the box heights (by window row) and
+        widths (by window column) of its output, as arrays (steps,), (steps, H), (steps, W)."""
+        steps, geo = self.analysis.steps[:plan.cut], plan.geo
+        per_pos = np.array([t["macs_full"] / max(t["shape"][1] * t["shape"][2], 1)
+                            + MOVE_COST * t["shape"][0] for t in plan.report["steps"][:plan.cut]])
+        heights = np.stack([geo.boxes[s.output].size[0] for s in steps]).astype(np.float64)
+        widths = np.stack([geo.boxes[s.output].size[1] for s in steps]).astype(np.float64)
+        return per_pos, heights, widths
 
 def _crop_model_single(template: onnx.ModelProto, node) -> onnx.ModelProto:
     """A pooling node with padding turned off, input ``x`` (1, 1, h, w), output ``y``."""

@@ -17,16 +17,19 @@ windows is *one* onnxruntime call on every execution provider, with no Python be
 - a local step (convolution, pooling, constant Pad, with fused point-wise followers) reads a
   *region* of its input: the clean map, padded once with the operator's padding value (0,
   -inf for max pooling, the Pad constant) so that padding appears only at the true border, is
-  gathered at the region's positions (``Gather`` on the flattened map), and the previous
-  step's changed crop is laid over it (``GatherElements`` + ``Where`` on the positions inside
-  the crop); the step's own nodes then run on the region with their padding turned off.
+  bound as a table of channel vectors (positions, C); the previous step's crop is appended to
+  it as (N·h·w, C), and one ``Gather`` reads every region position from the clean rows or,
+  inside the window's crop, from the crop's rows (``Where`` picks the index); the step's own
+  nodes then run on the region with their padding turned off.
   Average pooling is multiplied by the true divisor of each output position (a constant map,
   gathered at the box);
 - a channel Concat or an element-wise merge of several maps (a residual Add) reads every input
   on the output's box (clean values plus the input's crop, as above);
-- at the switch point, the crops of the tensors that the rest of the network reads are written
-  into copies of their clean maps (``ScatterElements``), and the rest of the network runs in
-  full in the same graph.
+- at the switch point, the tensors that the rest of the network reads are assembled in full:
+  a map of 8 channels or more as one region covering the whole map (clean channel vectors and
+  the crop's, one ``Gather``), a thinner one (the image) by writing the crop into copies of
+  the clean map (``ScatterElements``); the rest of the network runs in full in the same
+  graph.
 
 Every index operation is exact, so the outputs are those of the full forward passes up to
 float32 rounding of the crop computations. The graph needs opset 11 (``Range``,
@@ -53,6 +56,10 @@ TOP_LEFT = "preddiff_top_left"
 #: Range, GatherElements and ScatterElements.
 MIN_OPSET = 11
 _I64 = np.int64
+#: Full maps at the switch point with at least this many channels are gathered as channel
+#: vectors, like regions (ResNet-50 +10 %, GoogLeNet and AlexNet about +10 % on a 2-core
+#: CPU); thinner ones (images: 1 or 3 values per position) are written by ScatterElements.
+_GATHER_MIN_CHANNELS = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -366,6 +373,13 @@ class _Compiler:
         """``name`` := the clean map of ``tensor`` with ``crop`` written in, (N, C, H, W)."""
         b = self.b
         c, height, width = self.geo.shapes[tensor]
+        if c >= _GATHER_MIN_CHANNELS:
+            # the whole map as one region: channel vectors gathered from the clean map's
+            # table and the crops' (ScatterElements writes element by element: slower)
+            zeros = b.op("Mul", [crop.r0, self.zero])
+            region = self.region(tensor, crop, zeros, zeros, b.const(height), b.const(width))
+            b.nodes.append(helper.make_node("Identity", [region], [name], name=b.fresh("node")))
+            return
         base = self.clean_input(tensor, full=True)
         rows, cols = self._grid(crop.r0, crop.c0, crop.h, crop.w)
         flat = b.reshape(self._flat(rows, cols, width), [0, 1, -1])
