@@ -78,7 +78,7 @@ def main() -> int:
     lines = ["Incremental PDA on networks the engine was not tuned on (k=10, S=10, "
              f"conditional sampler, stride {STRIDE}, medians of {ROUNDS} rounds)",
              f"machine: {results['machine'].get('cpu')}, {results['machine'].get('cores')} "
-             f"cores; commit {results['machine'].get('commit')}",
+             f"cores; commit {results['machine'].get('git_commit')}",
              f"{'model':18s} {'plain img/s (b)':>16s} {'naive w-s/s':>12s} {'incr. w-s/s':>12s}"
              f" {'ratio':>6s} {'planned':>8s} {'meas/plan':>10s} {'max diff':>9s}"]
     for name in NETS:
