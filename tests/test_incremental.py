@@ -456,6 +456,32 @@ def test_auto_grouping_merges_classes_only_when_the_call_saved_pays(rng, monkeyp
     assert len(found[1e15]) == -(-len(top_left) // 7) < len(found[0.0])
 
 
+def test_one_by_one_steps_read_their_input_crop(rng, monkeypatch):
+    """A 1×1, stride-1, unpadded step whose output box is its input's (the bottleneck's 1×1
+    convolutions) takes the input's crop as it is: no region is gathered for it, and the
+    outputs are the same as with the region gathered, exactly the full forward pass's."""
+    from preddiff import incremental_graph
+
+    model, outputs = _case_model("bottleneck", rng)
+    x = rng.normal(size=(3, 23, 27)).astype(np.float32)
+    top_left = _windows(23, 27, 10, rng)
+    patches = rng.normal(size=(len(top_left), 3, 10, 10)).astype(np.float32)
+    want = IncrementalClassifier(model, outputs=outputs, device="cpu", incremental=False)(
+        _literal_images(x, top_left, patches))
+    steps = len(analyse(model, outputs).steps)
+    results, nodes = [], []
+    for skip in (True, False):
+        if not skip:
+            monkeypatch.setattr(incremental_graph, "pointwise_geometry", lambda step, pads: False)
+        clf = IncrementalClassifier(model, outputs=outputs, device="cpu", cut=steps)
+        results.append(clf.evaluate_windows(x, top_left, patches))
+        nodes.append(clf._plan(x.shape, (10, 10)).compiled.nodes)
+        _assert_exact(results[-1], want)
+    assert nodes[0] < nodes[1]
+    for name in outputs:
+        np.testing.assert_array_equal(results[0][name], results[1][name])
+
+
 def test_clean_cache_follows_the_image(rng):
     """A second image gets its own clean activations (the cache is keyed on the pixels)."""
     model, outputs = _case_model("conv-stride-pad", rng)

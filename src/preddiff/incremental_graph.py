@@ -46,7 +46,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .compose import model_opset
-from .incremental_plan import Analysis, Geometry, _frontier
+from .incremental_plan import Analysis, Geometry, _frontier, pointwise_geometry
 
 __all__ = ["PATCHES", "TOP_LEFT", "CleanInput", "CompiledPlan", "compile_plan",
            "MIN_OPSET"]
@@ -358,7 +358,13 @@ class _Compiler:
                           b.const(ax[0].extent)])
         gw = b.op("Add", [b.op("Mul", [b.op("Sub", [w, self.one]), b.const(ax[1].stride)]),
                           b.const(ax[1].extent)])
-        region = self.region(step.inputs[0], src, g0, h0, gh, gw, geo.pads[i], step.pad_value)
+        if src.box == key and pointwise_geometry(step, geo.pads[i]):
+            # a 1×1 operator whose output box is its input crop's box (the 1×1 convolutions
+            # of bottleneck and inverted-residual blocks): the region is the crop itself
+            region = src.values
+        else:
+            region = self.region(step.inputs[0], src, g0, h0, gh, gw, geo.pads[i],
+                                 step.pad_value)
         rename = {step.inputs[0]: region}
         rename.update({t: self.on_box(t, crops[t], box, key) for t in step.inputs[1:]})
         if all(n.op_type == "Pad" for n in step.nodes):

@@ -627,6 +627,13 @@ def geometry(analysis: Analysis, shapes: dict, window) -> Geometry:
 # cost model
 
 
+def pointwise_geometry(step: Step, pads) -> bool:
+    """Whether a local step is 1×1 with stride 1 and no padding: its output box is its input's
+    changed box, so it reads the input's crop as it is (no region to gather)."""
+    return (step.axes is not None and all(a.extent == 1 and a.stride == 1 for a in step.axes)
+            and not any(p for pair in pads for p in pair))
+
+
 def _step_costs(analysis: Analysis, geo: Geometry, i: int) -> dict:
     """Multiply-adds and modelled cost per window of step ``i``, full and incremental."""
     step = analysis.steps[i]
@@ -649,7 +656,9 @@ def _step_costs(analysis: Analysis, geo: Geometry, i: int) -> dict:
         ax = step.axes
         gh = (box.size[0] - 1) * ax[0].stride + ax[0].extent
         gw = (box.size[1] - 1) * ax[1].stride + ax[1].extent
-        copied = c_in * gh.mean() * gw.mean() + (len(step.inputs) - 1) * c_out * crop_pos
+        copied = (len(step.inputs) - 1) * c_out * crop_pos
+        if not pointwise_geometry(step, geo.pads[i]):  # a 1×1 step reads its input's crop
+            copied += c_in * gh.mean() * gw.mean()
     elif step.kind == "concat":
         copied = 2 * c_out * crop_pos
     elif step.kind == "merge":
