@@ -20,7 +20,9 @@ windows is *one* onnxruntime call on every execution provider, with no Python be
   bound as a table of channel vectors (positions, C); the previous step's crop is appended to
   it as (N·h·w, C), and one ``Gather`` reads every region position from the clean rows or,
   inside the window's crop, from the crop's rows (``Where`` picks the index); the step's own
-  nodes then run on the region with their padding turned off.
+  nodes then run on the region with their padding turned off. A 1×1 step with stride 1 and
+  no padding (the 1×1 convolutions of bottleneck and inverted-residual blocks) has its input's
+  box as output box: it reads the previous crop as it is, nothing gathered.
   Average pooling is multiplied by the true divisor of each output position (a constant map,
   gathered at the box);
 - a channel Concat or an element-wise merge of several maps (a residual Add) reads every input
