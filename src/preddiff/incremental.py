@@ -440,6 +440,7 @@ class _Plan:
         self.session = session      # a _Session of the compiled graph
         self.runner = None          # BoundSession, created on first use
         self.bound = None           # the clean-image key whose maps are bound
+        self.batch_model = None     # grouping "auto"'s cost arrays, computed on first use
 
 
 class IncrementalClassifier:
@@ -814,13 +815,18 @@ class IncrementalClassifier:
     def _batch_model(self, plan) -> tuple:
         """Per incremental step: modelled cost per output position (multiply-adds plus
         :data:`MOVE_COST` per channel value moved), and the box heights (by window row) and
-        widths (by window column) of its output, as arrays (steps,), (steps, H), (steps, W)."""
-        steps, geo = self.analysis.steps[:plan.cut], plan.geo
-        per_pos = np.array([t["macs_full"] / max(t["shape"][1] * t["shape"][2], 1)
-                            + MOVE_COST * t["shape"][0] for t in plan.report["steps"][:plan.cut]])
-        heights = np.stack([geo.boxes[s.output].size[0] for s in steps]).astype(np.float64)
-        widths = np.stack([geo.boxes[s.output].size[1] for s in steps]).astype(np.float64)
-        return per_pos, heights, widths
+        widths (by window column) of its output, as arrays (steps,), (steps, H), (steps, W);
+        computed once per plan."""
+        if plan.batch_model is None:
+            steps, geo = self.analysis.steps[:plan.cut], plan.geo
+            per_pos = np.array([t["macs_full"] / max(t["shape"][1] * t["shape"][2], 1)
+                                + MOVE_COST * t["shape"][0]
+                                for t in plan.report["steps"][:plan.cut]])
+            heights = np.stack([geo.boxes[s.output].size[0] for s in steps]).astype(np.float64)
+            widths = np.stack([geo.boxes[s.output].size[1] for s in steps]).astype(np.float64)
+            plan.batch_model = (per_pos, heights, widths)
+        return plan.batch_model
+
 
 def _crop_model_single(template: onnx.ModelProto, node) -> onnx.ModelProto:
     """A pooling node with padding turned off, input ``x`` (1, 1, h, w), output ``y``."""

@@ -35,9 +35,9 @@ windows is *one* onnxruntime call on every execution provider, with no Python be
 
 Every index operation is exact, so the outputs are those of the full forward passes up to
 float32 rounding of the crop computations. The graph needs opset 11 (``Range``,
-``GatherElements``, ``ScatterElements``); the helper operators used here (``Reshape`` instead
-of ``Unsqueeze``, ``ArgMax`` instead of ``ReduceMax``, ``Min``/``Max`` instead of ``Clip``)
-mean the same in every opset from 11 on, so the network's own nodes keep their opset.
+``ScatterElements``); the helper operators used here (``Reshape`` instead of ``Unsqueeze``,
+``ArgMax`` instead of ``ReduceMax``, ``Where``/``Less`` instead of an integer ``Min``) mean
+the same in every opset from 11 on, so the network's own nodes keep their opset.
 """
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ __all__ = ["PATCHES", "TOP_LEFT", "CleanInput", "CompiledPlan", "compile_plan",
 
 PATCHES = "preddiff_patches"
 TOP_LEFT = "preddiff_top_left"
-#: Range, GatherElements and ScatterElements.
+#: Range and ScatterElements.
 MIN_OPSET = 11
 _I64 = np.int64
 #: Full maps at the switch point with at least this many channels are gathered as channel
@@ -352,19 +352,18 @@ class _Compiler:
             return _Crop(out, r0, c0, h, w, key)
         # local: the region of the padded input that the box's outputs read
         src = crops[step.inputs[0]]
-        ax = step.axes
-        (pt, pb), (pl, pr) = geo.pads[i]
-        g0 = b.op("Mul", [r0, b.const(ax[0].stride)])
-        h0 = b.op("Mul", [c0, b.const(ax[1].stride)])
-        gh = b.op("Add", [b.op("Mul", [b.op("Sub", [h, self.one]), b.const(ax[0].stride)]),
-                          b.const(ax[0].extent)])
-        gw = b.op("Add", [b.op("Mul", [b.op("Sub", [w, self.one]), b.const(ax[1].stride)]),
-                          b.const(ax[1].extent)])
         if src.box == key and pointwise_geometry(step, geo.pads[i]):
             # a 1×1 operator whose output box is its input crop's box (the 1×1 convolutions
             # of bottleneck and inverted-residual blocks): the region is the crop itself
             region = src.values
         else:
+            ax = step.axes
+            g0 = b.op("Mul", [r0, b.const(ax[0].stride)])
+            h0 = b.op("Mul", [c0, b.const(ax[1].stride)])
+            gh = b.op("Add", [b.op("Mul", [b.op("Sub", [h, self.one]), b.const(ax[0].stride)]),
+                              b.const(ax[0].extent)])
+            gw = b.op("Add", [b.op("Mul", [b.op("Sub", [w, self.one]), b.const(ax[1].stride)]),
+                              b.const(ax[1].extent)])
             region = self.region(step.inputs[0], src, g0, h0, gh, gw, geo.pads[i],
                                  step.pad_value)
         rename = {step.inputs[0]: region}
