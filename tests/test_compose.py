@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from preddiff import classifier as classifier_module
 from preddiff import prediction_difference
-from preddiff.analysis import WindowEvaluator, clean_outputs, prepare
+from preddiff.analysis import WindowEvaluator, clean_outputs, prefetch_default, prepare
 from preddiff.binding import BoundSession
 from preddiff.classifier import OnnxClassifier
 from preddiff.compose import (CLEAN, MEAN_SUFFIX, PATCHES, TOP_LEFT, compose_batch,
@@ -328,6 +328,39 @@ def test_prefetch_samples_in_order_in_a_background_thread(rng):
         background = any(t.startswith("preddiff-sampler") for t in sampler.threads)
         assert background == prefetch
     np.testing.assert_array_equal(results[True], results[False])
+
+
+def test_prefetch_is_off_by_default_only_for_onnxruntime_on_the_cpu(rng):
+    """onnxruntime's CPU threads use every core: the sampler runs between their calls."""
+    model = conv_net(rng, size=10)
+    x = rng.normal(size=(3, 10, 10)).astype(np.float32)
+    pool = rng.normal(size=(8, 3, 10, 10)).astype(np.float32)
+    onnx_cpu = OnnxClassifier(model, batch_size=8, device="cpu")
+
+    class OnCuda:  # what OnnxClassifier reports on the CUDA provider
+        provider = "CUDAExecutionProvider"
+
+        def __call__(self, batch):
+            return onnx_cpu(batch)
+
+    def plain_function(batch):
+        return onnx_cpu(batch)
+
+    results = {}
+    for name, clf, expected in [("onnx cpu", onnx_cpu, False), ("cuda", OnCuda(), True),
+                                ("function", plain_function, True)]:
+        assert prefetch_default(clf) is expected
+        sampler = RecordingSampler(pool)
+        setup = prepare(x, sampler, window=3, num_samples=4, rng=1, batch_size=12)
+        clean, _ = clean_outputs(setup, clf)
+        evaluator = WindowEvaluator(setup, clf, sampler, clean)
+        assert evaluator.prefetch is expected
+        results[name] = evaluator(0, setup.n_windows)["prob"]
+        background = any(t.startswith("preddiff-sampler") for t in sampler.threads)
+        assert background == expected, name
+    np.testing.assert_array_equal(results["onnx cpu"], results["cuda"])
+    np.testing.assert_array_equal(results["onnx cpu"], results["function"])
+    assert WindowEvaluator(setup, onnx_cpu, sampler, clean, prefetch=True).prefetch
 
 
 def test_prefetch_reports_the_sampler_error(rng):

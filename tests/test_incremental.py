@@ -482,6 +482,23 @@ def test_one_by_one_steps_read_their_input_crop(rng, monkeypatch):
         np.testing.assert_array_equal(results[0][name], results[1][name])
 
 
+def test_switch_point_zero_on_the_cpu_builds_the_images_on_the_host(rng):
+    """With nothing to compute incrementally (switch point 0) the CPU engine pastes the
+    windows on the host and runs the network on full images, as the naive engine does: the
+    same outputs, and the compiled graph is never run."""
+    model, outputs = _case_model("conv-stride-pad", rng)
+    x = rng.normal(size=(3, 23, 27)).astype(np.float32)
+    top_left = _windows(23, 27, 4, rng, extra=2)
+    patches = rng.normal(size=(len(top_left), 3, 4, 4)).astype(np.float32)
+    clf = IncrementalClassifier(model, outputs=outputs, device="cpu", cut=0, batch_size=7)
+    got = clf.evaluate_windows(x, top_left, patches)
+    want = clf(_literal_images(x, top_left, patches))
+    for name in outputs:
+        np.testing.assert_array_equal(got[name], want[name])
+    plan = clf._plan(x.shape, (4, 4))
+    assert plan.cut == 0 and plan.runner is None
+
+
 def test_clean_cache_follows_the_image(rng):
     """A second image gets its own clean activations (the cache is keyed on the pixels)."""
     model, outputs = _case_model("conv-stride-pad", rng)

@@ -5,8 +5,8 @@ import pytest
 
 import preddiff.samplers as samplers
 from preddiff.errors import InvalidArgument
-from preddiff.samplers import (ConditionalGaussianSampler, MarginalSampler, Sampler,
-                               WindowStreams, resolve_seed, window_rng)
+from preddiff.samplers import ConditionalGaussianSampler, MarginalSampler, Sampler
+from preddiff.streams import WindowStreams, resolve_seed, window_rng
 
 
 def streams(n, seed=0, start=0):

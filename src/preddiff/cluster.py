@@ -6,7 +6,7 @@ One explanation (Zintgraf et al. 2017, Algorithm 1) is split into *blocks* of co
 windows of one image; the blocks of every image of a run are tasks of one Dask
 (:mod:`distributed`) computation, so that many images and also one large image spread over
 the workers. The engine's per-window values depend only on the arguments, the window's own
-random stream (:func:`preddiff.samplers.window_rng`) and the batch it is evaluated in; blocks
+random stream (:func:`preddiff.streams.window_rng`) and the batch it is evaluated in; blocks
 start and end on the engine's fixed batch grid (:class:`preddiff.analysis.WindowEvaluator`),
 so every batch is the one a single process would evaluate. The client puts the blocks' values
 into place and computes the per-pixel average once, in the fixed window order

@@ -23,9 +23,9 @@ difference of eq. 9 averages), so that only ``(N, C)`` values come back instead 
 from __future__ import annotations
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from .errors import InvalidArgument
+from .windows import window_views
 
 __all__ = ["compose_batch", "composing_model", "CLEAN", "PATCHES", "TOP_LEFT", "MEAN_SUFFIX"]
 
@@ -58,7 +58,7 @@ def compose_batch(x: np.ndarray, top_left: np.ndarray, patches: np.ndarray,
     batch = np.empty((n,) + x.shape, np.float32) if out is None else out[:n]
     np.copyto(batch, x[None])
     kh, kw = patches.shape[2:]
-    views = sliding_window_view(batch, (kh, kw), axis=(2, 3), writeable=True)
+    views = window_views(batch, (kh, kw), writeable=True)
     # (N,) × (N,) × (N,) advanced indices around a slice → target shape (N, C, kh, kw); each
     # image gets exactly one window, so the strided writes never overlap.
     views[np.arange(n), :, top_left[:, 0], top_left[:, 1]] = patches

@@ -363,12 +363,21 @@ def parse_size(text) -> tuple[int, int]:
     return height, width
 
 
-def batch_size(opts, incremental: bool = False) -> int:
+def batch_size(opts, incremental: bool = False, shape=None) -> int:
     """Images per classifier call: the user's, else 256 (1000 with incremental inference,
-    whose per-call overhead is larger and which batches windows of equal changed regions)."""
+    whose per-call overhead is larger and which batches windows of equal changed regions);
+    given the input ``shape`` (C, H, W), the engine's batch: the user's, else 1000 with
+    incremental inference, else :func:`preddiff.analysis.default_batch_size` (1000 for
+    images of at most 4,096 values)."""
     if opts.batch_size is not None:
         return opts.batch_size
-    return 1000 if incremental else 256
+    if incremental:
+        return 1000
+    if shape is None:
+        return 256
+    from .analysis import default_batch_size
+
+    return default_batch_size(shape)
 
 
 def check_options(opts) -> None:
@@ -696,7 +705,7 @@ def engine_kwargs(opts, model: Model, window: int) -> dict:
     from .compat import settings as compat_settings
 
     incremental = bool(getattr(model.classifier, "incremental", False))
-    size = batch_size(opts, incremental)
+    size = batch_size(opts, incremental, model.input_shape)
     if opts.batch_size is None:  # at least one call of the measured size (large on a GPU)
         size = max(size, int(getattr(model.classifier, "batch_size", 0)))
     return dict(window=window, stride=opts.stride, num_samples=opts.samples,

@@ -23,7 +23,7 @@ The engine (:func:`preddiff.prediction_difference`) accepts any object with a me
   must draw its random numbers from ``rngs[n]`` only**, and its samples must depend only on
   ``x``, its position and ``rngs[n]`` — never on the other windows of the call. The engine
   gives window ``i`` of the image a stream that depends only on the run's seed and ``i``
-  (:func:`window_rng`), so results do not depend on the batch size and a resumed run is
+  (:func:`preddiff.streams.window_rng`), so results do not depend on the batch size and a resumed run is
   identical to an uninterrupted one.
 
 It returns the values that replace each window, float32 (anything else is converted). An
@@ -36,14 +36,14 @@ Random streams
 --------------
 ``rng`` arguments accept a :class:`numpy.random.Generator` or a non-negative integer seed.
 The engine turns a Generator into one integer seed by drawing ``rng.integers(2**63)`` once at
-the start (:func:`resolve_seed`), then derives the per-window streams from that seed.
+the start (:func:`preddiff.streams.resolve_seed`), then derives the per-window streams from that
+seed (:mod:`preddiff.streams`).
 """
 from __future__ import annotations
 
 import hashlib
 import numbers
 import zipfile
-from collections.abc import Sequence
 
 import numpy as np
 import scipy.linalg
@@ -51,85 +51,20 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from .checkpoint import atomic_savez
 from .errors import InvalidArgument, PredDiffError
-from .windows import window_shape
+from .streams import resolve_seed
+from .windows import window_shape, window_views
 
-__all__ = [
-    "Sampler", "MarginalSampler", "ConditionalGaussianSampler",
-    "resolve_seed", "window_rng", "WindowStreams",
-]
+__all__ = ["Sampler", "MarginalSampler", "ConditionalGaussianSampler"]
 
 #: Relative jitter steps tried when a covariance is not positive definite: ``ε · mean(diag)``
 #: is added to the diagonal, ε running through these values until Cholesky succeeds.
 JITTER_STEPS = tuple(10.0 ** e for e in range(-6, 1))
 
 
-# ----------------------------------------------------------------------------------------------
-# random streams
-
-
-def resolve_seed(rng) -> int:
-    """One integer seed from ``rng``.
-
-    Parameters
-    ----------
-    rng : int or numpy.random.Generator
-        A non-negative integer is used as is; from a Generator one integer in
-        ``[0, 2**63)`` is drawn (advancing it).
-
-    Returns
-    -------
-    int
-    """
-    if isinstance(rng, np.random.Generator):
-        return int(rng.integers(0, 2**63))
-    if isinstance(rng, numbers.Integral) and not isinstance(rng, (bool, np.bool_)):
-        if int(rng) < 0:
-            raise InvalidArgument(f"rng seed must be a non-negative integer, got {rng!r}")
-        return int(rng)
-    raise InvalidArgument(
-        f"rng must be a numpy.random.Generator or a non-negative integer seed, got {rng!r}")
-
-
 def _generator(rng) -> np.random.Generator:
     if isinstance(rng, np.random.Generator):
         return rng
     return np.random.default_rng(resolve_seed(rng))
-
-
-def window_rng(seed: int, index: int) -> np.random.Generator:
-    """The random stream of window ``index`` in a run with ``seed``.
-
-    ``default_rng(SeedSequence(entropy=seed, spawn_key=(index,)))``: independent streams that
-    depend only on ``(seed, index)``.
-    """
-    return np.random.default_rng(np.random.SeedSequence(entropy=seed, spawn_key=(int(index),)))
-
-
-class WindowStreams(Sequence):
-    """The per-window streams of windows ``start … stop − 1``, created on first use.
-
-    ``streams[n]`` is :func:`window_rng` ``(seed, start + n)``; the same object is returned
-    each time it is indexed. Samplers that use no randomness create none.
-    """
-
-    def __init__(self, seed: int, start: int, stop: int):
-        self.seed, self.start, self.stop = int(seed), int(start), int(stop)
-        self._cache: dict[int, np.random.Generator] = {}
-
-    def __len__(self) -> int:
-        return self.stop - self.start
-
-    def __getitem__(self, n):
-        if isinstance(n, slice):
-            return [self[i] for i in range(*n.indices(len(self)))]
-        n = int(n)
-        if n < 0:
-            n += len(self)
-        if not 0 <= n < len(self):
-            raise IndexError(n)
-        if n not in self._cache:
-            self._cache[n] = window_rng(self.seed, self.start + n)
-        return self._cache[n]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -590,8 +525,8 @@ class ConditionalGaussianSampler(Sampler):
         ph, pw = self.patch_shape
         height, width = image_shape
         top_left = np.asarray(top_left, dtype=np.int64).reshape(-1, 2)
-        return np.stack([np.clip(top_left[:, 0] - self.padding, 0, height - ph),
-                         np.clip(top_left[:, 1] - self.padding, 0, width - pw)], axis=1)
+        limit = np.array([height - ph, width - pw])
+        return np.minimum(np.maximum(top_left - self.padding, 0), limit)
 
     def _check_image(self, x, window):
         if window_shape(window) != self.window:
@@ -616,40 +551,56 @@ class ConditionalGaussianSampler(Sampler):
     def sample(self, x, top_left, window, num_samples, rngs) -> np.ndarray:
         x = self._check_image(x, window)
         (kh, kw), (ph, pw) = self.window, self.patch_shape
-        channels = self.channels
+        groups, s = self._groups, num_samples
         top_left = np.asarray(top_left, dtype=np.int64).reshape(-1, 2)
         n = top_left.shape[0]
+        d1 = self._per_group * kh * kw
+        # every window's noise, each from its own stream (whatever the batch), in one array
+        noise = np.empty((n, s, groups, d1))
+        for i in range(n):
+            rngs[i].standard_normal(out=noise[i])
+        out = np.empty((n, s, groups, d1))
         patch_tl = self.patch_top_left(top_left, x.shape[1:])
         offsets = top_left - patch_tl
-        out = np.empty((n, num_samples, channels, kh, kw), dtype=np.float64)
-        views = sliding_window_view(np.asarray(x, np.float64), (ph, pw), axis=(1, 2))
+        views = window_views(np.ascontiguousarray(x, np.float64), (ph, pw))
         keys = offsets[:, 0] * (2 * self.padding + 1) + offsets[:, 1]
-        for key in np.unique(keys):
-            sel = np.flatnonzero(keys == key)
-            params = self.conditional(offsets[sel[0]])
-            patch = views[:, patch_tl[sel, 0], patch_tl[sel, 1]]  # (C, n_sel, ph, pw)
-            patch = patch.transpose(1, 0, 2, 3).reshape(sel.size, self._groups, -1)
-            d1 = params[0][0].size
-            noise = np.empty((sel.size, num_samples, self._groups, d1))
-            for j, i in enumerate(sel):  # window i's own stream, whatever the batch
-                rngs[i].standard_normal(out=noise[j])
-            draws = np.empty_like(noise)
-            for g, (idx1, idx2, mu1, mu2, a, lower) in enumerate(params):
-                mean = mu1 + (patch[:, g, idx2] - mu2) @ a.T  # (n_sel, d1)
-                # one (n_sel·S, d1) product instead of n_sel small ones: the same values
-                # (each row is its own dot products), fewer BLAS calls
-                z = np.ascontiguousarray(noise[:, :, g]).reshape(-1, d1)
-                draws[:, :, g] = mean[:, None, :] + (z @ lower.T).reshape(sel.size,
-                                                                           num_samples, d1)
-            out[sel] = draws.reshape(sel.size, num_samples, channels, kh, kw)
+        # every window's patch, (n, groups, values per group)
+        patches = views[:, patch_tl[:, 0], patch_tl[:, 1]].transpose(1, 0, 2, 3)
+        patches = patches.reshape(n, groups, -1)
+        # the windows of each offset in the patch (one conditional each), in window order
+        order = np.argsort(keys, kind="stable")
+        ends = np.append(np.flatnonzero(np.diff(keys[order])) + 1, n).tolist()
+        begin = 0
+        for end in ends:
+            sel, m = order[begin:end], end - begin
+            begin = end
+            first = int(sel[0])
+            if int(sel[-1]) - first + 1 == m:  # consecutive windows: views, not copies
+                sel = slice(first, first + m)
+            patch = patches[sel]
+            for g, (_, idx2, mu1, mu2, a, lower) in enumerate(self.conditional(offsets[first])):
+                mean = mu1 + (patch[:, g, idx2] - mu2) @ a.T  # (m, d1)
+                # one (m·S, d1) product instead of m small ones: the same values (each row
+                # is its own dot products), fewer BLAS calls; written in place when it can be
+                z = noise[sel, :, g].reshape(m * s, d1)
+                target = out[sel, :, g] if isinstance(sel, slice) else None  # a view
+                if target is not None and target.flags.c_contiguous:
+                    np.matmul(z, lower.T, out=target.reshape(m * s, d1))
+                    target += mean[:, None, :]
+                else:
+                    draws = (z @ lower.T).reshape(m, s, d1)
+                    draws += mean[:, None, :]
+                    out[sel, :, g] = draws
+        out = out.reshape(n, s, self.channels, kh, kw).astype(np.float32)
         if self.clip:
-            lo = sliding_window_view(self.pool_min, (kh, kw), axis=(1, 2))
-            hi = sliding_window_view(self.pool_max, (kh, kw), axis=(1, 2))
-            rows, cols = top_left[:, 0], top_left[:, 1]
-            lo = lo[:, rows, cols].transpose(1, 0, 2, 3)[:, None]  # (N, 1, C, kh, kw)
-            hi = hi[:, rows, cols].transpose(1, 0, 2, 3)[:, None]
-            np.clip(out, lo, hi, out=out)
-        return out.astype(np.float32)
+            # clipping after the cast to float32 gives the same values as before it: the
+            # bounds are float32 and rounding to nearest is monotonic
+            bounds = window_views(np.stack([self.pool_min, self.pool_max]),
+                                  (kh, kw))[:, :, top_left[:, 0], top_left[:, 1]]
+            bounds = bounds.transpose(0, 2, 1, 3, 4)[:, :, None]  # (2, N, 1, C, kh, kw)
+            np.maximum(out, bounds[0], out=out)
+            np.minimum(out, bounds[1], out=out)
+        return out
 
 
 def _released_patches(views, colour, num_fit, gen) -> np.ndarray:

@@ -32,7 +32,7 @@ import numpy as np
 from .errors import InvalidArgument
 
 __all__ = ["window_shape", "window_grid", "window_positions", "coverage_counts", "window_sum",
-           "EDGES"]
+           "window_views", "EDGES"]
 
 #: Values of the ``edges`` argument: add windows aligned to the last row and column when the
 #: stride does not reach them (``"cover"``), or keep the regular grid only (``"drop"``).
@@ -70,6 +70,39 @@ def window_shape(window) -> tuple[int, int]:
         return (_positive_int(window[0], "window height"), _positive_int(window[1], "window width"))
     k = _positive_int(window, "window")
     return (k, k)
+
+
+def window_views(array: np.ndarray, window, *, writeable: bool = False) -> np.ndarray:
+    """Every ``kh × kw`` window of the last two axes of ``array``, as a strided view.
+
+    The same view as ``numpy.lib.stride_tricks.sliding_window_view(array, window,
+    axis=(-2, -1))``, built directly for a C-contiguous array (a few microseconds instead of
+    tens: it is built for every batch of windows).
+
+    Parameters
+    ----------
+    array : ndarray, shape (..., H, W)
+    window : (int, int)
+    writeable : bool
+        A writeable view (each window's values are shared with its neighbours': write
+        non-overlapping windows only).
+
+    Returns
+    -------
+    ndarray, shape (..., H − kh + 1, W − kw + 1, kh, kw)
+    """
+    kh, kw = window
+    if not array.flags.c_contiguous or array.ndim < 2:
+        from numpy.lib.stride_tricks import sliding_window_view
+
+        return sliding_window_view(array, (kh, kw), axis=(-2, -1), writeable=writeable)
+    *lead, h, w = array.shape
+    strides = array.strides
+    view = np.ndarray((*lead, h - kh + 1, w - kw + 1, kh, kw), array.dtype, buffer=array,
+                      strides=(*strides, *strides[-2:]))
+    if not writeable:
+        view.flags.writeable = False
+    return view
 
 
 def check_edges(edges) -> str:

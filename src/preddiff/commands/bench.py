@@ -9,7 +9,8 @@ run on one machine:
   the device, so that no copy is counted); on CUDA the sweep doubles the batch while the
   device holds it and the rate grows (:data:`CUDA_BATCHES`);
 - the PDA throughput in window-samples/s of :func:`preddiff.prediction_difference` (engine
-  batches of at least 256 perturbed images, as ``preddiff explain`` runs it, classifier calls
+  batches of at least 256 perturbed images, 1000 for LeNet's small input
+  (:func:`preddiff.analysis.default_batch_size`), as ``preddiff explain`` runs it, classifier calls
   of the sweep's best size, images composed inside the graph on CUDA) on a fixed
   block of window positions (a regular grid of windows over the whole image, corners
   included; k = 10, S = 10, conditional sampler fitted on the bundled example images), with
@@ -355,7 +356,7 @@ def _warm_sampler(sampler, x, stride: int, seed: int) -> None:
     """Draw one sample at every window of the block, so that a conditional sampler's
     per-position Gaussians (computed once per sampler and cached, then shared by every image
     it explains) are not counted as per-window work."""
-    from ..samplers import WindowStreams
+    from ..streams import WindowStreams
     from ..windows import window_positions
 
     positions = window_positions(x.shape[1:], WINDOW, stride, edges="cover")
@@ -391,7 +392,7 @@ def bench_model(name, *, quick, rounds, device, threads, seed, float16=False) ->
     """All figures of one network (see the module docstring)."""
     import numpy as np
 
-    from ..analysis import DEFAULT_BATCH_SIZE
+    from ..analysis import default_batch_size
     from ..incremental import IncrementalClassifier, resolve_device
 
     _say(f"{name}: building the model")
@@ -409,10 +410,10 @@ def bench_model(name, *, quick, rounds, device, threads, seed, float16=False) ->
     out["plain_sweep_end"] = note
     out["plain_batch"] = best
     out["provider"] = plain[best].provider
-    # the naive engine as preddiff explain runs it: batches of at least DEFAULT_BATCH_SIZE
+    # the naive engine as preddiff explain runs it: batches of at least default_batch_size
     # perturbed images, classifier calls of the best size (composed on the device on CUDA)
     naive = plain[best]
-    naive_batch = max(DEFAULT_BATCH_SIZE, best) // SAMPLES * SAMPLES
+    naive_batch = max(default_batch_size(x.shape), best) // SAMPLES * SAMPLES
     out["naive_engine_batch"] = naive_batch
     out["naive_composes_on_device"] = naive.composes_on_device
     incremental = IncrementalClassifier(model, outputs=["prob"], device=device, threads=threads,
@@ -427,14 +428,16 @@ def bench_model(name, *, quick, rounds, device, threads, seed, float16=False) ->
         out["macs"]["stop_reason"] = incremental.analysis.stop_reason
         out["plan"] = report["plan"]
 
-    # warm-up on the same image and window size (one window): sessions, clean maps, plans;
-    # on CUDA the naive engine runs a larger block (several calls of the best size), warmed
-    # up on that very block (cuDNN picks its algorithms per input shape)
+    # warm-up on the same image and window size: sessions, clean maps, plans; the naive
+    # engine's classifier already ran its call size in the sweep (on CUDA it runs a larger
+    # block, warmed up on that very block: cuDNN picks its algorithms per input shape); the
+    # incremental engine runs the block once, untimed, as its calls have the block's shapes
+    # (a first run at new shapes was up to 30 % slower: LeNet 20.3k against 24.7k w-s/s)
     warm = max(x.shape[1], x.shape[2])
     naive_stride = CUDA_NAIVE_STRIDE if cuda else stride
     out["naive_stride"] = naive_stride
     _pda(x, naive, sampler, naive_stride if cuda else warm, naive_batch, seed)
-    _pda(x, incremental, sampler, warm, INCREMENTAL_ENGINE_BATCH, seed)
+    _pda(x, incremental, sampler, stride, INCREMENTAL_ENGINE_BATCH, seed)
     _warm_sampler(sampler, x, min(stride, naive_stride), seed)
 
     per_round = []
@@ -561,8 +564,9 @@ def format_table(results: dict) -> str:
         "brackets); planned mean: the same averaged over all window positions at the cost "
         "model's switch point; meas/plan: ratio / planned mean;",
         "max diff: max |incremental - naive| / max |naive| of the relevance maps;",
-        "warm-up before timing: sessions, plans, and the sampler's conditional Gaussians of "
-        "every window position of the block (once per sampler, shared by all its images).",
+        "warm-up before timing: sessions, plans, one untimed incremental run of the block, and "
+        "the sampler's conditional Gaussians of every window position of the block (once per "
+        "sampler, shared by all its images).",
     ]
     for name, r in results["models"].items():
         if r.get("naive_stride", r.get("stride")) != r.get("stride"):
