@@ -21,8 +21,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 from untuned_nets import NETS  # noqa: E402
 
 from preddiff.commands.bench import (  # noqa: E402
-    INCREMENTAL_ENGINE_BATCH, PADDING, SAMPLES, WINDOW, _pda, _seconds, _sweep, _warm_sampler,
-    machine_info,
+    INCREMENTAL_ENGINE_BATCH, PADDING, SAMPLES, WINDOW, _pda, _seconds, _settle, _sweep,
+    _warm_sampler, machine_info,
 )
 from preddiff.fileio import atomic_write_text  # noqa: E402
 from preddiff.incremental import IncrementalClassifier  # noqa: E402
@@ -46,14 +46,17 @@ def measure(name: str, seed: int = 0) -> dict:
     incremental = IncrementalClassifier(model, outputs=["prob"], device="cpu")
     report = incremental.report(x.shape, (WINDOW, WINDOW))
     planned = report["macs_full"] / max(report["macs_planned"], 1.0)
+    # warm-up as preddiff bench's: the naive classifier ran its call size in the sweep; the
+    # incremental engine runs the block once, untimed (its calls have the block's shapes)
     warm = max(x.shape[1:])
     _pda(x, naive, sampler, warm, 256, seed)
-    _pda(x, incremental, sampler, warm, INCREMENTAL_ENGINE_BATCH, seed)
+    _pda(x, incremental, sampler, STRIDE, INCREMENTAL_ENGINE_BATCH, seed)
     _warm_sampler(sampler, x, STRIDE, seed)
     rounds = []
     for _ in range(ROUNDS):
         e_naive, n = _pda(x, naive, sampler, STRIDE, 256, seed)
         incremental.clear_cache()
+        _settle()  # the naive session's threads stop spinning first
         e_inc, _ = _pda(x, incremental, sampler, STRIDE, INCREMENTAL_ENGINE_BATCH, seed)
         want, got = e_naive.relevance["prob"], e_inc.relevance["prob"]
         rounds.append({"naive": n / _seconds(e_naive), "incremental": n / _seconds(e_inc),

@@ -103,7 +103,8 @@ def add_arguments(p, default_json=None) -> None:
     p.add_argument("--quick", action="store_true",
                    help="smaller window blocks and one round (a smoke test, ~2 minutes)")
     p.add_argument("--rounds", type=int, default=None,
-                   help="interleaved measurement rounds (default 2, --quick 1)")
+                   help="interleaved measurement rounds (default 3: the median drops one "
+                        "disturbed round; --quick 1)")
     p.add_argument("--json", type=Path, default=default_json, metavar="PATH",
                    help="write every figure as JSON to PATH (and the table to PATH.txt)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
@@ -142,7 +143,7 @@ def run(args) -> int:
     if unknown or not models:
         raise InvalidArgument(f"--models {args.models!r}: unknown {unknown}; "
                               f"choose from {', '.join(MODELS)}")
-    rounds = args.rounds if args.rounds is not None else (1 if args.quick else 2)
+    rounds = args.rounds if args.rounds is not None else (1 if args.quick else 3)
     if rounds < 1:
         raise InvalidArgument(f"--rounds must be at least 1, got {rounds}")
     if args.json is not None:
@@ -363,6 +364,17 @@ def _warm_sampler(sampler, x, stride: int, seed: int) -> None:
     sampler.sample(x, positions, WINDOW, 1, WindowStreams(seed, 0, len(positions)))
 
 
+#: Idle seconds before an engine's timed run: onnxruntime's worker threads spin for about
+#: 2**20 pauses after a call (~20 ms on this project's machine) before they sleep, so the
+#: other engine's session, run just before, would share the cores with the timed run.
+SETTLE_SECONDS = 0.1
+
+
+def _settle() -> None:
+    """Let the previous session's onnxruntime threads stop spinning (:data:`SETTLE_SECONDS`)."""
+    time.sleep(SETTLE_SECONDS)
+
+
 def _seconds(explanation) -> float:
     """Seconds of a run of :func:`_pda`: the engine and the kept maps."""
     return explanation.timings["total"] + explanation.timings["maps"]
@@ -449,6 +461,7 @@ def bench_model(name, *, quick, rounds, device, threads, seed, float16=False) ->
         clean_incremental = _clean_pass(incremental, x)
         # the clean image's forward pass counts for both engines: forget the cached one
         incremental.clear_cache()
+        _settle()
         e_inc, n = _pda(x, incremental, sampler, stride, INCREMENTAL_ENGINE_BATCH, seed)
         if naive_stride != stride:  # the maps compared on the incremental engine's block
             e_naive_block, _ = _pda(x, naive, sampler, stride, naive_batch, seed)
