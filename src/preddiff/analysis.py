@@ -51,8 +51,9 @@ thread (``prefetch``). The sampler is called one batch at a time, in order; each
 samples come from its own random stream, so the values do not depend on it. By default the
 overlap is on unless the classifier computes on the CPU with onnxruntime
 (:func:`prefetch_default`): its threads already use every core, and a sampler thread beside
-them only slows them down (LeNet on this project's 2-core machine: 0.77 of the plain
-classifier's speed with the overlap, 0.81 without, three interleaved rounds).
+them only slows them down (LeNet on this project's 2-core machine, three interleaved rounds:
+0.78, 0.82 and 0.83 of the plain classifier's speed with the overlap, 0.81, 0.83 and 0.84
+without).
 
 Reproducibility
 ---------------
