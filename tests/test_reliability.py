@@ -636,7 +636,10 @@ def test_18_resumed_run_without_progress_bar_says_so(tmp_path, home):
 ])
 def test_19_sampler_options_without_effect_are_warned(tmp_path, home, argv, message):
     fast = [a for a in FAST if a not in ("--patches", "2000")]
-    proc = explain("digits:1", *fast, *argv, "--out", tmp_path, home=home)
+    # --incremental off: stderr holds only the warning, whatever ran before in this home
+    # (otherwise an uncached --incremental auto decision adds its notes)
+    proc = explain("digits:1", *fast, *argv, "--incremental", "off", "--out", tmp_path,
+                   home=home)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.strip() == message
 
