@@ -466,3 +466,28 @@ def test_a_float64_or_float16_input_is_cast_in_the_composing_graph(rng, elem, dt
     got = clf.evaluate_windows(x, top_left, patches)["prob"]
     assert clf._composer is not None and clf._input_dtype == dtype
     np.testing.assert_array_equal(got, clf(literal_compose(x, top_left, patches))["prob"])
+
+
+def test_one_blas_thread_is_shared_by_overlapping_analyses():
+    """Analyses in several threads: BLAS stays on one thread while any runs, and the last to
+    finish restores the setting (not the first)."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from preddiff.analysis import _one_blas_thread
+
+    def blas_threads():
+        info = [i for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+        if not info:
+            pytest.skip("no BLAS library found by threadpoolctl")
+        return {i["num_threads"] for i in info}
+
+    with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
+        if blas_threads() != {2}:
+            pytest.skip("BLAS cannot run 2 threads here")
+        a, b = _one_blas_thread(), _one_blas_thread()
+        a.__enter__()
+        b.__enter__()
+        assert blas_threads() == {1}
+        a.__exit__(None, None, None)  # the first to finish
+        assert blas_threads() == {1}
+        b.__exit__(None, None, None)
+        assert blas_threads() == {2}

@@ -490,13 +490,19 @@ def test_switch_point_zero_on_the_cpu_builds_the_images_on_the_host(rng):
     x = rng.normal(size=(3, 23, 27)).astype(np.float32)
     top_left = _windows(23, 27, 4, rng, extra=2)
     patches = rng.normal(size=(len(top_left), 3, 4, 4)).astype(np.float32)
-    clf = IncrementalClassifier(model, outputs=outputs, device="cpu", cut=0, batch_size=7)
+    # a last call of one image: still a perturbed image, not the clean one
+    clf = IncrementalClassifier(model, outputs=outputs, device="cpu", cut=0,
+                                batch_size=len(top_left) - 1)
     got = clf.evaluate_windows(x, top_left, patches)
-    want = clf(_literal_images(x, top_left, patches))
+    clean_key = clf._clean_key
+    want = IncrementalClassifier(model, outputs=outputs, device="cpu", incremental=False)(
+        _literal_images(x, top_left, patches))
     for name in outputs:
         np.testing.assert_array_equal(got[name], want[name])
     plan = clf._plan(x.shape, (4, 4))
     assert plan.cut == 0 and plan.runner is None
+    clf(x[None])  # the clean image: its cached activations are still x's
+    assert clf._clean_key == clean_key
 
 
 def test_clean_cache_follows_the_image(rng):

@@ -1,5 +1,7 @@
 """Per-window random streams: the fast seeding reproduces NumPy's SeedSequence exactly."""
+import copy
 import logging
+import pickle
 
 import numpy as np
 import pytest
@@ -49,6 +51,26 @@ def test_window_stream_seed_sequence_spawns_as_seedsequence():
                                   np.random.SeedSequence(5, spawn_key=(13,)).generate_state(3))
 
 
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_window_streams_pickle_and_copy(protocol):
+    rng = WindowStreams(5, 10, 20)[3]
+    rng.random(2)
+    want = window_rng(5, 13)
+    want.random(2)
+    expected = want.random(4)
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(rng, protocol)).random(4), expected)
+    np.testing.assert_array_equal(copy.deepcopy(rng).random(4), expected)
+    assert rng.bit_generator.seed_seq.state == window_rng(5, 13).bit_generator.seed_seq.state
+
+
+def test_streams_are_still_importable_from_samplers():
+    from preddiff import samplers
+
+    assert samplers.window_rng is window_rng and samplers.WindowStreams is WindowStreams
+    with pytest.raises(AttributeError):
+        samplers.no_such_name
+
+
 def test_window_streams_fall_back_when_the_hashing_differs(monkeypatch, caplog):
     """Should NumPy ever change SeedSequence, the streams stay NumPy's (one warning)."""
     streams._block_words.cache_clear()
@@ -77,3 +99,4 @@ def test_window_views_equal_sliding_window_view(shape, window):
     r, c = min(1, shape[-2] - window[0]), min(1, shape[-1] - window[1])
     w[(0,) * (a.ndim - 2) + (r, c)] = -1
     assert (a[(0,) * (a.ndim - 2)][r:r + window[0], c:c + window[1]] == -1).all()
+

@@ -1187,6 +1187,7 @@ class _BatchRunner:
         return compose_batch(self.x, top_left, patches, out=self.buffer)
 
 
+@contextlib.contextmanager
 def _one_blas_thread():
     """BLAS (OpenBLAS, MKL) on one thread while windows are evaluated.
 
@@ -1195,20 +1196,37 @@ def _one_blas_thread():
     classifier does not use BLAS. Measured on this project's 2-core machine, OpenBLAS's
     threads made the 25 conditionals of a LeNet run 20x slower (243 ms against 12 ms on one
     thread) and slowed every batch's sampling. The limit is process-wide while it holds (it is
-    how BLAS libraries are configured); the products are the same on one thread (each output
-    element is computed by one thread either way)."""
-    global _BLAS_CONTROLLER
-    if _BLAS_CONTROLLER is None:
-        try:
-            from threadpoolctl import ThreadpoolController
-        except ImportError:  # pragma: no cover - a dependency; without it BLAS keeps its threads
-            return contextlib.nullcontext()
-        # found once per process: scanning the loaded libraries took ~1.5 ms per run
-        _BLAS_CONTROLLER = ThreadpoolController()
-    return _BLAS_CONTROLLER.limit(limits=1, user_api="blas")
+    how BLAS libraries are configured), counted: analyses running at once in several threads
+    (Dask workers) share it, and the last one to finish restores BLAS's own setting. The
+    products are the same on one thread (each output element is computed by one thread either
+    way)."""
+    global _BLAS_CONTROLLER, _BLAS_USERS, _BLAS_LIMITER
+    with _BLAS_LOCK:
+        if _BLAS_CONTROLLER is None:
+            try:
+                from threadpoolctl import ThreadpoolController
+            except ImportError:  # pragma: no cover - a dependency
+                _BLAS_CONTROLLER = False
+            else:
+                # found once per process: scanning the loaded libraries took ~1.5 ms per run
+                _BLAS_CONTROLLER = ThreadpoolController()
+        if _BLAS_CONTROLLER and _BLAS_USERS == 0:
+            _BLAS_LIMITER = _BLAS_CONTROLLER.limit(limits=1, user_api="blas")
+        _BLAS_USERS += 1
+    try:
+        yield
+    finally:
+        with _BLAS_LOCK:
+            _BLAS_USERS -= 1
+            if _BLAS_USERS == 0 and _BLAS_LIMITER is not None:
+                _BLAS_LIMITER.restore_original_limits()
+                _BLAS_LIMITER = None
 
 
 _BLAS_CONTROLLER = None
+_BLAS_LOCK = threading.Lock()
+_BLAS_USERS = 0
+_BLAS_LIMITER = None
 
 
 class _Prefetch:

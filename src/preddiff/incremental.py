@@ -777,11 +777,13 @@ class IncrementalClassifier:
 
     def _full_images(self, x, top_left, patches) -> dict:
         """The outputs of the perturbed images built on the host, :attr:`batch_size` at a
-        time (the naive engine's way)."""
-        parts = [self(compose_batch(x, top_left[i:i + self.batch_size],
-                                    patches[i:i + self.batch_size]))
-                 for i in range(0, len(patches), self.batch_size)]
-        return {o: np.concatenate([p[o] for p in parts]) for o in self.outputs}
+        time (the naive engine's way), through the full graph (never the clean pass, which
+        ``self(batch)`` takes for a batch of one image)."""
+        name, size = self._full.inputs[0], self.batch_size
+        parts = [self._full.run({name: compose_batch(x, top_left[i:i + size],
+                                                     patches[i:i + size])}, self.outputs)
+                 for i in range(0, len(patches), size)]
+        return {o: np.concatenate([p[k] for p in parts]) for k, o in enumerate(self.outputs)}
 
     def _runner(self, plan: _Plan) -> BoundSession:
         """The plan's bound session with this image's clean maps bound (once per image)."""

@@ -56,6 +56,16 @@ from .windows import window_shape, window_views
 
 __all__ = ["Sampler", "MarginalSampler", "ConditionalGaussianSampler"]
 
+def __getattr__(name):
+    """``window_rng`` and ``WindowStreams`` moved to :mod:`preddiff.streams`; importing them
+    from here still works."""
+    if name in ("window_rng", "WindowStreams"):
+        from . import streams
+
+        return getattr(streams, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 #: Relative jitter steps tried when a covariance is not positive definite: ``ε · mean(diag)``
 #: is added to the diagonal, ε running through these values until Cholesky succeeds.
 JITTER_STEPS = tuple(10.0 ** e for e in range(-6, 1))

@@ -191,6 +191,14 @@ class _WindowSeed(ISpawnableSeedSequence):
     def spawn(self, n_children):
         return self._real().spawn(n_children)
 
+    def __getattr__(self, name):  # the rest of SeedSequence's attributes (state, pool, ...)
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._real(), name)
+
+    def __reduce__(self):  # pickles as it is, with every protocol
+        return (_WindowSeed, (self.entropy, self.spawn_key[0], self._state))
+
     def __repr__(self) -> str:
         return f"SeedSequence(entropy={self.entropy!r}, spawn_key={self.spawn_key!r})"
 
