@@ -549,9 +549,9 @@ class IncrementalClassifier:
             self._clean_names = list(dict.fromkeys(
                 [s.output for s in self.analysis.steps]
                 + [o for o in self.outputs if o != self.analysis.input_name]))
-            # one call per image: its threads must not spin on (onnxruntime spins ~2**20
-            # pauses after a call, ~20 ms here) while the windows' graph runs (LeNet's
-            # windows ran 0.7x as fast after it)
+            # one call per image: its threads must not keep spinning after it (onnxruntime's
+            # workers spin a while before they sleep) beside the windows' graph (LeNet's
+            # windows after a spinning clean pass: 27k against 38k window-samples/s)
             self._clean_session = self._session(_with_outputs(self.model, self._clean_names),
                                                 fixed=True, spinning=False)
         else:

@@ -364,9 +364,10 @@ def _warm_sampler(sampler, x, stride: int, seed: int) -> None:
     sampler.sample(x, positions, WINDOW, 1, WindowStreams(seed, 0, len(positions)))
 
 
-#: Idle seconds before an engine's timed run: onnxruntime's worker threads spin for about
-#: 2**20 pauses after a call (~20 ms on this project's machine) before they sleep, so the
-#: other engine's session, run just before, would share the cores with the timed run.
+#: Idle seconds before an engine's timed run: onnxruntime's worker threads keep spinning for a
+#: while after a call before they sleep, so the other engine's session, run just before, would
+#: share the cores with the timed run (LeNet's incremental row: 0.66-0.71 of plain without
+#: this pause, 0.81-0.83 with it, two runs each).
 SETTLE_SECONDS = 0.1
 
 
