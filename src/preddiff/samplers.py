@@ -23,8 +23,8 @@ The engine (:func:`preddiff.prediction_difference`) accepts any object with a me
   must draw its random numbers from ``rngs[n]`` only**, and its samples must depend only on
   ``x``, its position and ``rngs[n]`` — never on the other windows of the call. The engine
   gives window ``i`` of the image a stream that depends only on the run's seed and ``i``
-  (:func:`preddiff.streams.window_rng`), so results do not depend on the batch size and a resumed run is
-  identical to an uninterrupted one.
+  (:func:`preddiff.streams.window_rng`), so results do not depend on the batch size and a
+  resumed run is identical to an uninterrupted one.
 
 It returns the values that replace each window, float32 (anything else is converted). An
 optional ``describe() -> dict`` (JSON-serialisable) identifies the sampler's configuration; it
@@ -47,7 +47,6 @@ import zipfile
 
 import numpy as np
 import scipy.linalg
-from numpy.lib.stride_tricks import sliding_window_view
 
 from .checkpoint import atomic_savez
 from .errors import InvalidArgument, PredDiffError
@@ -201,7 +200,7 @@ class MarginalSampler(Sampler):
         else:
             images = np.stack([rngs[i].choice(m, size=num_samples, replace=False)
                                for i in range(n)]) if n else np.zeros((0, num_samples), int)
-        views = sliding_window_view(self.pool, (kh, kw), axis=(2, 3))  # (M, C, H', W', kh, kw)
+        views = window_views(self.pool, (kh, kw))  # (M, C, H', W', kh, kw)
         # Advanced indices (N, S) × (N, 1) × (N, 1) around a slice: result (N, S, C, kh, kw).
         return views[images, :, top_left[:, 0, None], top_left[:, 1, None]]
 
@@ -406,7 +405,7 @@ class ConditionalGaussianSampler(Sampler):
         if patches not in cls.PATCHES:
             raise InvalidArgument(f"patches must be one of {cls.PATCHES}, got {patches!r}")
         gen = _generator(rng)
-        views = sliding_window_view(pool, (ph, pw), axis=(2, 3))  # (M, C, H', W', ph, pw)
+        views = window_views(pool, (ph, pw))  # (M, C, H', W', ph, pw)
         if patches == "random":
             images = gen.integers(0, m, size=num_patches)
             rows = gen.integers(0, height - ph + 1, size=num_patches)
