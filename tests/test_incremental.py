@@ -279,7 +279,28 @@ def _bottleneck(g):
     return g.op("Relu", g.conv(y, 5, 3, pads=(1, 1, 1, 1)))
 
 
+def _layouts(g):
+    # merges run channels-last where they mean the same there, channels-first where not: a
+    # residual Add fused behind a convolution followed by a per-channel Mul (stays
+    # channels-first), one followed by Relu (channels-last), a channel Concat at axis -3 of a
+    # channels-last and a channels-first crop, point-wise steps of their own on a
+    # channels-last crop (a scalar Mul: stays; a per-channel Add and LRN: converted), an
+    # element-wise merge of two such maps, then a 1×1 and a padded 3×3 convolution
+    x = g.op("Relu", g.conv("data", 8, 3, pads=(1, 1, 1, 1)))
+    y = g.conv(g.op("Relu", g.conv(x, 8, 3, pads=(1, 1, 1, 1))), 8, 3, pads=(1, 1, 1, 1))
+    z = g.binary("Mul", g.binary("Add", y, x), g.const(np.linspace(0.5, 1.5, 8).reshape(8, 1, 1)))
+    y = g.conv(g.op("Relu", g.conv(z, 8, 1)), 8, 3, pads=(1, 1, 1, 1))
+    u = g.op("Relu", g.binary("Add", y, z))
+    c = g.op("Concat", [u, g.conv(u, 4, 1)], axis=-3)
+    s = g.binary("Mul", c, g.const(0.5))
+    t = g.binary("Add", c, g.const(np.linspace(-0.2, 0.2, 12).reshape(12, 1, 1)))
+    m = g.binary("Max", s, g.op("LRN", t, size=3))
+    g.channels[m] = 12
+    return g.conv(g.op("Relu", g.conv(m, 8, 1)), 5, 3, pads=(1, 1, 1, 1))
+
+
 CASES = {
+    "layouts": _layouts,
     "bottleneck": _bottleneck,
     "normalise": _normalise,
     "residual": _residual,
@@ -480,6 +501,35 @@ def test_one_by_one_steps_read_their_input_crop(rng, monkeypatch):
     assert nodes[0] < nodes[1]
     for name in outputs:
         np.testing.assert_array_equal(results[0][name], results[1][name])
+
+
+def test_residual_merges_read_their_regions_channels_last(rng):
+    """A residual Add (+ Relu) behind a convolution runs on channels-last values: the region of
+    the shortcut is gathered channels-last and added as it is (no Transpose in front of the
+    Add), the convolution's output is converted once; a per-channel Mul behind the Add keeps
+    the merge channels-first. Both give the full forward pass's outputs."""
+    import onnx
+
+    model, outputs = _case_model("layouts", rng)
+    x = rng.normal(size=(3, 23, 27)).astype(np.float32)
+    top_left = _windows(23, 27, 10, rng)
+    patches = rng.normal(size=(len(top_left), 3, 10, 10)).astype(np.float32)
+    steps = len(analyse(model, outputs).steps)
+    clf = IncrementalClassifier(model, outputs=outputs, device="cpu", cut=steps)
+    graph = clf._plan(x.shape, (10, 10)).compiled.model.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    adds = [n for n in graph.node if n.op_type == "Add"
+            and any(t in producer and producer[t].op_type == "Gather" for t in n.input)]
+    assert adds  # the second block's shortcut: its region added as gathered
+    mul = [n for n in graph.node if n.op_type == "Mul" and any(
+        t in {i.name for i in graph.initializer
+              if onnx.numpy_helper.to_array(i).shape == (8, 1, 1)} for t in n.input)]
+    assert len(mul) == 1 and producer[mul[0].input[0]].op_type == "Add"
+    add_in = producer[mul[0].input[0]].input
+    assert any(producer[t].op_type == "Transpose" for t in add_in if t in producer)
+    want = IncrementalClassifier(model, outputs=outputs, device="cpu", incremental=False)(
+        _literal_images(x, top_left, patches))
+    _assert_exact(clf.evaluate_windows(x, top_left, patches), want)
 
 
 def test_switch_point_zero_on_the_cpu_builds_the_images_on_the_host(rng):
