@@ -1,125 +1,165 @@
-"""Where the time of an incremental PDA run goes, per phase (issue 9, per-step overhead).
+"""Where the compiled incremental graph's time goes, by operator (onnxruntime's profiler).
 
-For each network, one PDA run (k = 10, S = 10, conditional sampler, a grid of windows) with
-:class:`preddiff.incremental.IncrementalClassifier` is profiled with :mod:`cProfile`, and the
-time is split into: onnxruntime calls of the incremental steps (how many, and the mean per
-call), NumPy gathers and pastes of crops, the remainder graph run in full after the switch
-point, the sampler, the once-per-image relevance assembly, and the rest (Python)::
+For each network of the benchmark (:mod:`preddiff.commands.bench`), the incremental plan for
+k = 10 is compiled as :class:`preddiff.incremental.IncrementalClassifier` compiles it, and its
+graph is run on the benchmark's block of windows (the engine's batches, S = 10 samples per
+window, random patches) in a session with onnxruntime's profiler on. The kernel time is summed
+per operator type (after onnxruntime's own graph rewrites: ``ReorderInput``/``ReorderOutput``
+are its conversions to and from the blocked NCHWc layout of its CPU convolutions) and grouped:
 
-    python bench/incremental_profile.py                       # efficientnet_lite0, resnet18
-    python bench/incremental_profile.py --models mobilenet_v2 --stride 53
+- compute: convolutions, pooling, Gemm (what the multiply-add plan counts);
+- layout: ``Transpose``, ``ReorderInput``, ``ReorderOutput``;
+- regions: ``Gather``, ``Concat``, ``ScatterElements`` (the clean maps and crops read);
+- element-wise: ``Add``, ``Relu``, ``Mul`` ... on float maps (residual merges, scales);
+- index arithmetic: the int64 box computations (``Range``, ``Where``, ``Less`` ...).
 
-Writes the table to ``bench/results/incremental_profile.txt`` (``--out`` to change).
+::
+
+    python bench/incremental_profile.py                     # resnet50, resnet18
+    python bench/incremental_profile.py --models mobilenet_v2,googlenet
+
+Writes the table to ``bench/results/incremental_profile.txt`` (``--out`` to change). The
+profiler adds time per node (most to the many tiny int64 nodes of the box arithmetic); use
+the shares of the large operators, not the absolute rate.
 """
 import argparse
-import cProfile
-import pstats
+import collections
+import json
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-from preddiff.commands.bench import machine_info
+import numpy as np
+
+from preddiff.commands.bench import BLOCK_STRIDE, bench_inputs, machine_info
 from preddiff.fileio import atomic_write_text
 
 RESULTS = Path(__file__).resolve().parent / "results" / "incremental_profile.txt"
+SAMPLES = 10
+WINDOW = (10, 10)
+GROUPS = {
+    "compute": {"Conv", "FusedConv", "NchwcConv", "MaxPool", "NchwcMaxPool", "AveragePool",
+                "NchwcAveragePool", "GlobalAveragePool", "NchwcGlobalAveragePool",
+                "GlobalMaxPool", "Gemm", "FusedGemm", "MatMul", "LRN", "Softmax"},
+    "layout": {"Transpose", "ReorderInput", "ReorderOutput"},
+    "regions": {"Gather", "Concat", "ScatterElements", "Expand"},
+    "element-wise": {"Add", "Relu", "Mul", "Sum", "Clip", "Sigmoid", "Div", "Sub", "Max",
+                     "Min", "HardSwish", "HardSigmoid", "BatchNormalization"},
+}
 
 
-def _own(stats, filename_part, function):
-    """(calls, total seconds including callees) of one profiled function."""
-    for (path, _, name), (cc, nc, tt, ct, _) in stats.stats.items():
-        if filename_part in path and name == function:
-            return nc, ct
-    return 0, 0.0
+def _group(op: str, float_output: bool) -> str:
+    for name, ops in GROUPS.items():
+        if op in ops and (name != "element-wise" and name != "regions" or float_output):
+            return name
+    return "index arithmetic" if not float_output else "other"
 
 
-def _called_from(stats, filename_part, function, caller):
-    """(calls, seconds) of ``function`` when called from ``caller`` (same file)."""
-    for (path, _, name), (_, _, _, _, callers) in stats.stats.items():
-        if filename_part in path and name == function:
-            for (cpath, _, cname), (cc, nc, tt, ct) in callers.items():
-                if filename_part in cpath and cname == caller:
-                    return nc, ct
-    return 0, 0.0
+def profile(name: str, seed: int = 0) -> dict:
+    """Per-operator kernel time of the compiled graph of bench network ``name``."""
+    import onnxruntime as ort
 
-
-def profile(name: str, stride: int, seed: int = 0) -> dict:
-    """Phase timings of one incremental PDA run of netzoo network ``name``."""
-    from preddiff import netzoo, prediction_difference
     from preddiff.incremental import IncrementalClassifier
-    from preddiff.samplers import ConditionalGaussianSampler
+    from preddiff.incremental_graph import PATCHES, TOP_LEFT
 
-    model = netzoo.build(name, seed=seed)
-    pool = netzoo.example_pool()
-    x = pool[0]
-    sampler = ConditionalGaussianSampler.fit(pool[1:], 10, 2, num_patches=2000, rng=seed)
+    model, _, x, _ = bench_inputs(name, seed)
+    x = np.ascontiguousarray(x, np.float32)
     clf = IncrementalClassifier(model, outputs=["prob"], device="cpu")
-    run = dict(window=10, num_samples=10, blobs=("prob",), batch_size=1000, rng=seed,
-               progress=False)
-    prediction_difference(x, clf, sampler, stride=224, **run)  # sessions, plan
-    clf.clear_cache()
-    profiler = cProfile.Profile()
-    tic = time.perf_counter()
-    profiler.enable()
-    e = prediction_difference(x, clf, sampler, stride=stride, **run)
-    profiler.disable()
-    total = time.perf_counter() - tic
-    stats = pstats.Stats(profiler)
-    plan = clf.report(x.shape, (10, 10))
-    prefix_calls, prefix = _own(stats, "incremental.py", "_prefix")
-    gathers = _own(stats, "incremental.py", "_gather")[1]
-    pastes = _own(stats, "incremental.py", "_paste")[1]
-    remainder = _own(stats, "incremental.py", "_flush")[1]
-    relevance = _own(stats, "analysis.py", "_relevance")[1]
-    session_calls, steps_session = _called_from(stats, "incremental.py", "run", "_prefix")
-    return {
-        "name": name, "stride": stride, "total": total, "steps": plan["cut"],
-        "batches": prefix_calls,
-        "prefix": prefix, "prefix_sessions": steps_session,
-        "prefix_session_calls": session_calls, "gather": gathers, "paste": pastes,
-        "remainder": remainder, "sampler": e.timings["sampler"], "relevance": relevance,
-    }
+    clf._set_clean(x)
+    plan = clf._plan(x.shape, WINDOW)
+    feeds = {ci.name: ci.build(clf._clean[ci.tensor]) for ci in plan.compiled.clean_inputs}
+    stride = BLOCK_STRIDE[name][0]
+    from preddiff.windows import window_positions
+
+    top_left = np.asarray(window_positions(x.shape[1:], WINDOW, stride, edges="cover"),
+                          np.int64)
+    rows = np.repeat(top_left, SAMPLES, axis=0)
+    batches = clf._batches(plan, rows[:, 0], rows[:, 1]) if plan.report["cut"] else []
+    rng = np.random.default_rng(seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        so.enable_profiling = True
+        so.profile_file_prefix = os.path.join(tmp, name)
+        session = ort.InferenceSession(plan.compiled.model.SerializeToString(), so,
+                                       providers=["CPUExecutionProvider"])
+        fed = []
+        for idx in batches:
+            f = dict(feeds)
+            f[PATCHES] = rng.normal(size=(len(idx), x.shape[0], *WINDOW)).astype(np.float32)
+            f[TOP_LEFT] = rows[idx]
+            fed.append(f)
+        for f in fed:  # warm-up: first calls at each shape allocate and prepare kernels
+            session.run(["prob"], f)
+        # events after this instant are counted (profiler timestamps: us since its start)
+        since = (time.time_ns() - session.get_profiling_start_time_ns()) / 1e3
+        tic, n = time.perf_counter(), 0
+        for f in fed:
+            session.run(["prob"], f)
+            n += len(f[TOP_LEFT])
+        seconds = time.perf_counter() - tic
+        events = json.load(open(session.end_profiling()))
+    by_op = collections.Counter()
+    for e in events:
+        if (e.get("cat") == "Node" and e["name"].endswith("_kernel_time")
+                and e["ts"] >= since):
+            op = e["args"]["op_name"]
+            types = e["args"].get("output_type_shape") or []
+            is_float = any("float" in json.dumps(t) for t in types) if types else True
+            key = (op, is_float)
+            by_op[key] += e["dur"]
+    total = sum(by_op.values()) or 1
+    groups = collections.Counter()
+    for (op, is_float), us in by_op.items():
+        groups[_group(op, is_float)] += us
+    return {"name": name, "cut": plan.report["cut"], "steps": len(plan.report["steps"]),
+            "nodes": plan.compiled.nodes, "window_samples": n, "seconds": seconds,
+            "groups": {g: groups[g] / total for g in groups},
+            "ops": sorted(((op + ("" if f else " (int)"), us / total)
+                           for (op, f), us in by_op.items()), key=lambda t: -t[1])}
 
 
 def format_rows(rows) -> str:
-    lines = [f"{'model':18s} {'total s':>8s} {'steps':>6s} {'batches':>8s} {'step calls':>10s} "
-             f"{'step ORT s':>10s} {'ms/call':>8s} {'gather s':>9s} {'paste s':>8s} "
-             f"{'other prefix s':>14s} {'remainder s':>11s} {'sampler s':>9s} "
-             f"{'relevance s':>11s}"]
+    names = ["compute", "layout", "regions", "element-wise", "index arithmetic", "other"]
+    lines = [f"{'model':18s} {'cut':>7s} {'nodes':>6s} {'w-s':>6s} {'w-s/s':>8s} "
+             + " ".join(f"{g:>16s}" for g in names)]
     for r in rows:
-        other = r["prefix"] - r["prefix_sessions"] - r["gather"] - r["paste"]
-        calls = max(r["prefix_session_calls"], 1)
-        lines.append(
-            f"{r['name']:18s} {r['total']:8.2f} {r['steps']:6d} {r['batches']:8d} "
-            f"{r['prefix_session_calls']:10d} {r['prefix_sessions']:10.2f} "
-            f"{1e3 * r['prefix_sessions'] / calls:8.2f} {r['gather']:9.2f} {r['paste']:8.2f} "
-            f"{other:14.2f} {r['remainder']:11.2f} {r['sampler']:9.2f} {r['relevance']:11.2f}")
+        lines.append(f"{r['name']:18s} {r['cut']:3d}/{r['steps']:<3d} {r['nodes']:6d} "
+                     f"{r['window_samples']:6d} {r['window_samples'] / r['seconds']:8.1f} "
+                     + " ".join(f"{100 * r['groups'].get(g, 0.0):15.1f}%" for g in names))
+    lines.append("")
+    for r in rows:
+        top = ", ".join(f"{op} {100 * share:.1f}%" for op, share in r["ops"][:10])
+        lines.append(f"{r['name']}: {top}")
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", default="efficientnet_lite0,resnet18")
-    p.add_argument("--stride", type=int, default=23)
+    p.add_argument("--models", default="resnet50,resnet18")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     m = machine_info()
-    rows = [profile(name.strip(), args.stride) for name in args.models.split(",")]
+    rows = [profile(name.strip()) for name in args.models.split(",")]
     text = "\n".join([
-        "Incremental PDA run profiled by phase (k=10, S=10, conditional sampler, one run each)",
+        "Compiled incremental graph profiled by operator (k=10, S=10, the benchmark's block, "
+        "onnxruntime's profiler, CPU provider)",
         f"machine: {m['cpu']}, {m['cores']} cores, load average {m['load_average_start']} at "
-        f"start (shared with other jobs); onnxruntime {m['onnxruntime']}, numpy {m['numpy']}, "
-        f"commit {m['git_commit']}",
+        f"start; onnxruntime {m['onnxruntime']}, numpy {m['numpy']}, commit {m['git_commit']}",
         f"command: python bench/incremental_profile.py {' '.join(argv or sys.argv[1:])}".rstrip(),
-        f"window grid stride {args.stride}", "",
-        format_rows(rows), "",
-        "steps: incremental steps before the switch point; batches: prefix passes (one per "
-        "batch of windows); step calls/ORT s: onnxruntime calls of the steps (all batches) "
-        "and their time, ms/call their mean;",
-        "gather/paste: NumPy crops of the clean maps and pastes of changed crops; other "
-        "prefix: the rest of the prefix (Python, concatenations); remainder: the graph after "
-        "the switch point, in full, on the pasted maps;",
-        "relevance: once-per-image assembly of the maps (all classes, every pixel), which a "
-        "full run amortises over ~46,000 windows."])
+        "", format_rows(rows), "",
+        "cut: incremental steps of all; nodes: of the compiled graph; w-s/s: window-samples/s "
+        "of the graph alone, profiler on, after one untimed pass over the block; shares: of "
+        "the summed kernel time;",
+        "compute: convolutions, pooling, Gemm; layout: Transpose and onnxruntime's NCHWc "
+        "reorders; regions: Gather/Concat/ScatterElements of float maps; element-wise: float "
+        "Add/Relu/Mul...; index arithmetic: int64 box computations (many tiny nodes: the "
+        "profiler's own cost per node inflates their share; a call's fixed cost without it "
+        "is a few ms).",
+        "The benchmark's blocks batch few windows per call (ResNet-50: one window's 10 "
+        "samples), so per-call work weighs more here than in a full-image run."])
     print(text)
     atomic_write_text(args.out, text + "\n")
     return 0
