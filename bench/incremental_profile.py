@@ -35,6 +35,7 @@ import numpy as np
 
 from preddiff.commands.bench import BLOCK_STRIDE, bench_inputs, machine_info
 from preddiff.fileio import atomic_write_text
+from preddiff.windows import window_positions
 
 RESULTS = Path(__file__).resolve().parent / "results" / "incremental_profile.txt"
 SAMPLES = 10
@@ -52,7 +53,8 @@ GROUPS = {
 
 def _group(op: str, float_output: bool) -> str:
     for name, ops in GROUPS.items():
-        if op in ops and (name != "element-wise" and name != "regions" or float_output):
+        # Gather, Add ... of int64 index tensors are box arithmetic, not map work
+        if op in ops and (name in ("compute", "layout") or float_output):
             return name
     return "index arithmetic" if not float_output else "other"
 
@@ -71,8 +73,6 @@ def profile(name: str, seed: int = 0) -> dict:
     plan = clf._plan(x.shape, WINDOW)
     feeds = {ci.name: ci.build(clf._clean[ci.tensor]) for ci in plan.compiled.clean_inputs}
     stride = BLOCK_STRIDE[name][0]
-    from preddiff.windows import window_positions
-
     top_left = np.asarray(window_positions(x.shape[1:], WINDOW, stride, edges="cover"),
                           np.int64)
     rows = np.repeat(top_left, SAMPLES, axis=0)

@@ -86,7 +86,7 @@ from .binding import BoundSession
 from .devices import gpu_free_memory, resolve_device
 from .errors import InvalidArgument
 from .compose import compose_batch, model_opset
-from .incremental_graph import MIN_OPSET, PATCHES, TOP_LEFT, compile_plan
+from .incremental_graph import MIN_OPSET, PATCHES, TOP_LEFT, compile_plan, unpadded
 from .incremental_plan import (
     Analysis, analyse, choose_cut, format_plan, geometry, load_model, remainder_macs,
 )
@@ -848,11 +848,7 @@ class IncrementalClassifier:
 
 def _crop_model_single(template: onnx.ModelProto, node) -> onnx.ModelProto:
     """A pooling node with padding turned off, input ``x`` (1, 1, h, w), output ``y``."""
-    n = onnx.NodeProto()
-    n.CopyFrom(node)
-    keep = [a for a in n.attribute if a.name not in ("pads", "auto_pad", "ceil_mode")]
-    del n.attribute[:]
-    n.attribute.extend(keep + [helper.make_attribute("pads", [0, 0, 0, 0])])
+    n = unpadded(node)
     n.input[0], n.output[0] = "x", "y"
     return _new_model(template, [n], [_value_info("x", [1, 1, "h", "w"])],
                       [_value_info("y", None)], [], "avg_crop")
