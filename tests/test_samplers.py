@@ -249,6 +249,27 @@ def test_distinct_offsets_and_cache(rng, monkeypatch):
     assert len(calls) == 25 * 3  # once per offset and colour channel, never per window
 
 
+@pytest.mark.parametrize("colour", ["per-channel", "joint"])
+def test_conditional_window_values_do_not_depend_on_the_batch(rng, colour):
+    """A window's samples are the same alone, in a batch of all windows (every offset, the
+    windows of one offset scattered through it) and in a shuffled batch, bit for bit."""
+    from preddiff.windows import window_positions
+
+    pool = smooth_pool(rng)
+    sampler = ConditionalGaussianSampler.fit(pool, 3, 2, colour=colour, num_patches=3000,
+                                             rng=0)
+    positions = np.asarray(window_positions((12, 11), 3))
+    n = len(positions)
+    together = sampler.sample(pool[1], positions, 3, 4, streams(n, seed=5))
+    perm = np.random.default_rng(1).permutation(n)
+    shuffled = sampler.sample(pool[1], positions[perm], 3, 4,
+                              [window_rng(5, int(i)) for i in perm])
+    np.testing.assert_array_equal(shuffled, together[perm])
+    for i in (0, 1, 13, n // 2, n - 1):
+        alone = sampler.sample(pool[1], positions[i:i + 1], 3, 4, [window_rng(5, i)])
+        np.testing.assert_array_equal(alone[0], together[i])
+
+
 def test_singular_covariance_gets_jitter(rng):
     """Images constant along each row make Σ singular: jitter, not an exception."""
     rows = rng.normal(size=(20, 1, 10, 1))

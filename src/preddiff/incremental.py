@@ -533,6 +533,7 @@ class IncrementalClassifier:
             raise InvalidArgument(f"grouping must be 'auto', 'exact' or 'merge', got {grouping!r}")
         self.grouping = grouping
         self._plans: dict = {}
+        self._host_buffer = None  # whole images composed on the host (plans with cut 0)
         self._clean_key = None
         self._clean: dict = {}
         self.incremental, self.reason = False, "disabled by the caller"
@@ -781,8 +782,13 @@ class IncrementalClassifier:
         time (the naive engine's way), through the full graph (never the clean pass, which
         ``self(batch)`` takes for a batch of one image)."""
         name, size = self._full.inputs[0], self.batch_size
+        if self._host_buffer is None or self._host_buffer.shape != (size,) + x.shape:
+            # one buffer for all calls (LeNet: composing into new arrays cost 3.2 ms of
+            # 3,610 images, more than the copies themselves)
+            self._host_buffer = np.empty((size,) + x.shape, np.float32)
         parts = [self._full.run({name: compose_batch(x, top_left[i:i + size],
-                                                     patches[i:i + size])}, self.outputs)
+                                                     patches[i:i + size],
+                                                     out=self._host_buffer)}, self.outputs)
                  for i in range(0, len(patches), size)]
         return {o: np.concatenate([p[k] for p in parts]) for k, o in enumerate(self.outputs)}
 

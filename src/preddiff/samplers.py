@@ -564,43 +564,44 @@ class ConditionalGaussianSampler(Sampler):
         top_left = np.asarray(top_left, dtype=np.int64).reshape(-1, 2)
         n = top_left.shape[0]
         d1 = self._per_group * kh * kw
-        # every window's noise, each from its own stream (whatever the batch), in one array
-        noise = np.empty((n, s, groups, d1))
-        for i in range(n):
-            rngs[i].standard_normal(out=noise[i])
-        out = np.empty((n, s, groups, d1))
         patch_tl = self.patch_top_left(top_left, x.shape[1:])
         offsets = top_left - patch_tl
         views = window_views(np.ascontiguousarray(x, np.float64), (ph, pw))
         keys = offsets[:, 0] * (2 * self.padding + 1) + offsets[:, 1]
-        # every window's patch, (n, groups, values per group)
-        patches = views[:, patch_tl[:, 0], patch_tl[:, 1]].transpose(1, 0, 2, 3)
-        patches = patches.reshape(n, groups, -1)
-        # the windows of each offset in the patch (one conditional each), in window order
+        # the windows sorted by their offset in the patch (one conditional each), so that
+        # the windows of one offset are one run: their draws are computed in place, in runs
+        # (a window's values do not depend on its position in the batch)
         order = np.argsort(keys, kind="stable")
-        ends = np.append(np.flatnonzero(np.diff(keys[order])) + 1, n).tolist()
-        begin = 0
-        for end in ends:
-            sel, m = order[begin:end], end - begin
-            begin = end
-            first = int(sel[0])
-            if int(sel[-1]) - first + 1 == m:  # consecutive windows: views, not copies
-                sel = slice(first, first + m)
-            patch = patches[sel]
-            for g, (_, idx2, mu1, mu2, a, lower) in enumerate(self.conditional(offsets[first])):
+        keys = keys[order]
+        # every window's noise, each from its own stream (whatever the batch), in one array
+        noise = np.empty((n, s, groups, d1))
+        for j, i in enumerate(order.tolist()):
+            rngs[i].standard_normal(out=noise[j])
+        out = np.empty((n, s, groups, d1))
+        # every window's patch, (n, groups, values per group), in the sorted order
+        patches = views[:, patch_tl[order, 0], patch_tl[order, 1]].transpose(1, 0, 2, 3)
+        patches = patches.reshape(n, groups, -1)
+        bounds = [0] + (np.flatnonzero(np.diff(keys)) + 1).tolist() + [n]
+        for begin, end in zip(bounds[:-1], bounds[1:]):
+            m, patch = end - begin, patches[begin:end]
+            conditionals = self.conditional(offsets[order[begin]])
+            for g, (_, idx2, mu1, mu2, a, lower) in enumerate(conditionals):
                 mean = mu1 + (patch[:, g, idx2] - mu2) @ a.T  # (m, d1)
                 # one (m·S, d1) product instead of m small ones: the same values (each row
                 # is its own dot products), fewer BLAS calls; written in place when it can be
-                z = noise[sel, :, g].reshape(m * s, d1)
-                target = out[sel, :, g] if isinstance(sel, slice) else None  # a view
-                if target is not None and target.flags.c_contiguous:
+                z = noise[begin:end, :, g].reshape(m * s, d1)
+                target = out[begin:end, :, g]  # a view
+                if target.flags.c_contiguous:
                     np.matmul(z, lower.T, out=target.reshape(m * s, d1))
                     target += mean[:, None, :]
                 else:
                     draws = (z @ lower.T).reshape(m, s, d1)
                     draws += mean[:, None, :]
-                    out[sel, :, g] = draws
-        out = out.reshape(n, s, self.channels, kh, kw).astype(np.float32)
+                    target[...] = draws
+        # back to the caller's order, cast to float32 on the way
+        values = np.empty((n, s, self.channels, kh, kw), np.float32)
+        values[order] = out.reshape(n, s, self.channels, kh, kw)
+        out = values
         if self.clip:
             # clipping after the cast to float32 gives the same values as before it: the
             # bounds are float32 and rounding to nearest is monotonic

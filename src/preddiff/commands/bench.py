@@ -440,6 +440,12 @@ def bench_model(name, *, quick, rounds, device, threads, seed, float16=False) ->
         out["macs"]["planned_reduction"] = report["macs_full"] / max(report["macs_planned"], 1)
         out["macs"]["stop_reason"] = incremental.analysis.stop_reason
         out["plan"] = report["plan"]
+        if report["cut"] == 0:
+            # nothing to do incrementally: the engine runs whole images, batch_size at a
+            # time, as the naive engine does; it gets the naive engine's call size (what
+            # --incremental's measurement picks among its batch sizes, too)
+            incremental.batch_size = best
+        out["incremental_batch"] = incremental.batch_size
 
     # warm-up on the same image and window size: sessions, clean maps, plans; the naive
     # engine's classifier already ran its call size in the sweep (on CUDA it runs a larger
