@@ -13,6 +13,11 @@ are its conversions to and from the blocked NCHWc layout of its CPU convolutions
 - element-wise: ``Add``, ``Relu``, ``Mul`` ... on float maps (residual merges, scales);
 - index arithmetic: the int64 box computations (``Range``, ``Where``, ``Less`` ...).
 
+Two measurements say what the shares cannot: the compute kernels' time per multiply-add
+against the plain network's on whole images (are convolutions on crops slower?), and, timed
+without the profiler, the graph against the same graph with its box arithmetic precomputed
+and fed as inputs (what that arithmetic really costs; the profiler inflates tiny nodes).
+
 ::
 
     python bench/incremental_profile.py                     # resnet50, resnet18
@@ -40,6 +45,8 @@ from preddiff.windows import window_positions
 RESULTS = Path(__file__).resolve().parent / "results" / "incremental_profile.txt"
 SAMPLES = 10
 WINDOW = (10, 10)
+#: Images per call of the plain network whose convolutions the compiled graph's are compared to.
+PLAIN_IMAGES = 8
 GROUPS = {
     "compute": {"Conv", "FusedConv", "NchwcConv", "MaxPool", "NchwcMaxPool", "AveragePool",
                 "NchwcAveragePool", "GlobalAveragePool", "NchwcGlobalAveragePool",
@@ -59,9 +66,149 @@ def _group(op: str, float_output: bool) -> str:
     return "index arithmetic" if not float_output else "other"
 
 
-def profile(name: str, seed: int = 0) -> dict:
-    """Per-operator kernel time of the compiled graph of bench network ``name``."""
+def _kernel_times(runs: list, output: str) -> list:
+    """Kernel time (µs) per (operator, float output) and wall seconds of each ``(model bytes,
+    feeds)`` in ``runs``, profiled in one pass that takes the runs' feeds in turn (the i-th
+    feed of every run, then the next: a change of the machine's speed affects all alike),
+    after one untimed pass (first calls at a shape prepare kernels)."""
     import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        sessions = []
+        for k, (model_bytes, _) in enumerate(runs):
+            so = ort.SessionOptions()
+            so.log_severity_level = 3
+            so.enable_profiling = True
+            so.profile_file_prefix = os.path.join(tmp, f"profile{k}")
+            sessions.append(ort.InferenceSession(model_bytes, so,
+                                                 providers=["CPUExecutionProvider"]))
+        for session, (_, feeds) in zip(sessions, runs):
+            for f in feeds:
+                session.run([output], f)
+        # events after this instant are counted (profiler timestamps: us since its start)
+        since = [(time.time_ns() - s.get_profiling_start_time_ns()) / 1e3 for s in sessions]
+        seconds = [0.0] * len(runs)
+        for i in range(max(len(feeds) for _, feeds in runs)):
+            for k, (session, (_, feeds)) in enumerate(zip(sessions, runs)):
+                if i < len(feeds):
+                    tic = time.perf_counter()
+                    session.run([output], feeds[i])
+                    seconds[k] += time.perf_counter() - tic
+        results = []
+        for k, session in enumerate(sessions):
+            by_op = collections.Counter()
+            for e in json.load(open(session.end_profiling())):
+                if (e.get("cat") == "Node" and e["name"].endswith("_kernel_time")
+                        and e["ts"] >= since[k]):
+                    types = e["args"].get("output_type_shape") or []
+                    is_float = (any("float" in json.dumps(t) for t in types) if types
+                                else True)
+                    by_op[(e["args"]["op_name"], is_float)] += e["dur"]
+            results.append((by_op, seconds[k]))
+    return results
+
+
+def _compute_us(by_op) -> float:
+    return sum(us for (op, _), us in by_op.items() if op in GROUPS["compute"])
+
+
+def _images_executed(clf, plan, rows, batches) -> float:
+    """The block's executed multiply-adds in full images (boxes widened as batched)."""
+    report, cut, geo = plan.report, plan.cut, plan.geo
+    steps = report["steps"][:cut]
+    per_position = np.array([t["macs_full"] / (t["shape"][1] * t["shape"][2]) for t in steps])
+    heights = np.stack([geo.boxes[s.output].size[0] for s in clf.analysis.steps[:cut]])
+    widths = np.stack([geo.boxes[s.output].size[1] for s in clf.analysis.steps[:cut]])
+    rest = report["macs_planned"] - sum(t["macs_crop"] for t in steps)
+    total = sum(len(idx) * (per_position @ (heights[:, rows[idx, 0]].max(1)
+                                            * widths[:, rows[idx, 1]].max(1)) + rest)
+                for idx in batches)
+    return total / report["macs_full"]
+
+
+def _without_index_arithmetic(model, top_left: str):
+    """``model`` with every node computed from ``top_left`` and constants alone (the int64 box
+    arithmetic) removed, the values the rest reads from it made inputs; returns the model,
+    those names and ``model`` with them as extra outputs (to compute their values)."""
+    import onnx
+    from onnx import helper
+
+    graph = model.graph
+    known = {top_left} | {i.name for i in graph.initializer}
+    index_nodes = []
+    for node in graph.node:
+        if all(t in known for t in node.input if t):
+            index_nodes.append(node)
+            known.update(o for o in node.output if o)
+    removed = {o for n in index_nodes for o in n.output if o}
+    kept = [n for n in graph.node if n not in index_nodes]
+    names = sorted({t for n in kept for t in n.input if t in removed})
+    used = {t for n in kept for t in n.input}
+    light = onnx.ModelProto()
+    light.CopyFrom(model)
+    del light.graph.node[:]
+    light.graph.node.extend(kept)
+    inputs = [i for i in graph.input if i.name != top_left]
+    del light.graph.input[:]
+    light.graph.input.extend(inputs + [
+        helper.make_tensor_value_info(t, onnx.TensorProto.INT64, None) for t in names])
+    initializers = [i for i in graph.initializer if i.name in used]
+    del light.graph.initializer[:]
+    light.graph.initializer.extend(initializers)
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    probe.graph.output.extend(
+        helper.make_tensor_value_info(t, onnx.TensorProto.INT64, None) for t in names)
+    return light, names, probe
+
+
+def _index_removal_gain(model, feeds: list, output: str, rounds: int = 3) -> float:
+    """Wall time of the compiled graph ÷ that of the same graph with its box arithmetic
+    precomputed and fed, no profiler, batches of the two run back to back (order
+    alternating), median over ``rounds`` passes: what the box arithmetic costs, measured."""
+    import onnxruntime as ort
+
+    from preddiff.incremental_graph import TOP_LEFT
+
+    light, names, probe = _without_index_arithmetic(model, TOP_LEFT)
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+
+    def session(m):
+        return ort.InferenceSession(m.SerializeToString(), so,
+                                    providers=["CPUExecutionProvider"])
+
+    full, lean, extra = session(model), session(light), session(probe)
+    lean_feeds = []
+    for f in feeds:
+        values = extra.run([output] + names, f)[1:]
+        lean_feeds.append({**{k: v for k, v in f.items() if k != TOP_LEFT},
+                           **dict(zip(names, values))})
+    pairs = list(zip(feeds, lean_feeds))
+    for a, b in pairs:  # untimed pass
+        full.run([output], a)
+        lean.run([output], b)
+    ratios = []
+    for r in range(rounds):
+        t_full = t_lean = 0.0
+        for i, (a, b) in enumerate(pairs):
+            for which in ((0, 1) if (i + r) % 2 == 0 else (1, 0)):
+                tic = time.perf_counter()
+                if which == 0:
+                    full.run([output], a)
+                    t_full += time.perf_counter() - tic
+                else:
+                    lean.run([output], b)
+                    t_lean += time.perf_counter() - tic
+        ratios.append(t_full / t_lean)
+    return float(np.median(ratios))
+
+
+def profile(name: str, seed: int = 0) -> dict:
+    """Per-operator kernel time of the compiled graph of bench network ``name``, its
+    convolutions' time per multiply-add against the plain network's, and the measured cost
+    of its box arithmetic."""
+    import onnx
 
     from preddiff.incremental import IncrementalClassifier
     from preddiff.incremental_graph import PATCHES, TOP_LEFT
@@ -78,38 +225,27 @@ def profile(name: str, seed: int = 0) -> dict:
     rows = np.repeat(top_left, SAMPLES, axis=0)
     batches = clf._batches(plan, rows[:, 0], rows[:, 1]) if plan.report["cut"] else []
     rng = np.random.default_rng(seed)
-    with tempfile.TemporaryDirectory() as tmp:
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        so.enable_profiling = True
-        so.profile_file_prefix = os.path.join(tmp, name)
-        session = ort.InferenceSession(plan.compiled.model.SerializeToString(), so,
-                                       providers=["CPUExecutionProvider"])
-        fed = []
-        for idx in batches:
-            f = dict(feeds)
-            f[PATCHES] = rng.normal(size=(len(idx), x.shape[0], *WINDOW)).astype(np.float32)
-            f[TOP_LEFT] = rows[idx]
-            fed.append(f)
-        for f in fed:  # warm-up: first calls at each shape allocate and prepare kernels
-            session.run(["prob"], f)
-        # events after this instant are counted (profiler timestamps: us since its start)
-        since = (time.time_ns() - session.get_profiling_start_time_ns()) / 1e3
-        tic, n = time.perf_counter(), 0
-        for f in fed:
-            session.run(["prob"], f)
-            n += len(f[TOP_LEFT])
-        seconds = time.perf_counter() - tic
-        events = json.load(open(session.end_profiling()))
-    by_op = collections.Counter()
-    for e in events:
-        if (e.get("cat") == "Node" and e["name"].endswith("_kernel_time")
-                and e["ts"] >= since):
-            op = e["args"]["op_name"]
-            types = e["args"].get("output_type_shape") or []
-            is_float = any("float" in json.dumps(t) for t in types) if types else True
-            key = (op, is_float)
-            by_op[key] += e["dur"]
+    fed = []
+    for idx in batches:
+        f = dict(feeds)
+        f[PATCHES] = rng.normal(size=(len(idx), x.shape[0], *WINDOW)).astype(np.float32)
+        f[TOP_LEFT] = rows[idx]
+        fed.append(f)
+    n = sum(len(f[TOP_LEFT]) for f in fed)
+    # the plain network on whole images (PLAIN_IMAGES per call), one call beside each batch
+    proto = model if isinstance(model, onnx.ModelProto) else onnx.load(model)
+    name_in = [i.name for i in proto.graph.input
+               if i.name not in {t.name for t in proto.graph.initializer}][0]
+    plain_feeds = [{name_in: np.repeat(x[None], PLAIN_IMAGES, 0)}] * max(len(fed), 1)
+    (by_op, seconds), (plain_ops, _) = _kernel_times(
+        [(plan.compiled.model.SerializeToString(), fed),
+         (proto.SerializeToString(), plain_feeds)], "prob")
+    plain_compute = _compute_us(plain_ops) / (len(plain_feeds) * PLAIN_IMAGES)
+    executed = _images_executed(clf, plan, rows, batches) if batches else 0.0
+    compute_efficiency = (plain_compute / (_compute_us(by_op) / executed) if executed
+                          else float("nan"))
+    index_gain = (_index_removal_gain(plan.compiled.model, fed, "prob") if batches
+                  else float("nan"))
     total = sum(by_op.values()) or 1
     groups = collections.Counter()
     for (op, is_float), us in by_op.items():
@@ -117,6 +253,7 @@ def profile(name: str, seed: int = 0) -> dict:
     return {"name": name, "cut": plan.report["cut"], "steps": len(plan.report["steps"]),
             "nodes": plan.compiled.nodes, "window_samples": n, "seconds": seconds,
             "groups": {g: groups[g] / total for g in groups},
+            "compute_efficiency": compute_efficiency, "index_gain": index_gain,
             "ops": sorted(((op + ("" if f else " (int)"), us / total)
                            for (op, f), us in by_op.items()), key=lambda t: -t[1])}
 
@@ -124,11 +261,13 @@ def profile(name: str, seed: int = 0) -> dict:
 def format_rows(rows) -> str:
     names = ["compute", "layout", "regions", "element-wise", "index arithmetic", "other"]
     lines = [f"{'model':18s} {'cut':>7s} {'nodes':>6s} {'w-s':>6s} {'w-s/s':>8s} "
-             + " ".join(f"{g:>16s}" for g in names)]
+             + " ".join(f"{g:>16s}" for g in names) + "  compute/MAC  box arithmetic"]
     for r in rows:
         lines.append(f"{r['name']:18s} {r['cut']:3d}/{r['steps']:<3d} {r['nodes']:6d} "
                      f"{r['window_samples']:6d} {r['window_samples'] / r['seconds']:8.1f} "
-                     + " ".join(f"{100 * r['groups'].get(g, 0.0):15.1f}%" for g in names))
+                     + " ".join(f"{100 * r['groups'].get(g, 0.0):15.1f}%" for g in names)
+                     + f"  {r['compute_efficiency']:11.2f}  "
+                     f"{100 * (r['index_gain'] - 1):+13.1f}%")
     lines.append("")
     for r in rows:
         top = ", ".join(f"{op} {100 * share:.1f}%" for op, share in r["ops"][:10])
@@ -156,8 +295,15 @@ def main(argv=None) -> int:
         "compute: convolutions, pooling, Gemm; layout: Transpose and onnxruntime's NCHWc "
         "reorders; regions: Gather/Concat/ScatterElements of float maps; element-wise: float "
         "Add/Relu/Mul...; index arithmetic: int64 box computations (many tiny nodes: the "
-        "profiler's own cost per node inflates their share; a call's fixed cost without it "
-        "is a few ms).",
+        "profiler's own cost per node inflates their share);",
+        f"compute/MAC: the plain network's compute kernel time per image ({PLAIN_IMAGES} images "
+        "per call, one call beside each batch of the graph, same profiler) ÷ the compiled graph's per image of executed multiply-adds "
+        "(the block's boxes widened as batched; above 1: its crops compute faster per "
+        "multiply-add than whole maps);",
+        "box arithmetic: measured without the profiler, the compiled graph's wall time ÷ that "
+        "of the same graph with its int64 box arithmetic precomputed and fed as inputs "
+        "(batches of the two back to back, median of 3 passes): the most that moving it out "
+        "of the graph could gain.",
         "The benchmark's blocks batch few windows per call (ResNet-50: one window's 10 "
         "samples), so per-call work weighs more here than in a full-image run."])
     print(text)
