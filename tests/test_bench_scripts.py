@@ -61,3 +61,16 @@ def test_engine_profile_accounts_for_the_run(tmp_path):
     engine_thread = sum(parts[p] for p in ("waiting", "composing", "copies", "session",
                                             "reductions", "other"))
     assert engine_thread == pytest.approx(lenet["seconds"])
+
+
+def test_sampler_cost_times_every_piece(tmp_path):
+    out = tmp_path / "sampler_cost.txt"
+    r = run(["bench/sampler_cost.py", "--repeats", "1", "--out", str(out)], tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    text = out.read_text()
+    rows = {line.split()[0]: line.split() for line in text.splitlines()[4:9]}
+    assert list(rows) == ["piece", "seeding", "normals", "sampling", "composing"]
+    assert "classifier" in text.splitlines()[9]
+    for piece in ("seeding", "normals", "sampling", "composing"):
+        assert float(rows[piece][1]) > 0
+    assert "LeNet, 361 windows x 10 samples" in text
