@@ -15,13 +15,14 @@ are its conversions to and from the blocked NCHWc layout of its CPU convolutions
 
 Two measurements say what the shares cannot: the compute kernels' time per multiply-add
 against the plain network's on whole images (are convolutions on crops slower?), and, timed
-without the profiler, the graph against the same graph with its box arithmetic precomputed
-and fed as inputs (what that arithmetic really costs; the profiler inflates tiny nodes).
+without the profiler, the graph against the same graph with its box arithmetic (the nodes
+computed from the windows' positions) precomputed and fed as inputs (what that arithmetic really costs; the profiler inflates tiny nodes).
 
 ::
 
     python bench/incremental_profile.py                     # resnet50, resnet18
     python bench/incremental_profile.py --models mobilenet_v2,googlenet
+    python bench/incremental_profile.py --models resnet_like_160 --out /tmp/untuned.txt
 
 Writes the table to ``bench/results/incremental_profile.txt`` (``--out`` to change). The
 profiler adds time per node (most to the many tiny int64 nodes of the box arithmetic); use
@@ -45,6 +46,8 @@ from preddiff.windows import window_positions
 RESULTS = Path(__file__).resolve().parent / "results" / "incremental_profile.txt"
 SAMPLES = 10
 WINDOW = (10, 10)
+#: Window stride of the untuned networks' block (as ``bench/untuned_nets.py``).
+UNTUNED_STRIDE = 11
 #: Images per call of the plain network whose convolutions the compiled graph's are compared to.
 PLAIN_IMAGES = 8
 GROUPS = {
@@ -66,6 +69,16 @@ def _group(op: str, float_output: bool) -> str:
     return "index arithmetic" if not float_output else "other"
 
 
+def _untuned() -> dict:
+    """The networks of ``tests/untuned_nets.py`` (name: (builder, input size))."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    try:
+        from untuned_nets import NETS
+    finally:
+        sys.path.pop(0)
+    return NETS
+
+
 def _kernel_times(runs: list, output: str) -> list:
     """Kernel time (µs) per (operator, float output) and wall seconds of each ``(model bytes,
     feeds)`` in ``runs``, profiled in one pass that takes the runs' feeds in turn (the i-th
@@ -78,6 +91,8 @@ def _kernel_times(runs: list, output: str) -> list:
         for k, (model_bytes, _) in enumerate(runs):
             so = ort.SessionOptions()
             so.log_severity_level = 3
+            # two sessions take turns: threads left spinning by one would slow the other
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
             so.enable_profiling = True
             so.profile_file_prefix = os.path.join(tmp, f"profile{k}")
             sessions.append(ort.InferenceSession(model_bytes, so,
@@ -126,23 +141,42 @@ def _images_executed(clf, plan, rows, batches) -> float:
     return total / report["macs_full"]
 
 
-def _without_index_arithmetic(model, top_left: str):
-    """``model`` with every node computed from ``top_left`` and constants alone (the int64 box
-    arithmetic) removed, the values the rest reads from it made inputs; returns the model,
-    those names and ``model`` with them as extra outputs (to compute their values)."""
+def _index_subgraph(model, top_left: str) -> tuple:
+    """The nodes computed from ``top_left`` (with constants; the int box arithmetic) and the
+    names of their outputs that the rest of the graph reads, sorted."""
+    graph = model.graph
+    constants = {i.name for i in graph.initializer}
+    derived = {top_left}
+    index_nodes = []
+    for node in graph.node:  # topologically sorted
+        inputs = [t for t in node.input if t]
+        if (any(t in derived for t in inputs)
+                and all(t in derived or t in constants for t in inputs)):
+            index_nodes.append(node)
+            derived.update(o for o in node.output if o)
+    removed = {o for n in index_nodes for o in n.output if o}
+    kept = [n for n in graph.node if n not in index_nodes]
+    return index_nodes, sorted({t for n in kept for t in n.input if t in removed})
+
+
+def _probe(model, names: list):
+    """``model`` with ``names`` as extra outputs (untyped: onnxruntime accepts that)."""
+    import onnx
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    probe.graph.output.extend(onnx.ValueInfoProto(name=t) for t in names)
+    return probe
+
+
+def _without(model, top_left: str, index_nodes: list, fed: dict):
+    """``model`` without ``index_nodes`` and input ``top_left``; ``fed`` (name: example
+    value) become inputs of the values' types."""
     import onnx
     from onnx import helper
 
     graph = model.graph
-    known = {top_left} | {i.name for i in graph.initializer}
-    index_nodes = []
-    for node in graph.node:
-        if all(t in known for t in node.input if t):
-            index_nodes.append(node)
-            known.update(o for o in node.output if o)
-    removed = {o for n in index_nodes for o in n.output if o}
     kept = [n for n in graph.node if n not in index_nodes]
-    names = sorted({t for n in kept for t in n.input if t in removed})
     used = {t for n in kept for t in n.input}
     light = onnx.ModelProto()
     light.CopyFrom(model)
@@ -151,15 +185,12 @@ def _without_index_arithmetic(model, top_left: str):
     inputs = [i for i in graph.input if i.name != top_left]
     del light.graph.input[:]
     light.graph.input.extend(inputs + [
-        helper.make_tensor_value_info(t, onnx.TensorProto.INT64, None) for t in names])
+        helper.make_tensor_value_info(t, helper.np_dtype_to_tensor_dtype(v.dtype), None)
+        for t, v in fed.items()])
     initializers = [i for i in graph.initializer if i.name in used]
     del light.graph.initializer[:]
     light.graph.initializer.extend(initializers)
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    probe.graph.output.extend(
-        helper.make_tensor_value_info(t, onnx.TensorProto.INT64, None) for t in names)
-    return light, names, probe
+    return light
 
 
 def _index_removal_gain(model, feeds: list, output: str, rounds: int = 3) -> float:
@@ -170,24 +201,26 @@ def _index_removal_gain(model, feeds: list, output: str, rounds: int = 3) -> flo
 
     from preddiff.incremental_graph import TOP_LEFT
 
-    light, names, probe = _without_index_arithmetic(model, TOP_LEFT)
+    index_nodes, names = _index_subgraph(model, TOP_LEFT)
     so = ort.SessionOptions()
     so.log_severity_level = 3
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
 
     def session(m):
         return ort.InferenceSession(m.SerializeToString(), so,
                                     providers=["CPUExecutionProvider"])
 
-    full, lean, extra = session(model), session(light), session(probe)
+    extra = session(_probe(model, names))
     lean_feeds = []
     for f in feeds:
-        values = extra.run([output] + names, f)[1:]
-        lean_feeds.append({**{k: v for k, v in f.items() if k != TOP_LEFT},
-                           **dict(zip(names, values))})
+        values = dict(zip(names, extra.run([output] + names, f)[1:]))
+        lean_feeds.append({**{k: v for k, v in f.items() if k != TOP_LEFT}, **values})
+    full = session(model)
+    lean = session(_without(model, TOP_LEFT, index_nodes, values))
     pairs = list(zip(feeds, lean_feeds))
-    for a, b in pairs:  # untimed pass
-        full.run([output], a)
-        lean.run([output], b)
+    for a, b in pairs:  # untimed pass, which also checks that both compute the same
+        if not np.array_equal(full.run([output], a)[0], lean.run([output], b)[0]):
+            raise RuntimeError("the graph without its box arithmetic computes other values")
     ratios = []
     for r in range(rounds):
         t_full = t_lean = 0.0
@@ -213,13 +246,19 @@ def profile(name: str, seed: int = 0) -> dict:
     from preddiff.incremental import IncrementalClassifier
     from preddiff.incremental_graph import PATCHES, TOP_LEFT
 
-    model, _, x, _ = bench_inputs(name, seed)
+    if name in _untuned():
+        from preddiff.netzoo import example_pool
+
+        build, size = _untuned()[name]
+        model, x, stride = build(seed), example_pool(size)[0], UNTUNED_STRIDE
+    else:
+        model, _, x, _ = bench_inputs(name, seed)
+        stride = BLOCK_STRIDE[name][0]
     x = np.ascontiguousarray(x, np.float32)
     clf = IncrementalClassifier(model, outputs=["prob"], device="cpu")
     clf._set_clean(x)
     plan = clf._plan(x.shape, WINDOW)
     feeds = {ci.name: ci.build(clf._clean[ci.tensor]) for ci in plan.compiled.clean_inputs}
-    stride = BLOCK_STRIDE[name][0]
     top_left = np.asarray(window_positions(x.shape[1:], WINDOW, stride, edges="cover"),
                           np.int64)
     rows = np.repeat(top_left, SAMPLES, axis=0)
@@ -241,6 +280,7 @@ def profile(name: str, seed: int = 0) -> dict:
         [(plan.compiled.model.SerializeToString(), fed),
          (proto.SerializeToString(), plain_feeds)], "prob")
     plain_compute = _compute_us(plain_ops) / (len(plain_feeds) * PLAIN_IMAGES)
+    plain_share = _compute_us(plain_ops) / (sum(plain_ops.values()) or 1)
     executed = _images_executed(clf, plan, rows, batches) if batches else 0.0
     compute_efficiency = (plain_compute / (_compute_us(by_op) / executed) if executed
                           else float("nan"))
@@ -254,6 +294,7 @@ def profile(name: str, seed: int = 0) -> dict:
             "nodes": plan.compiled.nodes, "window_samples": n, "seconds": seconds,
             "groups": {g: groups[g] / total for g in groups},
             "compute_efficiency": compute_efficiency, "index_gain": index_gain,
+            "plain_compute_share": plain_share,
             "ops": sorted(((op + ("" if f else " (int)"), us / total)
                            for (op, f), us in by_op.items()), key=lambda t: -t[1])}
 
@@ -261,12 +302,14 @@ def profile(name: str, seed: int = 0) -> dict:
 def format_rows(rows) -> str:
     names = ["compute", "layout", "regions", "element-wise", "index arithmetic", "other"]
     lines = [f"{'model':18s} {'cut':>7s} {'nodes':>6s} {'w-s':>6s} {'w-s/s':>8s} "
-             + " ".join(f"{g:>16s}" for g in names) + "  compute/MAC  box arithmetic"]
+             + " ".join(f"{g:>16s}" for g in names)
+             + "  plain compute  MAC rate÷plain  box arithmetic"]
     for r in rows:
         lines.append(f"{r['name']:18s} {r['cut']:3d}/{r['steps']:<3d} {r['nodes']:6d} "
                      f"{r['window_samples']:6d} {r['window_samples'] / r['seconds']:8.1f} "
                      + " ".join(f"{100 * r['groups'].get(g, 0.0):15.1f}%" for g in names)
-                     + f"  {r['compute_efficiency']:11.2f}  "
+                     + f"  {100 * r['plain_compute_share']:12.1f}%"
+                     f"  {r['compute_efficiency']:14.2f}  "
                      f"{100 * (r['index_gain'] - 1):+13.1f}%")
     lines.append("")
     for r in rows:
@@ -290,18 +333,21 @@ def main(argv=None) -> int:
         f"command: python bench/incremental_profile.py {' '.join(argv or sys.argv[1:])}".rstrip(),
         "", format_rows(rows), "",
         "cut: incremental steps of all; nodes: of the compiled graph; w-s/s: window-samples/s "
-        "of the graph alone, profiler on, after one untimed pass over the block; shares: of "
-        "the summed kernel time;",
+        "of the graph alone, profiler on, after one untimed pass over the block, taking turns "
+        "with calls of the plain network (not comparable with this file's earlier records); "
+        "shares: of the summed kernel time;",
         "compute: convolutions, pooling, Gemm; layout: Transpose and onnxruntime's NCHWc "
         "reorders; regions: Gather/Concat/ScatterElements of float maps; element-wise: float "
         "Add/Relu/Mul...; index arithmetic: int64 box computations (many tiny nodes: the "
         "profiler's own cost per node inflates their share);",
-        f"compute/MAC: the plain network's compute kernel time per image ({PLAIN_IMAGES} images "
-        "per call, one call beside each batch of the graph, same profiler) ÷ the compiled graph's per image of executed multiply-adds "
-        "(the block's boxes widened as batched; above 1: its crops compute faster per "
-        "multiply-add than whole maps);",
+        f"plain compute: the plain network's compute share of its kernel time ({PLAIN_IMAGES} "
+        "images per call, one call beside each batch of the graph, same profiler); MAC rate"
+        "÷plain: its compute kernel time per image ÷ the compiled graph's per image of executed "
+        "multiply-adds (the block's boxes widened as batched; above 1: the crops' compute runs "
+        "more multiply-adds per second than whole maps);",
         "box arithmetic: measured without the profiler, the compiled graph's wall time ÷ that "
-        "of the same graph with its int64 box arithmetic precomputed and fed as inputs "
+        "of the same graph with its box arithmetic (every node computed from the windows' "
+        "positions) precomputed and fed as inputs "
         "(batches of the two back to back, median of 3 passes): the most that moving it out "
         "of the graph could gain.",
         "The benchmark's blocks batch few windows per call (ResNet-50: one window's 10 "

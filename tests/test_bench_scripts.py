@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,3 +75,32 @@ def test_sampler_cost_times_every_piece(tmp_path):
     for piece in ("seeding", "normals", "sampling", "composing"):
         assert float(rows[piece][1]) > 0
     assert "LeNet, 361 windows x 10 samples" in text
+
+
+def test_incremental_profile_feeds_the_box_arithmetic_exactly():
+    # the graph without its box arithmetic, fed the values the arithmetic computed, gives the
+    # same outputs (the script raises otherwise) and runs: the measurement is of the same work
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import incremental_profile
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    from untuned_nets import vgg_like
+
+    from preddiff.incremental import IncrementalClassifier
+    from preddiff.incremental_graph import PATCHES, TOP_LEFT
+    from preddiff.netzoo import example_pool
+
+    x = example_pool(120)[0].astype("float32")
+    clf = IncrementalClassifier(vgg_like(0), outputs=["prob"], device="cpu")
+    clf._set_clean(x)
+    plan = clf._plan(x.shape, (10, 10))
+    clean = {ci.name: ci.build(clf._clean[ci.tensor]) for ci in plan.compiled.clean_inputs}
+    rng = np.random.default_rng(0)
+    feeds = [{**clean, PATCHES: rng.normal(size=(n, 3, 10, 10)).astype(np.float32),
+              TOP_LEFT: np.array(corners[:n], np.int64)}
+             for n, corners in ((2, [(0, 0), (0, 0)]), (3, [(55, 60), (100, 110), (7, 3)]))]
+    nodes, names = incremental_profile._index_subgraph(plan.compiled.model, TOP_LEFT)
+    assert nodes and names and all(o not in names for o in plan.compiled.outputs)
+    gain = incremental_profile._index_removal_gain(plan.compiled.model, feeds, "prob", rounds=1)
+    assert gain > 0

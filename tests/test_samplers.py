@@ -268,6 +268,8 @@ def test_conditional_window_values_do_not_depend_on_the_batch(rng, colour):
     for i in (0, 1, 13, n // 2, n - 1):
         alone = sampler.sample(pool[1], positions[i:i + 1], 3, 4, [window_rng(5, i)])
         np.testing.assert_array_equal(alone[0], together[i])
+    none = sampler.sample(pool[1], positions[:0], 3, 4, [])
+    assert none.shape == (0, 4, pool.shape[1], 3, 3) and none.dtype == np.float32
 
 
 def test_singular_covariance_gets_jitter(rng):

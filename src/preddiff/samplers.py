@@ -563,6 +563,8 @@ class ConditionalGaussianSampler(Sampler):
         groups, s = self._groups, num_samples
         top_left = np.asarray(top_left, dtype=np.int64).reshape(-1, 2)
         n = top_left.shape[0]
+        if n == 0:
+            return np.empty((0, s, self.channels, kh, kw), np.float32)
         d1 = self._per_group * kh * kw
         patch_tl = self.patch_top_left(top_left, x.shape[1:])
         offsets = top_left - patch_tl
@@ -581,8 +583,8 @@ class ConditionalGaussianSampler(Sampler):
         # every window's patch, (n, groups, values per group), in the sorted order
         patches = views[:, patch_tl[order, 0], patch_tl[order, 1]].transpose(1, 0, 2, 3)
         patches = patches.reshape(n, groups, -1)
-        bounds = [0] + (np.flatnonzero(np.diff(keys)) + 1).tolist() + [n]
-        for begin, end in zip(bounds[:-1], bounds[1:]):
+        runs = [0] + (np.flatnonzero(np.diff(keys)) + 1).tolist() + [n]
+        for begin, end in zip(runs[:-1], runs[1:]):
             m, patch = end - begin, patches[begin:end]
             conditionals = self.conditional(offsets[order[begin]])
             for g, (_, idx2, mu1, mu2, a, lower) in enumerate(conditionals):

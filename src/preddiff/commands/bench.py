@@ -442,7 +442,8 @@ def bench_model(name, *, quick, rounds, device, threads, seed, float16=False) ->
         out["plan"] = report["plan"]
         if report["cut"] == 0:
             # nothing to do incrementally: the engine runs whole images, batch_size at a
-            # time, as the naive engine does; it gets the naive engine's call size (what
+            # time (composed on the host on the CPU, in the graph on CUDA), as the naive
+            # engine does; it gets the naive engine's call size (on the CPU what
             # --incremental's measurement picks among its batch sizes, too)
             incremental.batch_size = best
         out["incremental_batch"] = incremental.batch_size
