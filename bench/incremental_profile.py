@@ -129,11 +129,11 @@ def _compute_us(by_op) -> float:
 
 def _images_executed(clf, plan, rows, batches) -> float:
     """The block's executed multiply-adds in full images (boxes widened as batched)."""
-    report, cut, geo = plan.report, plan.cut, plan.geo
-    steps = report["steps"][:cut]
+    report = plan.report
+    steps = report["steps"][:plan.cut]
+    # multiply-adds only (the engine's batching model adds the values moved)
     per_position = np.array([t["macs_full"] / (t["shape"][1] * t["shape"][2]) for t in steps])
-    heights = np.stack([geo.boxes[s.output].size[0] for s in clf.analysis.steps[:cut]])
-    widths = np.stack([geo.boxes[s.output].size[1] for s in clf.analysis.steps[:cut]])
+    _, heights, widths = clf._batch_model(plan)
     rest = report["macs_planned"] - sum(t["macs_crop"] for t in steps)
     total = sum(len(idx) * (per_position @ (heights[:, rows[idx, 0]].max(1)
                                             * widths[:, rows[idx, 1]].max(1)) + rest)
@@ -246,10 +246,11 @@ def profile(name: str, seed: int = 0) -> dict:
     from preddiff.incremental import IncrementalClassifier
     from preddiff.incremental_graph import PATCHES, TOP_LEFT
 
-    if name in _untuned():
+    untuned = _untuned()
+    if name in untuned:
         from preddiff.netzoo import example_pool
 
-        build, size = _untuned()[name]
+        build, size = untuned[name]
         model, x, stride = build(seed), example_pool(size)[0], UNTUNED_STRIDE
     else:
         model, _, x, _ = bench_inputs(name, seed)
