@@ -11,12 +11,13 @@ are its conversions to and from the blocked NCHWc layout of its CPU convolutions
 - layout: ``Transpose``, ``ReorderInput``, ``ReorderOutput``;
 - regions: ``Gather``, ``Concat``, ``ScatterElements`` (the clean maps and crops read);
 - element-wise: ``Add``, ``Relu``, ``Mul`` ... on float maps (residual merges, scales);
-- index arithmetic: the int64 box computations (``Range``, ``Where``, ``Less`` ...).
+- index arithmetic: int64 nodes (each region's index combined from the row and column terms
+  that the host computes: ``Add``, ``Less``, ``Where``).
 
 Two measurements say what the shares cannot: the compute kernels' time per multiply-add
 against the plain network's on whole images (are convolutions on crops slower?), and, timed
-without the profiler, the graph against the same graph with its box arithmetic (the nodes
-computed from the windows' positions) precomputed and fed as inputs (what that arithmetic really costs; the profiler inflates tiny nodes).
+without the profiler, the share of the host's index arithmetic
+(:mod:`preddiff.incremental_index`) in a pass over the block.
 
 ::
 
@@ -25,8 +26,7 @@ computed from the windows' positions) precomputed and fed as inputs (what that a
     python bench/incremental_profile.py --models resnet_like_160 --out /tmp/untuned.txt
 
 Writes the table to ``bench/results/incremental_profile.txt`` (``--out`` to change). The
-profiler adds time per node (most to the many tiny int64 nodes of the box arithmetic); use
-the shares of the large operators, not the absolute rate.
+profiler adds time per node; use the shares of the large operators, not the absolute rate.
 """
 import argparse
 import collections
@@ -141,110 +141,41 @@ def _images_executed(clf, plan, rows, batches) -> float:
     return total / report["macs_full"]
 
 
-def _index_subgraph(model, top_left: str) -> tuple:
-    """The nodes computed from ``top_left`` (with constants; the int box arithmetic) and the
-    names of their outputs that the rest of the graph reads, sorted."""
-    graph = model.graph
-    constants = {i.name for i in graph.initializer}
-    derived = {top_left}
-    index_nodes = []
-    for node in graph.node:  # topologically sorted
-        inputs = [t for t in node.input if t]
-        if (any(t in derived for t in inputs)
-                and all(t in derived or t in constants for t in inputs)):
-            index_nodes.append(node)
-            derived.update(o for o in node.output if o)
-    removed = {o for n in index_nodes for o in n.output if o}
-    kept = [n for n in graph.node if n not in index_nodes]
-    return index_nodes, sorted({t for n in kept for t in n.input if t in removed})
-
-
-def _probe(model, names: list):
-    """``model`` with ``names`` as extra outputs (untyped: onnxruntime accepts that)."""
-    import onnx
-
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    probe.graph.output.extend(onnx.ValueInfoProto(name=t) for t in names)
-    return probe
-
-
-def _without(model, top_left: str, index_nodes: list, fed: dict):
-    """``model`` without ``index_nodes`` and input ``top_left``; ``fed`` (name: example
-    value) become inputs of the values' types."""
-    import onnx
-    from onnx import helper
-
-    graph = model.graph
-    kept = [n for n in graph.node if n not in index_nodes]
-    used = {t for n in kept for t in n.input}
-    light = onnx.ModelProto()
-    light.CopyFrom(model)
-    del light.graph.node[:]
-    light.graph.node.extend(kept)
-    inputs = [i for i in graph.input if i.name != top_left]
-    del light.graph.input[:]
-    light.graph.input.extend(inputs + [
-        helper.make_tensor_value_info(t, helper.np_dtype_to_tensor_dtype(v.dtype), None)
-        for t, v in fed.items()])
-    initializers = [i for i in graph.initializer if i.name in used]
-    del light.graph.initializer[:]
-    light.graph.initializer.extend(initializers)
-    return light
-
-
-def _index_removal_gain(model, feeds: list, output: str, rounds: int = 3) -> float:
-    """Wall time of the compiled graph ÷ that of the same graph with its box arithmetic
-    precomputed and fed, no profiler, batches of the two run back to back (order
-    alternating), median over ``rounds`` passes: what the box arithmetic costs, measured."""
+def _host_index_share(plan, tops: list, feeds: list, output: str, rounds: int = 3) -> float:
+    """Share of the host's index arithmetic (:meth:`IndexProgram.feeds
+    <preddiff.incremental_index.IndexProgram.feeds>` of every batch) in the time of a pass
+    over the batches (index, then the graph call), without the profiler, in a session that
+    does not spin: median over ``rounds`` passes."""
     import onnxruntime as ort
 
-    from preddiff.incremental_graph import TOP_LEFT
-
-    index_nodes, names = _index_subgraph(model, TOP_LEFT)
     so = ort.SessionOptions()
     so.log_severity_level = 3
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-
-    def session(m):
-        return ort.InferenceSession(m.SerializeToString(), so,
-                                    providers=["CPUExecutionProvider"])
-
-    extra = session(_probe(model, names))
-    lean_feeds = []
-    for f in feeds:
-        values = dict(zip(names, extra.run([output] + names, f)[1:]))
-        lean_feeds.append({**{k: v for k, v in f.items() if k != TOP_LEFT}, **values})
-    full = session(model)
-    lean = session(_without(model, TOP_LEFT, index_nodes, values))
-    pairs = list(zip(feeds, lean_feeds))
-    for a, b in pairs:  # untimed pass, which also checks that both compute the same
-        if not np.array_equal(full.run([output], a)[0], lean.run([output], b)[0]):
-            raise RuntimeError("the graph without its box arithmetic computes other values")
-    ratios = []
-    for r in range(rounds):
-        t_full = t_lean = 0.0
-        for i, (a, b) in enumerate(pairs):
-            for which in ((0, 1) if (i + r) % 2 == 0 else (1, 0)):
-                tic = time.perf_counter()
-                if which == 0:
-                    full.run([output], a)
-                    t_full += time.perf_counter() - tic
-                else:
-                    lean.run([output], b)
-                    t_lean += time.perf_counter() - tic
-        ratios.append(t_full / t_lean)
-    return float(np.median(ratios))
+    session = ort.InferenceSession(plan.compiled.model.SerializeToString(), so,
+                                   providers=["CPUExecutionProvider"])
+    shares = []
+    for r in range(rounds + 1):  # the first pass untimed
+        t_index = t_graph = 0.0
+        for top, f in zip(tops, feeds):
+            tic = time.perf_counter()
+            index = plan.compiled.index.feeds(top)
+            toc = time.perf_counter()
+            session.run([output], {**f, **index})
+            t_index += toc - tic
+            t_graph += time.perf_counter() - toc
+        if r:
+            shares.append(t_index / (t_index + t_graph))
+    return float(np.median(shares))
 
 
 def profile(name: str, seed: int = 0) -> dict:
     """Per-operator kernel time of the compiled graph of bench network ``name``, its
-    convolutions' time per multiply-add against the plain network's, and the measured cost
-    of its box arithmetic."""
+    convolutions' time per multiply-add against the plain network's, and the share of the
+    host's index arithmetic."""
     import onnx
 
     from preddiff.incremental import IncrementalClassifier
-    from preddiff.incremental_graph import PATCHES, TOP_LEFT
+    from preddiff.incremental_graph import PATCHES
 
     untuned = _untuned()
     if name in untuned:
@@ -265,13 +196,11 @@ def profile(name: str, seed: int = 0) -> dict:
     rows = np.repeat(top_left, SAMPLES, axis=0)
     batches = clf._batches(plan, rows[:, 0], rows[:, 1]) if plan.report["cut"] else []
     rng = np.random.default_rng(seed)
-    fed = []
-    for idx in batches:
-        f = dict(feeds)
-        f[PATCHES] = rng.normal(size=(len(idx), x.shape[0], *WINDOW)).astype(np.float32)
-        f[TOP_LEFT] = rows[idx]
-        fed.append(f)
-    n = sum(len(f[TOP_LEFT]) for f in fed)
+    tops = [rows[idx] for idx in batches]
+    patches = [rng.normal(size=(len(idx), x.shape[0], *WINDOW)).astype(np.float32)
+               for idx in batches]
+    fed = [{**feeds, **plan.compiled.feeds(p, t)} for p, t in zip(patches, tops)]
+    n = sum(len(t) for t in tops)
     # the plain network on whole images (PLAIN_IMAGES per call), one call beside each batch
     proto = model if isinstance(model, onnx.ModelProto) else onnx.load(model)
     name_in = [i.name for i in proto.graph.input
@@ -285,8 +214,8 @@ def profile(name: str, seed: int = 0) -> dict:
     executed = _images_executed(clf, plan, rows, batches) if batches else 0.0
     compute_efficiency = (plain_compute / (_compute_us(by_op) / executed) if executed
                           else float("nan"))
-    index_gain = (_index_removal_gain(plan.compiled.model, fed, "prob") if batches
-                  else float("nan"))
+    host_index = (_host_index_share(plan, tops, [{**feeds, PATCHES: p} for p in patches],
+                                    "prob") if batches else float("nan"))
     total = sum(by_op.values()) or 1
     groups = collections.Counter()
     for (op, is_float), us in by_op.items():
@@ -294,7 +223,7 @@ def profile(name: str, seed: int = 0) -> dict:
     return {"name": name, "cut": plan.report["cut"], "steps": len(plan.report["steps"]),
             "nodes": plan.compiled.nodes, "window_samples": n, "seconds": seconds,
             "groups": {g: groups[g] / total for g in groups},
-            "compute_efficiency": compute_efficiency, "index_gain": index_gain,
+            "compute_efficiency": compute_efficiency, "host_index": host_index,
             "plain_compute_share": plain_share,
             "ops": sorted(((op + ("" if f else " (int)"), us / total)
                            for (op, f), us in by_op.items()), key=lambda t: -t[1])}
@@ -304,14 +233,14 @@ def format_rows(rows) -> str:
     names = ["compute", "layout", "regions", "element-wise", "index arithmetic", "other"]
     lines = [f"{'model':18s} {'cut':>7s} {'nodes':>6s} {'w-s':>6s} {'w-s/s':>8s} "
              + " ".join(f"{g:>16s}" for g in names)
-             + "  plain compute  MAC rate÷plain  box arithmetic"]
+             + "  plain compute  MAC rate÷plain  host index"]
     for r in rows:
         lines.append(f"{r['name']:18s} {r['cut']:3d}/{r['steps']:<3d} {r['nodes']:6d} "
                      f"{r['window_samples']:6d} {r['window_samples'] / r['seconds']:8.1f} "
                      + " ".join(f"{100 * r['groups'].get(g, 0.0):15.1f}%" for g in names)
                      + f"  {100 * r['plain_compute_share']:12.1f}%"
                      f"  {r['compute_efficiency']:14.2f}  "
-                     f"{100 * (r['index_gain'] - 1):+13.1f}%")
+                     f"{100 * r['host_index']:10.1f}%")
     lines.append("")
     for r in rows:
         top = ", ".join(f"{op} {100 * share:.1f}%" for op, share in r["ops"][:10])
@@ -339,18 +268,16 @@ def main(argv=None) -> int:
         "shares: of the summed kernel time;",
         "compute: convolutions, pooling, Gemm; layout: Transpose and onnxruntime's NCHWc "
         "reorders; regions: Gather/Concat/ScatterElements of float maps; element-wise: float "
-        "Add/Relu/Mul...; index arithmetic: int64 box computations (many tiny nodes: the "
-        "profiler's own cost per node inflates their share);",
+        "Add/Relu/Mul...; index arithmetic: int64 nodes combining each region's index from "
+        "its row and column terms;",
         f"plain compute: the plain network's compute share of its kernel time ({PLAIN_IMAGES} "
         "images per call, one call beside each batch of the graph, same profiler); MAC rate"
         "÷plain: its compute kernel time per image ÷ the compiled graph's per image of executed "
         "multiply-adds (the block's boxes widened as batched; above 1: the crops' compute runs "
         "more multiply-adds per second than whole maps);",
-        "box arithmetic: measured without the profiler, the compiled graph's wall time ÷ that "
-        "of the same graph with its box arithmetic (every node computed from the windows' "
-        "positions) precomputed and fed as inputs "
-        "(batches of the two back to back, median of 3 passes): the most that moving it out "
-        "of the graph could gain.",
+        "host index: without the profiler, the share of a pass over the block's batches "
+        "spent computing the index inputs on the host (boxes and each region's row and "
+        "column terms; the graph call is the rest), median of 3 passes;",
         "The benchmark's blocks batch few windows per call (ResNet-50: one window's 10 "
         "samples), so per-call work weighs more here than in a full-image run."])
     print(text)

@@ -77,9 +77,8 @@ def test_sampler_cost_times_every_piece(tmp_path):
     assert "LeNet, 361 windows x 10 samples" in text
 
 
-def test_incremental_profile_feeds_the_box_arithmetic_exactly():
-    # the graph without its box arithmetic, fed the values the arithmetic computed, gives the
-    # same outputs (the script raises otherwise) and runs: the measurement is of the same work
+def test_incremental_profile_times_the_host_index_of_every_batch(monkeypatch):
+    # the share covers one index computation per batch and pass, and the graph runs on it
     sys.path.insert(0, str(ROOT / "bench"))
     try:
         import incremental_profile
@@ -88,7 +87,8 @@ def test_incremental_profile_feeds_the_box_arithmetic_exactly():
     from untuned_nets import vgg_like
 
     from preddiff.incremental import IncrementalClassifier
-    from preddiff.incremental_graph import PATCHES, TOP_LEFT
+    from preddiff.incremental_graph import PATCHES
+    from preddiff.incremental_index import IndexProgram
     from preddiff.netzoo import example_pool
 
     x = example_pool(120)[0].astype("float32")
@@ -97,10 +97,13 @@ def test_incremental_profile_feeds_the_box_arithmetic_exactly():
     plan = clf._plan(x.shape, (10, 10))
     clean = {ci.name: ci.build(clf._clean[ci.tensor]) for ci in plan.compiled.clean_inputs}
     rng = np.random.default_rng(0)
-    feeds = [{**clean, PATCHES: rng.normal(size=(n, 3, 10, 10)).astype(np.float32),
-              TOP_LEFT: np.array(corners[:n], np.int64)}
-             for n, corners in ((2, [(0, 0), (0, 0)]), (3, [(55, 60), (100, 110), (7, 3)]))]
-    nodes, names = incremental_profile._index_subgraph(plan.compiled.model, TOP_LEFT)
-    assert nodes and names and all(o not in names for o in plan.compiled.outputs)
-    gain = incremental_profile._index_removal_gain(plan.compiled.model, feeds, "prob", rounds=1)
-    assert gain > 0
+    tops = [np.array(c, np.int64) for c in ([(0, 0), (0, 0)], [(55, 60), (100, 110), (7, 3)])]
+    feeds = [{**clean, PATCHES: rng.normal(size=(len(t), 3, 10, 10)).astype(np.float32)}
+             for t in tops]
+    calls = []
+    original = IndexProgram.feeds
+    monkeypatch.setattr(IndexProgram, "feeds",
+                        lambda self, top: calls.append(len(top)) or original(self, top))
+    share = incremental_profile._host_index_share(plan, tops, feeds, "prob", rounds=2)
+    assert 0 < share < 1
+    assert calls == [2, 3] * 3  # an untimed pass, then two

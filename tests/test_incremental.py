@@ -436,12 +436,20 @@ def test_one_compiled_graph_call_per_batch(grouping, rng, monkeypatch):
     batches = clf._batches(plan, top_left[:, 0], top_left[:, 1])
     assert calls == [len(b) for b in batches]
     ops = {n.op_type for n in plan.compiled.model.graph.node}
-    assert {"Gather", "Where", "Conv"} <= ops  # full maps of >= 8 channels: gathered too
+    assert {"Gather", "Conv"} <= ops  # full maps of >= 8 channels: gathered too
+    # boxes and index terms are computed on the host: the graph only combines each region's
+    # row and column terms (two Adds, Less, Where)
+    assert not ops & {"Range", "ArgMax", "Sub", "Mul", "And", "Not"}
+    regions = sum(n.op_type == "Gather" for n in plan.compiled.model.graph.node)
+    assert sum(n.op_type in ("Less", "Where") for n in plan.compiled.model.graph.node) <= 2 * regions
     composed = IncrementalClassifier(model, outputs=outputs, device="cpu", cut=0)
     ops = {n.op_type for n in composed._plan(x.shape, (10, 10)).compiled.model.graph.node}
     assert "ScatterElements" in ops  # the 3-channel image: samples written into it
-    assert [i.name for i in plan.session.session.get_inputs()][:2] == ["preddiff_patches",
-                                                                       "preddiff_top_left"]
+    names = [i.name for i in plan.session.session.get_inputs()]
+    assert names[0] == "preddiff_patches"
+    assert set(plan.compiled.index.names) <= set(names)
+    assert all(n.startswith("preddiff_clean/") for n in names
+               if n not in plan.compiled.index.names and n != "preddiff_patches")
 
 
 def test_auto_grouping_merges_classes_only_when_the_call_saved_pays(rng, monkeypatch):
@@ -460,6 +468,7 @@ def test_auto_grouping_merges_classes_only_when_the_call_saved_pays(rng, monkeyp
     found = {}
     for cost in (0.0, 1e15):
         monkeypatch.setattr(incremental, "CALL_COST_PER_NODE", cost)
+        monkeypatch.setattr(incremental, "CALL_COST_PER_INDEX", cost)
         auto = IncrementalClassifier(model, outputs=outputs, device="cpu", grouping="auto",
                                      batch_size=7, cut=steps)
         exact = IncrementalClassifier(model, outputs=outputs, device="cpu", grouping="exact",

@@ -86,7 +86,7 @@ from .binding import BoundSession
 from .devices import gpu_free_memory, resolve_device
 from .errors import InvalidArgument
 from .compose import compose_batch, model_opset
-from .incremental_graph import MIN_OPSET, PATCHES, TOP_LEFT, compile_plan, unpadded
+from .incremental_graph import MIN_OPSET, compile_plan, unpadded
 from .incremental_plan import (
     Analysis, analyse, choose_cut, format_plan, geometry, load_model, remainder_macs,
 )
@@ -104,6 +104,11 @@ DEFAULT_BATCH_SIZE = 64
 #: several ns each; chosen among 256, 1024 and 4096 by measured speed on the benchmark's
 #: networks, where 1024 was best or within noise of best).
 CALL_COST_PER_NODE = 5.0e5
+#: ... and per index input of the compiled graph (its terms computed on the host, fed, and
+#: combined in the graph): the batches the in-graph index arithmetic's ~65 nodes per region
+#: gave before; on ResNet-18's benchmark block 0, 1.6e7, 3.25e7 and 6.5e7 measured equal
+#: within noise (103, 69, 42 and 33 calls; 6 same-process rounds each).
+CALL_COST_PER_INDEX = 3.25e7
 MOVE_COST = 1024.0
 #: Changes when the engine's speed changes (2: two batches side by side on a CPU; 3: 1×1
 #: steps fused; 4: full images timed as the engine sends them, composed on the device on
@@ -481,7 +486,7 @@ class IncrementalClassifier:
         box widened to the chunk's largest; "auto" batches by class and lets consecutive
         classes share a batch of up to ``batch_size`` windows when the multiply-adds added by
         widening their boxes cost less than the session call saved (a cost model:
-        :data:`CALL_COST_PER_NODE`, :data:`MOVE_COST`).
+        :data:`CALL_COST_PER_NODE`, :data:`CALL_COST_PER_INDEX`, :data:`MOVE_COST`).
         Default: "auto" on CPU, "merge" on CUDA.
 
     Attributes
@@ -763,8 +768,8 @@ class IncrementalClassifier:
         result: dict = {}
         step = self._fixed_batch
         for idx in self._batches(plan, top_left[:, 0], top_left[:, 1]):
-            feeds = {PATCHES: patches[idx], TOP_LEFT: top_left[idx]}
             if not step or len(idx) == step:
+                feeds = plan.compiled.feeds(patches[idx], top_left[idx])
                 _store(result, idx, len(patches), runner.run(feeds, self.outputs, len(idx)))
                 continue
             # a graph whose input declares a batch size runs in chunks of exactly that size
@@ -772,7 +777,7 @@ class IncrementalClassifier:
             for start in range(0, len(idx), step):
                 part = idx[start:start + step]
                 chunk = np.concatenate([part, np.repeat(part[-1:], step - len(part))])
-                out = runner.run({PATCHES: patches[chunk], TOP_LEFT: top_left[chunk]},
+                out = runner.run(plan.compiled.feeds(patches[chunk], top_left[chunk]),
                                  self.outputs, step)
                 _store(result, part, len(patches), {o: v[:len(part)] for o, v in out.items()})
         return {o: result[o] for o in self.outputs}
@@ -820,7 +825,8 @@ class IncrementalClassifier:
         # "auto": a batch takes the next one in when widening their boxes to a common size
         # costs less than the call saved (modelled in multiply-add equivalents)
         per_pos, heights, widths = self._batch_model(plan)
-        call = CALL_COST_PER_NODE * plan.compiled.nodes
+        call = (CALL_COST_PER_NODE * plan.compiled.nodes
+                + CALL_COST_PER_INDEX * len(plan.compiled.index.entries))
         merged = [batches[0]]
         h, w = heights[:, rows[batches[0]]].max(1), widths[:, cols[batches[0]]].max(1)
         for batch in batches[1:]:

@@ -5,21 +5,24 @@ where every window's changed box lies in every prefix tensor, and where to switc
 inference. :func:`compile_plan` turns that plan into a single ONNX graph, so that a batch of
 windows is *one* onnxruntime call on every execution provider, with no Python between layers:
 
-- inputs: the window samples ``preddiff_patches`` (N, C, kh, kw), their top-left corners
-  ``preddiff_top_left`` (N, 2) int64, and the clean image's maps (:class:`CleanInput`), bound
-  once per image and left on the device;
-- per prefix tensor, the batch's box (start row and column per window, one common size) is
-  computed in the graph from the windows' rows and columns: the per-position start and size
-  tables of :class:`~preddiff.incremental_plan.Box` are constants, the common size is the
-  batch's largest (``ArgMax`` + ``Gather``) and smaller boxes are shifted inwards at the
-  border (``Min(start, map size - size)``), which recomputes some unchanged values, exactly,
-  as the per-layer engine did;
+- inputs: the window samples ``preddiff_patches`` (N, C, kh, kw), the index inputs of the
+  batch (:class:`~preddiff.incremental_index.IndexProgram`, computed on the host from the
+  windows' top-left corners: :meth:`CompiledPlan.feeds`) and the clean image's maps
+  (:class:`CleanInput`), bound once per image and left on the device;
+- per prefix tensor, the batch's box (start row and column per window, one common size: the
+  batch's largest, smaller boxes shifted inwards at the border, which recomputes some
+  unchanged values, exactly, as the per-layer engine did) is located on the host, and so are
+  the row and column terms of every region's index: the graph holds no box arithmetic, only
+  the float work and, per region, the few integer operators that broadcast its index
+  (two ``Add``, ``Less``, ``Where``);
 - a local step (convolution, pooling, constant Pad, with fused point-wise followers) reads a
   *region* of its input: the clean map, padded once with the operator's padding value (0,
   -inf for max pooling, the Pad constant) so that padding appears only at the true border, is
   bound as a table of channel vectors (positions, C); the previous step's crop is appended to
   it as (N·h·w, C), and one ``Gather`` reads every region position from the clean rows or,
-  inside the window's crop, from the crop's rows (``Where`` picks the index); the step's own
+  inside the window's crop, from the crop's rows (the index: the larger of the clean and the
+  crop sum of row and column terms, a crop term outside the crop being far below zero;
+  :class:`~preddiff.incremental_index.Region`); the step's own
   nodes then run on the region with their padding turned off. A 1×1 step with stride 1 and
   no padding (the 1×1 convolutions of bottleneck and inverted-residual blocks) has its input's
   box as output box: it reads the previous crop as it is, nothing gathered.
@@ -41,10 +44,10 @@ windows is *one* onnxruntime call on every execution provider, with no Python be
   graph.
 
 Every index operation is exact, so the outputs are those of the full forward passes up to
-float32 rounding of the crop computations. The graph needs opset 11 (``Range``,
-``ScatterElements``); the helper operators used here (``Reshape`` instead of ``Unsqueeze``,
-``ArgMax`` instead of ``ReduceMax``, ``Where``/``Less`` instead of an integer ``Min``) mean
-the same in every opset from 11 on, so the network's own nodes keep their opset.
+float32 rounding of the crop computations. The graph needs opset 11 (``ScatterElements``);
+the helper operators used here (``Reshape`` instead of ``Unsqueeze``, ``Where``/``Less``
+instead of an integer ``Max``) mean the same in every opset from 11 on, so the network's own
+nodes keep their opset.
 """
 from __future__ import annotations
 
@@ -55,14 +58,13 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .compose import model_opset
+from .incremental_index import BoxTable, IndexProgram, Positions, Region
 from .incremental_plan import Analysis, Geometry, _attrs, _frontier, pointwise_geometry
 
-__all__ = ["PATCHES", "TOP_LEFT", "CleanInput", "CompiledPlan", "compile_plan",
-           "MIN_OPSET"]
+__all__ = ["PATCHES", "CleanInput", "CompiledPlan", "compile_plan", "MIN_OPSET"]
 
 PATCHES = "preddiff_patches"
-TOP_LEFT = "preddiff_top_left"
-#: Range and ScatterElements.
+#: ScatterElements.
 MIN_OPSET = 11
 _I64 = np.int64
 #: Full maps at the switch point with at least this many channels are gathered as channel
@@ -114,18 +116,28 @@ class CompiledPlan:
     Attributes
     ----------
     model : onnx.ModelProto
-        Inputs :data:`PATCHES`, :data:`TOP_LEFT` and :attr:`clean_inputs`; outputs
+        Inputs :data:`PATCHES`, the index inputs of :attr:`index` and :attr:`clean_inputs`;
+        outputs
         :attr:`outputs`, each (N, ...).
     clean_inputs : list of CleanInput
     outputs : list of str
     nodes : int
         Nodes of the graph (a size for logs and tests).
+    index : IndexProgram
+        Computes the graph's index inputs from the windows' positions, on the host.
     """
 
     model: onnx.ModelProto
     clean_inputs: list
     outputs: list
     nodes: int = 0
+    index: IndexProgram | None = None
+
+    def feeds(self, patches: np.ndarray, top_left: np.ndarray) -> dict:
+        """The per-batch inputs of :attr:`model`: the window samples ``patches``
+        (N, C, kh, kw) float32 and the index inputs of windows at ``top_left`` (N, 2) int
+        (the clean inputs are bound once per image)."""
+        return {PATCHES: patches, **self.index.feeds(top_left)}
 
 
 class _Builder:
@@ -161,15 +173,11 @@ class _Builder:
 
 @dataclasses.dataclass
 class _Crop:
-    """A tensor's changed crop in the graph: values (N, C, h, w) at rows ``r0`` … and
-    columns ``c0`` … (N,) int64; ``h``, ``w``: 0-d int64; ``box``: its geometry key;
-    ``nhwc``: the values are laid out (N, h, w, C) instead (see :meth:`_Compiler.layout`)."""
+    """A tensor's changed crop in the graph: values (N, C, h, w) on the batch's box ``box``
+    (a key of the index program's boxes); ``nhwc``: the values are laid out (N, h, w, C)
+    instead (see :meth:`_Compiler.layout`)."""
 
     values: str
-    r0: str
-    c0: str
-    h: str
-    w: str
     box: tuple
     nhwc: bool = False
 
@@ -242,20 +250,10 @@ class _Compiler:
         self.a, self.geo, self.cut, self.scales = analysis, geo, cut, scales
         self.b = _Builder()
         self.clean: dict = {}   # key -> CleanInput
-        self.boxes: dict = {}   # box key -> (r0, c0, h, w)
+        self.boxes: dict = {}   # box key -> BoxTable
+        self.indices: dict = {}  # index entry without its name -> Region or Positions
+        self._region_index: dict = {}  # Region name -> its combined index (N, gh, gw)
         self._converted: dict = {}  # (values, nhwc) -> values in that layout
-        b = self.b
-        self.zero, self.one = b.const(0), b.const(1)
-        self.batch = b.op("Gather", [b.op("Shape", [TOP_LEFT]), b.const(0)], axis=0)
-        self.rows = b.op("Gather", [TOP_LEFT, b.const(0)], axis=1, hint="rows")
-        self.cols = b.op("Gather", [TOP_LEFT, b.const(1)], axis=1, hint="cols")
-
-    def minimum(self, x: str, y: str) -> str:
-        """Element-wise minimum of int64 tensors (``Min`` takes integers only from opset 12)."""
-        return self.b.op("Where", [self.b.op("Less", [x, y]), x, y])
-
-    def maximum(self, x: str, y: str) -> str:
-        return self.b.op("Where", [self.b.op("Less", [x, y]), y, x])
 
     # ---- clean maps ----------------------------------------------------------------
 
@@ -271,39 +269,23 @@ class _Compiler:
     # ---- boxes -----------------------------------------------------------------------
 
     def box(self, tensor: str) -> tuple:
-        """(r0, c0, h, w) of ``tensor``'s changed box for the batch (graph names)."""
+        """The key of ``tensor``'s changed box (the batch's box is located on the host)."""
         key = _box_key(self.geo, tensor)
-        if key in self.boxes:
-            return self.boxes[key]
-        b, box = self.b, self.geo.boxes[tensor]
-        _, height, width = self.geo.shapes[tensor]
-        out = []
-        for d, (pos, limit) in enumerate(((self.rows, height), (self.cols, width))):
-            sizes = b.op("Gather", [b.const(box.size[d].astype(_I64)), pos], axis=0)
-            size = b.op("Gather", [sizes, b.op("ArgMax", [sizes], axis=0, keepdims=0)], axis=0)
-            start = b.op("Gather", [b.const(box.start[d].astype(_I64)), pos], axis=0)
-            start = self.minimum(start, b.op("Sub", [b.const(limit), size]))
-            out.append((start, size))
-        self.boxes[key] = (out[0][0], out[1][0], out[0][1], out[1][1])
-        return self.boxes[key]
+        if key not in self.boxes:
+            box = self.geo.boxes[tensor]
+            self.boxes[key] = BoxTable(
+                tuple(np.ascontiguousarray(t, _I64) for t in box.start),
+                tuple(np.ascontiguousarray(t, _I64) for t in box.size),
+                tuple(int(v) for v in self.geo.shapes[tensor][1:]))
+        return key
 
-    def _grid(self, r0: str, c0: str, h: str, w: str) -> tuple:
-        """Row indices (N, h) and column indices (N, w) of boxes at (r0, c0)."""
-        b = self.b
-        rows = b.op("Add", [b.reshape(r0, [-1, 1]),
-                            b.reshape(b.op("Range", [self.zero, h, self.one]), [1, -1])])
-        cols = b.op("Add", [b.reshape(c0, [-1, 1]),
-                            b.reshape(b.op("Range", [self.zero, w, self.one]), [1, -1])])
-        return rows, cols
-
-    def _flat(self, rows: str, cols: str, width, keep: bool = False) -> str:
-        """Flat positions (N, h·w) of the grid ``rows`` × ``cols`` in a map ``width`` wide;
-        ``keep``: as (N, h, w)."""
-        b = self.b
-        width = width if isinstance(width, str) else b.const(width)
-        flat = b.op("Add", [b.op("Mul", [b.reshape(rows, [0, -1, 1]), width]),
-                            b.reshape(cols, [0, 1, -1])])
-        return flat if keep else b.reshape(flat, [0, -1])
+    def index(self, entry):
+        """``entry`` named: the host feeds its graph inputs (one entry per distinct index)."""
+        spec = dataclasses.replace(entry, name="")
+        if spec not in self.indices:
+            self.indices[spec] = dataclasses.replace(entry,
+                                                     name=f"preddiff_index/{len(self.indices)}")
+        return self.indices[spec]
 
     # ---- layouts ---------------------------------------------------------------------
 
@@ -326,67 +308,44 @@ class _Compiler:
 
     # ---- regions -----------------------------------------------------------------------
 
-    def region(self, tensor: str, crop: _Crop, g0: str, h0: str, gh: str, gw: str,
+    def region(self, tensor: str, crop: _Crop, out, stride=(1, 1), extent=(1, 1),
                pads=((0, 0), (0, 0)), value: float = 0.0) -> str:
-        """Values (N, gh, gw, C) (channels-last) of ``tensor`` padded by ``pads`` at padded
-        rows ``g0`` … and columns ``h0`` …: the clean map with ``crop`` (unpadded coordinates)
-        laid over it.
+        """Values (N, gh, gw, C) (channels-last) of ``tensor`` padded by ``pads``, on the
+        region that the box ``out`` reads (:class:`~preddiff.incremental_index.Region`; None:
+        the whole map): the clean map with ``crop`` laid over it.
 
         Both sources are read position by position as channel vectors, by one ``Gather`` on
         axis 0 of a (positions, C) table (C contiguous values per index): the clean map's
         positions followed by the crops'; a position inside its window's crop reads the
-        crop's row, any other the clean map's."""
+        crop's row, any other the clean map's. The index is computed on the host."""
         b = self.b
-        (pt, pb), (pl, pr) = pads
-        _, height, width = self.geo.shapes[tensor]
         source = self.clean_input(tensor, pads, value)
-        rows, cols = self._grid(g0, h0, gh, gw)
-        flat = self._flat(rows, cols, width + pl + pr, keep=True)       # (N, gh, gw)
-        # positions inside the crop: their values come from it
-        rel_r = b.op("Sub", [rows, b.reshape(b.op("Add", [crop.r0, b.const(pt)]), [-1, 1])])
-        rel_c = b.op("Sub", [cols, b.reshape(b.op("Add", [crop.c0, b.const(pl)]), [-1, 1])])
-        inside, clipped = [], []
-        for rel, size in ((rel_r, crop.h), (rel_c, crop.w)):
-            ok = b.op("And", [b.op("Not", [b.op("Less", [rel, self.zero])]),
-                              b.op("Less", [rel, size])])
-            inside.append(ok)
-            last = b.op("Sub", [size, self.one])
-            clipped.append(self.maximum(self.minimum(rel, last), self.zero))
-        mask = b.op("And", [b.reshape(inside[0], [0, -1, 1]), b.reshape(inside[1], [0, 1, -1])])
-        # one table of channel vectors: the clean map's positions, then the crops' (N·h·w)
-        positions = (height + pt + pb) * (width + pl + pr)
-        area = b.op("Mul", [crop.h, crop.w])
-        first = b.reshape(b.op("Mul", [b.op("Range", [self.zero, self.batch, self.one]), area]),
-                          [-1, 1, 1])
-        inner = b.op("Add", [self._flat(clipped[0], clipped[1], crop.w, keep=True), first])
-        index = b.op("Where", [mask, b.op("Add", [inner, b.const(positions)]), flat])
+        entry = self.index(Region("", out, crop.box, tuple(stride), tuple(extent),
+                                  tuple(tuple(p) for p in pads)))
+        if entry.name not in self._region_index:
+            clean_r, clean_c, crop_r, crop_c = entry.inputs
+            clean = b.op("Add", [clean_r, clean_c])                       # (N, gh, gw)
+            inside = b.op("Add", [crop_r, crop_c])  # negative outside the crop
+            self._region_index[entry.name] = b.op(
+                "Where", [b.op("Less", [clean, inside]), inside, clean])  # Max of int64: opset 12
+        index = self._region_index[entry.name]
         channels = self.layout(crop.values, crop.nhwc, True)               # (N, h, w, C)
         channels = b.op("Reshape", [channels, b.const([-1, self.geo.shapes[tensor][0]])])
         table = b.op("Concat", [source.name, channels], axis=0)
         return b.op("Gather", [table, index], axis=0)                     # (N, gh, gw, C)
 
-    def _unflatten(self, x: str, h: str, w: str) -> str:
-        b = self.b
-        shape = b.op("Concat", [b.const([0, 0]), b.reshape(h, [1]), b.reshape(w, [1])], axis=0)
-        return b.reshape(x, shape)
-
-    def on_box(self, tensor: str, crop: _Crop, box: tuple, key: tuple, nhwc: bool) -> str:
-        """``tensor``'s values on ``box`` in the layout ``nhwc``: its crop as it is when the
-        boxes agree, else a region."""
+    def on_box(self, tensor: str, crop: _Crop, key: tuple, nhwc: bool) -> str:
+        """``tensor``'s values on the box ``key`` in the layout ``nhwc``: its crop as it is
+        when the boxes agree, else a region."""
         if crop.box == key:
             return self.layout(crop.values, crop.nhwc, nhwc)
-        r0, c0, h, w = box
-        return self.layout(self.region(tensor, crop, r0, c0, h, w), True, nhwc)
+        return self.layout(self.region(tensor, crop, key), True, nhwc)
 
-    def gathered_map(self, map_hw: np.ndarray, box: tuple) -> str:
-        """A constant (H, W) map's values on ``box``, as (N, 1, h, w)."""
+    def gathered_map(self, map_hw: np.ndarray, key: tuple) -> str:
+        """A constant (H, W) map's values on the box ``key``, as (N, 1, h, w)."""
         b = self.b
-        r0, c0, h, w = box
-        rows, cols = self._grid(r0, c0, h, w)
-        flat = self._flat(rows, cols, map_hw.shape[1])
-        values = b.op("Gather", [b.const(map_hw.reshape(1, -1), np.float32, "scale"), flat],
-                      axis=1)  # (1, N, h·w)
-        return self._unflatten(b.op("Transpose", [values], perm=[1, 0, 2]), h, w)
+        index = self.index(Positions("", key)).name
+        return b.op("Gather", [b.const(map_hw.reshape(-1), np.float32, "scale"), index], axis=0)
 
     # ---- steps -----------------------------------------------------------------------
 
@@ -439,15 +398,14 @@ class _Compiler:
             out = self.copy_nodes(step.nodes, {step.inputs[0]: values}, step.output,
                                   channels_last=nhwc)
             return dataclasses.replace(src, values=out, nhwc=nhwc)
-        box = self.box(step.output)
-        r0, c0, h, w = box
+        key = self.box(step.output)
         if step.kind in ("concat", "merge"):
             # channels-last when it can: the inputs read as regions are, and a convolution's
             # output converts for free
             nhwc = _channels_last_ok(step.nodes, consts)
-            rename = {t: self.on_box(t, crops[t], box, key, nhwc) for t in step.inputs}
+            rename = {t: self.on_box(t, crops[t], key, nhwc) for t in step.inputs}
             out = self.copy_nodes(step.nodes, rename, step.output, channels_last=nhwc)
-            return _Crop(out, r0, c0, h, w, key, nhwc)
+            return _Crop(out, key, nhwc)
         # local: the region of the padded input that the box's outputs read
         src = crops[step.inputs[0]]
         if src.box == key and pointwise_geometry(step, geo.pads[i]):
@@ -456,17 +414,11 @@ class _Compiler:
             region, region_nhwc = src.values, src.nhwc
         else:
             ax = step.axes
-            g0 = b.op("Mul", [r0, b.const(ax[0].stride)])
-            h0 = b.op("Mul", [c0, b.const(ax[1].stride)])
-            gh = b.op("Add", [b.op("Mul", [b.op("Sub", [h, self.one]), b.const(ax[0].stride)]),
-                              b.const(ax[0].extent)])
-            gw = b.op("Add", [b.op("Mul", [b.op("Sub", [w, self.one]), b.const(ax[1].stride)]),
-                              b.const(ax[1].extent)])
-            region = self.region(step.inputs[0], src, g0, h0, gh, gw, geo.pads[i],
-                                 step.pad_value)
+            region = self.region(step.inputs[0], src, key, (ax[0].stride, ax[1].stride),
+                                 (ax[0].extent, ax[1].extent), geo.pads[i], step.pad_value)
             region_nhwc = True
         if all(n.op_type == "Pad" for n in step.nodes):
-            return _Crop(region, r0, c0, h, w, key, region_nhwc)
+            return _Crop(region, key, region_nhwc)
         rename = {step.inputs[0]: self.layout(region, region_nhwc, False)}
         head, tail = _merge_tail(step, consts)
         if tail and self.scales.get(i) is None:
@@ -474,15 +426,14 @@ class _Compiler:
             # read as regions (channels-last) and the result is what the next regions read
             last = self.copy_nodes(head, rename, head[-1].output[0], padding_off=True)
             rename[head[-1].output[0]] = self.layout(last, False, True)
-            rename.update({t: self.on_box(t, crops[t], box, key, True)
-                           for t in step.inputs[1:]})
+            rename.update({t: self.on_box(t, crops[t], key, True) for t in step.inputs[1:]})
             out = self.copy_nodes(tail, rename, step.output, channels_last=True)
-            return _Crop(out, r0, c0, h, w, key, True)
-        rename.update({t: self.on_box(t, crops[t], box, key, False) for t in step.inputs[1:]})
+            return _Crop(out, key, True)
+        rename.update({t: self.on_box(t, crops[t], key, False) for t in step.inputs[1:]})
         out = self.copy_nodes(step.nodes, rename, step.output, padding_off=True)
         if self.scales.get(i) is not None:
-            out = b.op("Mul", [out, self.gathered_map(self.scales[i], box)])
-        return _Crop(out, r0, c0, h, w, key)
+            out = b.op("Mul", [out, self.gathered_map(self.scales[i], key)])
+        return _Crop(out, key)
 
     def full_map(self, tensor: str, crop: _Crop, name: str) -> None:
         """``name`` := the clean map of ``tensor`` with ``crop`` written in, (N, C, H, W)."""
@@ -491,14 +442,12 @@ class _Compiler:
         if c >= _GATHER_MIN_CHANNELS:
             # the whole map as one region: channel vectors gathered from the clean map's
             # table and the crops' (ScatterElements writes element by element: slower)
-            zeros = b.op("Mul", [crop.r0, self.zero])
-            region = self.region(tensor, crop, zeros, zeros, b.const(height), b.const(width))
+            region = self.region(tensor, crop, None)
             b.nodes.append(helper.make_node("Transpose", [region], [name], perm=[0, 3, 1, 2],
                                             name=b.fresh("node")))
             return
         base = self.clean_input(tensor, full=True)
-        rows, cols = self._grid(crop.r0, crop.c0, crop.h, crop.w)
-        flat = b.reshape(self._flat(rows, cols, width), [0, 1, -1])
+        flat = self.index(Positions("", crop.box, flat=True)).name       # (N, 1, h·w)
         values = b.reshape(self.layout(crop.values, crop.nhwc, False), [0, 0, -1])
         shape = b.op("Shape", [values])
         n = b.op("Slice", [shape, b.const([0]), b.const([1])])
@@ -512,8 +461,7 @@ class _Compiler:
         a, b = self.a, self.b
         self._weights: set = set()
         kh, kw = self.geo.window
-        crops = {a.input_name: _Crop(PATCHES, self.rows, self.cols, b.const(kh), b.const(kw),
-                                     _box_key(self.geo, a.input_name))}
+        crops = {a.input_name: _Crop(PATCHES, self.box(a.input_name))}
         for i in range(self.cut):
             crops[a.steps[i].output] = self.step(i, crops)
         frontier = _frontier(a, self.cut)
@@ -530,8 +478,16 @@ class _Compiler:
                         b.inits.append(init[0])
         b.nodes.extend(n for n in remainder if not all(o in self._weights for o in n.output))
         inputs = [helper.make_tensor_value_info(PATCHES, TensorProto.FLOAT,
-                                                ["n", *self.geo.shapes[a.input_name][:1], kh, kw]),
-                  helper.make_tensor_value_info(TOP_LEFT, TensorProto.INT64, ["n", 2])]
+                                                ["n", *self.geo.shapes[a.input_name][:1], kh, kw])]
+        entries = list(self.indices.values())
+        for k, e in enumerate(entries):  # sizes differ between inputs and batches
+            h, w = f"h{k}", f"w{k}"
+            if isinstance(e, Region):
+                shapes = (["n", h, 1], ["n", 1, w], ["n", h, 1], ["n", 1, w])
+            else:
+                shapes = (["n", 1, f"hw{k}"] if e.flat else ["n", 1, h, w],)
+            inputs += [helper.make_tensor_value_info(name, TensorProto.INT64, dims)
+                       for name, dims in zip(e.inputs, shapes)]
         for ci in self.clean.values():
             c, height, width = self.geo.shapes[ci.tensor]
             (t, bo), (l, r) = ci.pads
@@ -544,7 +500,8 @@ class _Compiler:
                                   initializer=b.inits)
         model = helper.make_model(graph, opset_imports=list(a.model.opset_import))
         model.ir_version = a.model.ir_version
-        return CompiledPlan(model, list(self.clean.values()), list(outputs), len(b.nodes))
+        return CompiledPlan(model, list(self.clean.values()), list(outputs), len(b.nodes),
+                            IndexProgram(self.boxes, entries))
 
 
 def _remainder_nodes(analysis: Analysis, cut: int, outputs) -> tuple:
