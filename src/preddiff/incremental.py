@@ -115,9 +115,10 @@ MOVE_COST = 1024.0
 #: CUDA; 5: the plan compiled into one graph per input and window size; 6: full maps gathered,
 #: classes merged by a cost model; 7: 1×1 steps read their input's crop; 8: switch point 0
 #: on the CPU builds the images on the host, the clean pass does not spin; 9: residual merges
-#: and concatenations channels-last; 10: a cut-0 plan composes into one reused buffer), so
-#: that the decisions cached by :mod:`preddiff.incremental_decision` are measured again.
-ENGINE_REVISION = 10
+#: and concatenations channels-last; 10: a cut-0 plan composes into one reused buffer; 11: box
+#: and index arithmetic on the host), so that the decisions cached by
+#: :mod:`preddiff.incremental_decision` are measured again.
+ENGINE_REVISION = 11
 
 
 # --------------------------------------------------------------------------------------------
