@@ -63,7 +63,7 @@ GROUPS = {
 
 def _group(op: str, float_output: bool) -> str:
     for name, ops in GROUPS.items():
-        # Gather, Add ... of int64 index tensors are box arithmetic, not map work
+        # Add, Where ... of int64 index tensors are index arithmetic, not map work
         if op in ops and (name in ("compute", "layout") or float_output):
             return name
     return "index arithmetic" if not float_output else "other"

@@ -5,11 +5,15 @@ import pytest
 from preddiff.incremental_index import BoxTable, IndexProgram, Positions, Region
 
 
-def _table(rng, positions: int, size: int, limit: int) -> BoxTable:
-    """Box tables of a map ``limit`` rows and columns: sizes 1..size, starts anywhere."""
-    sizes = rng.integers(1, size + 1, positions)
-    starts = np.array([rng.integers(0, limit - s + 1) for s in sizes])
-    return BoxTable((starts, starts[::-1].copy()), (sizes, sizes[::-1].copy()), (limit, limit))
+def _table(rng, positions: int, sizes: tuple, shape: tuple) -> BoxTable:
+    """Box tables of a map ``shape`` (rows, columns): box sizes 1..sizes[d] along axis d,
+    starts anywhere; rows and columns differ, so a swap of the axes shows."""
+    start, size = [], []
+    for d in range(2):
+        s = rng.integers(1, sizes[d] + 1, positions)
+        start.append(np.array([rng.integers(0, shape[d] - v + 1) for v in s]))
+        size.append(s)
+    return BoxTable(tuple(start), tuple(size), tuple(shape))
 
 
 def _literal_box(table: BoxTable, rows, cols):
@@ -29,8 +33,8 @@ def _combine(terms):
 @pytest.mark.parametrize("whole_map", [False, True])
 def test_region_index_is_the_literal_read_of_every_position(whole_map):
     rng = np.random.default_rng(3)
-    out_table = _table(rng, 12, 4, 9)
-    crop_table = _table(rng, 12, 5, 9)
+    out_table = _table(rng, 12, (4, 2), (9, 11))
+    crop_table = _table(rng, 12, (5, 3), (9, 11))
     pads, stride, extent = ((1, 2), (2, 0)), (2, 1), (3, 2)
     if whole_map:
         region = Region("r", None, "crop", pads=pads)
@@ -40,11 +44,13 @@ def test_region_index_is_the_literal_read_of_every_position(whole_map):
     top_left = rng.integers(0, 12, (7, 2))
     feeds = program.feeds(top_left)
     assert list(feeds) == list(region.inputs)
+    assert all(v.dtype == np.int64 for v in feeds.values())
     got = _combine([feeds[name] for name in region.inputs])
 
     (crop_r0, ch), (crop_c0, cw) = _literal_box(crop_table, top_left[:, 0], top_left[:, 1])
+    assert ch != cw  # the batch's largest crop differs per axis: a swap would show
     (pt, pb), (pl, pr) = pads
-    padded_w = 9 + pl + pr
+    padded_w = 11 + pl + pr
     positions = (9 + pt + pb) * padded_w
     if whole_map:
         spans, starts = (9 + pt + pb, padded_w), ([0] * 7, [0] * 7)
@@ -67,12 +73,13 @@ def test_region_index_is_the_literal_read_of_every_position(whole_map):
 
 def test_positions_are_the_flat_box_in_the_map():
     rng = np.random.default_rng(4)
-    table = _table(rng, 10, 4, 8)
+    table = _table(rng, 10, (4, 2), (8, 7))
     program = IndexProgram({"b": table}, [Positions("m", "b"), Positions("s", "b", flat=True)])
     top_left = rng.integers(0, 10, (5, 2))
     feeds = program.feeds(top_left)
     (r0, h), (c0, w) = _literal_box(table, top_left[:, 0], top_left[:, 1])
-    want = np.array([[[[(r0[n] + i) * 8 + c0[n] + j for j in range(w)] for i in range(h)]]
+    assert h != w
+    want = np.array([[[[(r0[n] + i) * 7 + c0[n] + j for j in range(w)] for i in range(h)]]
                      for n in range(5)])
     np.testing.assert_array_equal(feeds["m"], want)
     np.testing.assert_array_equal(feeds["s"], want.reshape(5, 1, h * w))

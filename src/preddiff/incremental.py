@@ -104,9 +104,9 @@ DEFAULT_BATCH_SIZE = 64
 #: several ns each; chosen among 256, 1024 and 4096 by measured speed on the benchmark's
 #: networks, where 1024 was best or within noise of best).
 CALL_COST_PER_NODE = 5.0e5
-#: ... and per index input of the compiled graph (its terms computed on the host, fed, and
-#: combined in the graph): the batches the in-graph index arithmetic's ~65 nodes per region
-#: gave before; on ResNet-18's benchmark block 0, 1.6e7, 3.25e7 and 6.5e7 measured equal
+#: ... and per index entry of the compiled graph (a region's four terms or a box's positions,
+#: computed on the host, fed, and combined in the graph; both charged alike): the batches the
+#: in-graph index arithmetic's ~65 nodes per region gave before; on ResNet-18's benchmark block 0, 1.6e7, 3.25e7 and 6.5e7 measured equal
 #: within noise (103, 69, 42 and 33 calls; 6 same-process rounds each).
 CALL_COST_PER_INDEX = 3.25e7
 MOVE_COST = 1024.0

@@ -117,21 +117,20 @@ class CompiledPlan:
     ----------
     model : onnx.ModelProto
         Inputs :data:`PATCHES`, the index inputs of :attr:`index` and :attr:`clean_inputs`;
-        outputs
-        :attr:`outputs`, each (N, ...).
+        outputs :attr:`outputs`, each (N, ...).
     clean_inputs : list of CleanInput
     outputs : list of str
-    nodes : int
-        Nodes of the graph (a size for logs and tests).
     index : IndexProgram
         Computes the graph's index inputs from the windows' positions, on the host.
+    nodes : int
+        Nodes of the graph (a size for logs and tests).
     """
 
     model: onnx.ModelProto
     clean_inputs: list
     outputs: list
+    index: IndexProgram
     nodes: int = 0
-    index: IndexProgram | None = None
 
     def feeds(self, patches: np.ndarray, top_left: np.ndarray) -> dict:
         """The per-batch inputs of :attr:`model`: the window samples ``patches``
@@ -500,8 +499,8 @@ class _Compiler:
                                   initializer=b.inits)
         model = helper.make_model(graph, opset_imports=list(a.model.opset_import))
         model.ir_version = a.model.ir_version
-        return CompiledPlan(model, list(self.clean.values()), list(outputs), len(b.nodes),
-                            IndexProgram(self.boxes, entries))
+        return CompiledPlan(model, list(self.clean.values()), list(outputs),
+                            IndexProgram(self.boxes, entries), len(b.nodes))
 
 
 def _remainder_nodes(analysis: Analysis, cut: int, outputs) -> tuple:

@@ -80,8 +80,10 @@ class Region:
     name : str
         Prefix of the four graph inputs (:attr:`inputs`).
     out, crop : hashable
-        Keys of :attr:`IndexProgram.boxes`.
+        Keys of :attr:`IndexProgram.boxes` (``out`` None: the whole map).
     stride, extent : (int, int)
+        Per axis, the stride and the kernel extent of the step reading the region (1, 1 for
+        a region on the output box itself).
     pads : ((int, int), (int, int))
         Rows before/after and columns before/after around the map.
     """
@@ -99,8 +101,8 @@ class Region:
         return tuple(f"{self.name}/{part}" for part in ("clean_r", "clean_c", "crop_r", "crop_c"))
 
     def terms(self, box, n: int) -> tuple:
-        """The four terms (see the class docstring) for a batch of ``n`` windows; ``box``
-        maps a box key to the batch's (r0, c0, h, w)."""
+        """The four terms (see the class docstring) for a batch of ``n`` windows; ``box(key)``
+        gives the batch's (r0, c0, h, w) of a box and ``box.shape(key)`` its map's size."""
         (pt, pb), (pl, pr) = self.pads
         height, width = box.shape(self.crop)
         if self.out is None:
@@ -128,9 +130,18 @@ class Region:
 
 @dataclasses.dataclass(frozen=True)
 class Positions:
-    """Flat positions ``r * width + c`` of box ``box`` in its (unpadded) map, as
-    (N, 1, h, w) (``flat`` False: gathering a constant map at the box) or (N, 1, h·w)
-    (``flat`` True: where ``ScatterElements`` writes a crop)."""
+    """Flat positions ``r * width + c`` of a box in its (unpadded) map.
+
+    Attributes
+    ----------
+    name : str
+        The graph input.
+    box : hashable
+        Key of :attr:`IndexProgram.boxes`.
+    flat : bool
+        False: (N, 1, h, w) (gathering a constant map at the box, e.g. average pooling's
+        divisors); True: (N, 1, h·w) (where ``ScatterElements`` writes a crop).
+    """
 
     name: str
     box: object
@@ -138,9 +149,12 @@ class Positions:
 
     @property
     def inputs(self) -> tuple:
+        """The graph input (one)."""
         return (self.name,)
 
     def terms(self, box, n: int) -> tuple:
+        """The positions for a batch of ``n`` windows, as a 1-tuple (see :meth:`Region.terms`
+        for ``box``)."""
         r0, c0, h, w = box(self.box)
         width = box.shape(self.box)[1]
         flat = ((r0[:, None] + np.arange(h))[:, :, None] * width
