@@ -132,6 +132,31 @@ def test_bound_session_reuses_buffers_and_returns_copies(rng):
     assert sorted(k for k in bound._outputs if k[0] == "prob") == [("prob", 3), ("prob", 4)]
 
 
+def test_bound_session_keeps_more_buffers_for_small_inputs(rng, monkeypatch):
+    """Small inputs whose shape follows each batch (the incremental graph's index terms) keep
+    a buffer per shape; large ones keep MAX_SHAPES, dropping the rest when a new one comes."""
+    from preddiff import binding
+
+    model = conv_net(rng)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    bound = BoundSession(session, "cpu")
+    made = []
+    ortvalue = BoundSession._ortvalue
+    monkeypatch.setattr(BoundSession, "_ortvalue",
+                        lambda self, shape, dtype: (len(shape) == 4 and made.append(shape))
+                        or ortvalue(self, shape, dtype))  # input buffers (outputs are 2-D)
+    sizes = list(range(1, 9))
+    for n in sizes + sizes:  # 8 shapes of at most 8 * 432 bytes, twice
+        bound.run({"data": rng.normal(size=(n, 3, 12, 12)).astype(np.float32)}, ["prob"], n)
+    assert len(made) == 8  # each shape allocated once
+    monkeypatch.setattr(binding, "SMALL_BYTES", 0)  # every input counts as large now
+    made.clear()
+    bound._inputs.clear()
+    for n in sizes + sizes:
+        bound.run({"data": rng.normal(size=(n, 3, 12, 12)).astype(np.float32)}, ["prob"], n)
+    assert len(made) == 16 and len(bound._inputs) <= binding.MAX_SHAPES
+
+
 def test_bound_session_constants_stay_bound(rng):
     model = conv_net(rng)
     x = rng.normal(size=(3, 12, 12)).astype(np.float32)

@@ -23,6 +23,10 @@ __all__ = ["BoundSession"]
 #: Buffers kept per name: one per distinct batch shape (a run has a full-batch shape and at
 #: most a few smaller ones at the end of a block).
 MAX_SHAPES = 4
+#: ... and per name of a small input (at most :data:`SMALL_BYTES`), whose shape may change from
+#: batch to batch (the incremental graph's index terms follow each batch's box sizes).
+MAX_SMALL_SHAPES = 64
+SMALL_BYTES = 1 << 20
 
 
 class BoundSession:
@@ -68,7 +72,8 @@ class BoundSession:
         key = (name, array.shape, array.dtype.str)
         value = self._inputs.get(key)
         if value is None:
-            if sum(k[0] == name for k in self._inputs) >= MAX_SHAPES:
+            limit = MAX_SMALL_SHAPES if array.nbytes <= SMALL_BYTES else MAX_SHAPES
+            if sum(k[0] == name for k in self._inputs) >= limit:
                 self._inputs = {k: v for k, v in self._inputs.items() if k[0] != name}
             value = self._inputs[key] = self._ortvalue(array.shape, array.dtype)
         value.update_inplace(array)
