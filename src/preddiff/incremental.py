@@ -106,8 +106,9 @@ DEFAULT_BATCH_SIZE = 64
 CALL_COST_PER_NODE = 5.0e5
 #: ... and per index entry of the compiled graph (a region's four terms or a box's positions,
 #: computed on the host, fed, and combined in the graph; both charged alike): the batches the
-#: in-graph index arithmetic's ~65 nodes per region gave before; on ResNet-18's benchmark block 0, 1.6e7, 3.25e7 and 6.5e7 measured equal
-#: within noise (103, 69, 42 and 33 calls; 6 same-process rounds each).
+#: in-graph index arithmetic's ~65 nodes per region gave before; on ResNet-18's benchmark
+#: block 0, 1.6e7, 3.25e7 and 6.5e7 measured equal within noise (103, 69, 42 and 33 calls;
+#: 6 same-process rounds each).
 CALL_COST_PER_INDEX = 3.25e7
 MOVE_COST = 1024.0
 #: Changes when the engine's speed changes (2: two batches side by side on a CPU; 3: 1×1

@@ -479,14 +479,9 @@ class _Compiler:
         inputs = [helper.make_tensor_value_info(PATCHES, TensorProto.FLOAT,
                                                 ["n", *self.geo.shapes[a.input_name][:1], kh, kw])]
         entries = list(self.indices.values())
-        for k, e in enumerate(entries):  # sizes differ between inputs and batches
-            h, w = f"h{k}", f"w{k}"
-            if isinstance(e, Region):
-                shapes = (["n", h, 1], ["n", 1, w], ["n", h, 1], ["n", 1, w])
-            else:
-                shapes = (["n", 1, f"hw{k}"] if e.flat else ["n", 1, h, w],)
+        for k, e in enumerate(entries):
             inputs += [helper.make_tensor_value_info(name, TensorProto.INT64, dims)
-                       for name, dims in zip(e.inputs, shapes)]
+                       for name, dims in zip(e.inputs, e.dims(str(k)))]
         for ci in self.clean.values():
             c, height, width = self.geo.shapes[ci.tensor]
             (t, bo), (l, r) = ci.pads

@@ -100,6 +100,12 @@ class Region:
         """The graph inputs: clean rows, clean columns, crop rows, crop columns."""
         return tuple(f"{self.name}/{part}" for part in ("clean_r", "clean_c", "crop_r", "crop_c"))
 
+    def dims(self, tag: str) -> tuple:
+        """The inputs' declared shapes; ``tag`` makes the symbolic sizes this entry's own
+        (they differ between entries and batches)."""
+        rows, cols = ["n", f"h{tag}", 1], ["n", 1, f"w{tag}"]
+        return (rows, cols, rows, cols)
+
     def terms(self, box, n: int) -> tuple:
         """The four terms (see the class docstring) for a batch of ``n`` windows; ``box(key)``
         gives the batch's (r0, c0, h, w) of a box and ``box.shape(key)`` its map's size."""
@@ -151,6 +157,10 @@ class Positions:
     def inputs(self) -> tuple:
         """The graph input (one)."""
         return (self.name,)
+
+    def dims(self, tag: str) -> tuple:
+        """The input's declared shape (see :meth:`Region.dims`)."""
+        return (["n", 1, f"hw{tag}"] if self.flat else ["n", 1, f"h{tag}", f"w{tag}"],)
 
     def terms(self, box, n: int) -> tuple:
         """The positions for a batch of ``n`` windows, as a 1-tuple (see :meth:`Region.terms`
