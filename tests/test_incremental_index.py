@@ -24,18 +24,23 @@ def _literal_box(table: BoxTable, rows, cols):
     return out
 
 
-def _combine(terms):
-    """What the compiled graph computes from a region's four terms."""
-    clean_r, clean_c, crop_r, crop_c = terms
-    return np.maximum(clean_r + clean_c, crop_r + crop_c)
+def _read(region, feeds, clean, crops):
+    """What the compiled graph reads: a table of the clean map's channel vectors followed by
+    the crops', gathered at the index combined from the four terms
+    (``max(clean_r + clean_c, crop_r + crop_c)``). One channel here: values are unique
+    labels."""
+    clean_r, clean_c, crop_r, crop_c = (feeds[name] for name in region.inputs)
+    table = np.concatenate([clean.reshape(-1), crops.reshape(-1)])
+    return table[np.maximum(clean_r + clean_c, crop_r + crop_c)]
 
 
 @pytest.mark.parametrize("whole_map", [False, True])
 def test_region_index_is_the_literal_read_of_every_position(whole_map):
     rng = np.random.default_rng(3)
-    out_table = _table(rng, 12, (4, 2), (9, 11))
-    crop_table = _table(rng, 12, (5, 3), (9, 11))
     pads, stride, extent = ((1, 2), (2, 0)), (2, 1), (3, 2)
+    # the output map of a (3, 2) kernel at strides (2, 1) over the padded 12 x 13 map
+    out_table = _table(rng, 12, (4, 2), ((12 - 3) // 2 + 1, (13 - 2) // 1 + 1))
+    crop_table = _table(rng, 12, (5, 3), (9, 11))
     if whole_map:
         region = Region("r", None, "crop", pads=pads)
     else:
@@ -45,15 +50,16 @@ def test_region_index_is_the_literal_read_of_every_position(whole_map):
     feeds = program.feeds(top_left)
     assert list(feeds) == list(region.inputs)
     assert all(v.dtype == np.int64 for v in feeds.values())
-    got = _combine([feeds[name] for name in region.inputs])
 
     (crop_r0, ch), (crop_c0, cw) = _literal_box(crop_table, top_left[:, 0], top_left[:, 1])
     assert ch != cw  # the batch's largest crop differs per axis: a swap would show
     (pt, pb), (pl, pr) = pads
-    padded_w = 11 + pl + pr
-    positions = (9 + pt + pb) * padded_w
+    padded_h, padded_w = 9 + pt + pb, 11 + pl + pr
+    clean = np.arange(padded_h * padded_w, dtype=float).reshape(padded_h, padded_w)
+    crops = -1.0 - np.arange(7 * ch * cw, dtype=float).reshape(7, ch, cw)
+    got = _read(region, feeds, clean, crops)
     if whole_map:
-        spans, starts = (9 + pt + pb, padded_w), ([0] * 7, [0] * 7)
+        spans, starts = (padded_h, padded_w), ([0] * 7, [0] * 7)
     else:
         (r0, h), (c0, w) = _literal_box(out_table, top_left[:, 0], top_left[:, 1])
         spans = ((h - 1) * stride[0] + extent[0], (w - 1) * stride[1] + extent[1])
@@ -65,9 +71,9 @@ def test_region_index_is_the_literal_read_of_every_position(whole_map):
                 row, col = starts[0][n] + i, starts[1][n] + j            # padded
                 ri, ci = row - pt - crop_r0[n], col - pl - crop_c0[n]    # in the crop
                 if 0 <= ri < ch and 0 <= ci < cw:
-                    want = positions + n * ch * cw + ri * cw + ci
+                    want = crops[n, ri, ci]
                 else:
-                    want = row * padded_w + col
+                    want = clean[row, col]
                 assert got[n, i, j] == want, (n, i, j)
 
 
