@@ -14,8 +14,9 @@ For each network the script
    (:func:`preddiff.incremental_decision.decide_incremental`, not cached here; timed);
 3. runs PDA on the first example image: to completion for the networks named in
    ``--complete`` (the whole :func:`preddiff.prediction_difference`, with its progress bar),
-   else on the first ``--fraction`` of the windows (:func:`preddiff.analysis.window_values`),
-   and records window-samples/s;
+   else on about ``--fraction`` of the windows, whole batches spread evenly over the image
+   (:func:`timed_batches`, :func:`preddiff.analysis.window_values`), and records
+   window-samples/s;
 4. projects every PDA run of the figure scripts' paper configuration (``reproduce/figN.py``,
    ``CONFIG["paper"]``) from those rates: windows × S ÷ rate, plus one sampler fit per run.
    Window sizes other than 10 (Fig. 3: 1, 4, 7; Fig. 4: 1) are projected at the k = 10 rate
@@ -33,6 +34,8 @@ import json
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the reproduce package (figure configurations)
@@ -112,17 +115,19 @@ def measure(name: str, args) -> dict:
         done = n_windows
         timings = e.timings
     else:
-        wpb = setup.windows_per_batch
-        done = max(1, min(n_windows, int(round(args.fraction * n_windows))))
-        done = max(1, min(n_windows - wpb, -(-done // wpb) * wpb))
+        batches = timed_batches(n_windows, setup.windows_per_batch, args.fraction)
+        done = sum(stop - start for start, stop in batches)
         clean, _ = clean_outputs(setup, clf)
         # one untimed batch first (the last one: its own shape), so that the once-per-run
         # costs (sessions, algorithm searches per input shape) are not projected
-        window_values(setup, clf, sampler, clean, n_windows - wpb, n_windows)
-        say(f"{name}: {done} of {n_windows} windows x {SAMPLES} samples")
+        window_values(setup, clf, sampler, clean, n_windows - setup.windows_per_batch,
+                      n_windows)
+        say(f"{name}: {done} of {n_windows} windows x {SAMPLES} samples, in {len(batches)} "
+            f"batches spread over the image")
         tic = time.perf_counter()
         timings = {"classifier": 0.0, "sampler": 0.0}
-        window_values(setup, clf, sampler, clean, 0, done, timings)
+        for start, stop in batches:
+            window_values(setup, clf, sampler, clean, start, stop, timings)
     seconds = time.perf_counter() - tic
     rate = done * SAMPLES / seconds
     image = n_windows * SAMPLES / rate
@@ -138,6 +143,22 @@ def measure(name: str, args) -> dict:
     say(f"{name}: {rate:.0f} window-samples/s; one image "
         f"{'took' if row['complete'] else 'projected'} {row['image_seconds'] / 60:.1f} min")
     return row
+
+
+def timed_batches(n_windows: int, per_batch: int, fraction: float) -> list[tuple]:
+    """The (start, stop) window ranges a partial run times: whole batches of the full run
+    (starting at multiples of ``per_batch``), about ``fraction`` of the windows, spread evenly
+    over the image. Windows near the border have clipped, cheaper boxes in an incremental
+    run, so the first rows alone would project too short a time.
+
+    >>> timed_batches(1000, 50, 0.15)
+    [(0, 50), (450, 500), (900, 950)]
+    """
+    batches = -(-n_windows // per_batch)
+    # the last batch may be short, and runs untimed first: leave it out
+    count = max(1, min(batches - 1, round(fraction * n_windows / per_batch)))
+    picks = np.unique(np.linspace(0, batches - 2, count).round().astype(int))
+    return [(int(b) * per_batch, min(n_windows, (int(b) + 1) * per_batch)) for b in picks]
 
 
 def project(measured: dict) -> list[dict]:

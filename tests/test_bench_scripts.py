@@ -33,6 +33,38 @@ def test_paper_scale_measures_and_projects(tmp_path):
     assert "not measured: alexnet, googlenet, vgg16" in out.with_suffix(".txt").read_text()
 
 
+def test_paper_scale_times_a_fraction_in_batches_spread_over_the_image(tmp_path):
+    out = tmp_path / "paper.json"
+    r = run(["bench/paper_scale.py", "--models", "lenet", "--fraction", "0.3",
+             "--device", "cpu", "--incremental", "off", "--patches", "500", "--no-progress",
+             "--json", str(out)], tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lenet = json.loads(out.read_text())["models"]["lenet"]
+    per_batch = lenet["engine_batch"] // 20  # windows per batch (S = 20)
+    batches = lenet["windows_timed"] // per_batch
+    assert not lenet["complete"] and lenet["windows_timed"] == batches * per_batch
+    assert batches == max(1, round(0.3 * 361 / per_batch))
+    assert lenet["image_seconds"] == pytest.approx(361 * 20 / lenet["rate"])
+    assert f"{batches} batches spread over the image" in r.stderr
+
+
+def test_timed_batches_are_whole_batches_spread_evenly():
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        from paper_scale import timed_batches
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    # VGG16 at paper scale: 47,089 windows, 50 per batch; 0.5 % of them
+    got = timed_batches(47089, 50, 0.005)
+    assert len(got) == 5 and all(stop - start == 50 and start % 50 == 0 for start, stop in got)
+    starts = [start for start, _ in got]
+    assert starts[0] == 0 and starts[-1] == (942 - 2) * 50  # the last, short batch left out
+    gaps = np.diff(starts)
+    assert gaps.max() - gaps.min() <= 50  # evenly spread, not the first rows
+    assert timed_batches(47089, 50, 0.0001) == [(0, 50)]  # at least one batch
+    assert timed_batches(10, 50, 0.5) == [(0, 10)]  # a single (short) batch: the image
+
+
 def test_figure_runs_follow_the_figure_configurations():
     sys.path.insert(0, str(ROOT / "bench"))
     try:
