@@ -391,6 +391,19 @@ def test_incremental_off_when_measured_slower(tmp_path, capsys, monkeypatch):
     assert "incremental inference off (--incremental off)" in capsys.readouterr().out
 
 
+def test_incremental_decision_times_windows_on_the_run_stride(tmp_path, capsys, monkeypatch):
+    import preddiff.incremental_decision as decision
+
+    monkeypatch.setenv("PREDDIFF_HOME", str(tmp_path / "cache"))
+    strides = []
+    monkeypatch.setattr(decision, "_measure_incremental",
+                        lambda *a, **k: strides.append(a[7]) or {16: 1e-3})
+    args = list(FAST)
+    args[args.index("--stride") + 1] = "2"
+    assert explain("digits:2", *args, "--out", tmp_path) == 0
+    assert strides and set(strides) == {2}
+
+
 def fixed_batch_onnx(path):
     """A small conv net whose input declares batch size 1 and whose head reshapes to (1, -1),
     as many exported ONNX files do."""

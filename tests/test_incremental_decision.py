@@ -42,7 +42,7 @@ def _small_net(rng, height=20, width=22):
 @pytest.fixture
 def fake_rates(monkeypatch):
     """Replace both measurements by given rates (images/s and window-samples/s)."""
-    calls = []
+    calls, strides = [], []
 
     def install(full, incremental):
         def measure_full(model, outputs, x, window, device, threads, batches, budget, rng):
@@ -53,13 +53,15 @@ def fake_rates(monkeypatch):
             return rates, {b: OnnxClassifier(model, outputs=list(outputs), batch_size=b,
                                              device="cpu") for b in rates}
 
-        def measure_incremental(clf, x, window, batches, budget, samples, rng):
+        def measure_incremental(clf, x, window, batches, budget, samples, rng, stride):
             calls.append("incremental")
+            strides.append(stride)
             return {b: incremental[b] for b in batches if b in incremental}
 
         monkeypatch.setattr(decision, "_measure_full", measure_full)
         monkeypatch.setattr(decision, "_measure_incremental", measure_incremental)
         return calls
+    install.strides = strides
     return install
 
 
@@ -82,6 +84,31 @@ def test_faster_engine_and_batch_size_are_chosen_and_cached(tmp_path, rng, fake_
     # another window size is another measurement
     decide_incremental(model, x, 3, outputs=["prob"], device="cpu", cache_dir=tmp_path)
     assert calls[2 * decision.REPEATS:] == ["full", "incremental"] * decision.REPEATS
+    # and so is another stride: the timed windows are neighbours on the run's grid
+    assert set(fake_rates.strides) == {1}
+    decide_incremental(model, x, 5, outputs=["prob"], device="cpu", cache_dir=tmp_path,
+                       stride=3)
+    assert calls[4 * decision.REPEATS:] == ["full", "incremental"] * decision.REPEATS
+    assert fake_rates.strides[-1] == 3
+    assert len(json.loads((tmp_path / decision.CACHE_FILE).read_text())["entries"]) == 3
+
+
+def test_timed_windows_are_neighbours_on_the_run_grid(rng):
+    """The incremental engine widens a batch's boxes to the largest: it is timed on windows
+    as PDA batches them, consecutive positions of the grid (raster order), S times each."""
+    x = rng.normal(size=(3, 20, 22)).astype(np.float32)
+    for stride, count, samples in ((1, 12, 3), (2, 40, 4), (3, 7, 7), (5, 200, 2)):
+        top_left, patches = decision._windows(x, (4, 5), count, samples, rng, stride)
+        assert top_left.shape == (count, 2) and patches.shape == (count, 3, 4, 5)
+        rows = np.arange(0, 20 - 4 + 1, stride)
+        cols = np.arange(0, 22 - 5 + 1, stride)
+        grid = [(r, c) for r in rows for c in cols]
+        positions = [tuple(p) for p in top_left[::samples]]
+        assert all(np.array_equal(top_left[i], top_left[i - i % samples])
+                   for i in range(count))  # each position S times in a row
+        first = grid.index(positions[0])
+        want = [grid[(first + i) % len(grid)] for i in range(len(positions))]
+        assert positions == want
 
 
 def test_slower_incremental_engine_is_off_in_auto_and_forced_in_on(tmp_path, rng, fake_rates):
@@ -129,9 +156,31 @@ def test_real_measurement_off_mode_and_unsupported_graph(rng, tmp_path):
     assert not d.use and "Flatten" in d.message
 
 
+def test_each_call_size_is_timed_on_whole_windows_as_pda_sends_them(rng):
+    """A call size is timed on at least its own number of samples and a few whole windows of S
+    samples, passed in one evaluate_windows call that the engine splits into calls of that
+    size: with S = 20, a call size of 16 splits every window's samples in two, as in a run."""
+    class Engine:
+        batch_size = None
+        seen = []
+
+        def evaluate_windows(self, x, top_left, patches):
+            self.seen.append((self.batch_size, len(top_left)))
+
+    engine = Engine()
+    x = rng.normal(size=(3, 20, 22)).astype(np.float32)
+    rates = decision._measure_incremental(engine, x, (4, 4), (16, 64, 256), 1e9, 20, rng, 1)
+    assert set(rates) == {16, 64, 256}
+    warm_up, *timed = engine.seen
+    assert warm_up[1] == 1
+    assert timed == [(16, 4 * 20), (64, 4 * 20), (256, 13 * 20)]
+
+
 @pytest.mark.parametrize("kwargs, word", [({"mode": "fast"}, "'fast'"),
                                           ({"window": 40}, "40x40"),
                                           ({"batch_size": 0}, "0"),
+                                          ({"stride": 0}, "stride must be an integer >= 1, "
+                                                          "got 0"),
                                           ({"x": np.zeros((20, 22), np.float32)}, "(20, 22)")])
 def test_bad_arguments_name_the_value(kwargs, word, rng):
     args = {"model": _small_net(rng), "x": np.zeros((3, 20, 22), np.float32), "window": 4}

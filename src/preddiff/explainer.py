@@ -478,7 +478,8 @@ def use_incremental(model: Model, opts, window: int) -> str:
             source, x, window, "auto" if opts.incremental == "remeasure" else opts.incremental,
             outputs=[model.blob], device=opts.device, threads=opts.threads,
             batch_size=opts.batch_size, samples=opts.samples, seed=opts.seed,
-            remeasure=opts.incremental == "remeasure", on_measure=announce)
+            remeasure=opts.incremental == "remeasure", on_measure=announce,
+            stride=opts.stride)
     except Exception as exc:  # noqa: BLE001 - the plain classifier is always a safe choice
         why = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
         logging.getLogger(__name__).warning("incremental inference off, evaluating full "
