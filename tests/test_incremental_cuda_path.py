@@ -126,12 +126,27 @@ def test_cuda_path_decision_measures_on_the_device_and_keys_its_cache(cuda, rng,
         return measure(model, outputs, x, window, "cpu", *args)  # no CUDA build here
 
     monkeypatch.setattr(incremental_decision, "_measure_full", measure_full)
+    monkeypatch.setattr(incremental_decision, "gpu_free_memory", lambda: 2 ** 30)
+    sizes = []
+    measure_incremental = incremental_decision._measure_incremental
+
+    def spy(clf, x, window, batches, *args):
+        sizes.append(batches)
+        return measure_incremental(clf, x, window, batches, *args)
+
+    monkeypatch.setattr(incremental_decision, "_measure_incremental", spy)
     model, outputs = _case_model("inception", rng)
     x = rng.normal(size=(3, 23, 27)).astype(np.float32)
     decision = incremental_decision.decide_incremental(
         model, x, 10, "on", outputs=outputs, budget_s=0.5, cache_dir=tmp_path)
     assert decision.use and decision.classifier.device == "cuda"
     assert tried[0] == ("cuda", incremental_decision.CUDA_FULL_BATCHES)
+    # the GPU's call sizes, those whose modelled memory fits a quarter of the device's
+    per_window = decision.classifier._bytes_per_window(decision.classifier._plan(x.shape,
+                                                                                 (10, 10)))
+    fitting = tuple(b for b in incremental_decision.CUDA_INCREMENTAL_BATCHES
+                    if b * per_window <= 2 ** 30 / 4)
+    assert len(fitting) >= 2 and sizes[0] == fitting
     entries = incremental_decision._cache_read(
         tmp_path / incremental_decision.CACHE_FILE)["entries"]
     (key,) = entries

@@ -176,6 +176,28 @@ def test_each_call_size_is_timed_on_whole_windows_as_pda_sends_them(rng):
     assert timed == [(16, 4 * 20), (64, 4 * 20), (256, 13 * 20)]
 
 
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_a_call_size_the_device_cannot_hold_ends_the_list_on_cuda(device, rng):
+    class Engine:
+        batch_size = None
+
+        def __init__(self):
+            self.device = device
+
+        def evaluate_windows(self, x, top_left, patches):
+            if self.batch_size and self.batch_size >= 1024:
+                raise RuntimeError("CUDA failure 2: out of memory")
+
+    x = rng.normal(size=(3, 20, 22)).astype(np.float32)
+    sizes = decision.CUDA_INCREMENTAL_BATCHES
+    if device == "cpu":  # a failure on the CPU is an error, not a limit
+        with pytest.raises(RuntimeError, match="out of memory"):
+            decision._measure_incremental(Engine(), x, (4, 4), sizes, 1e9, 10, rng, 1)
+    else:
+        rates = decision._measure_incremental(Engine(), x, (4, 4), sizes, 1e9, 10, rng, 1)
+        assert set(rates) == {64, 256}
+
+
 @pytest.mark.parametrize("kwargs, word", [({"mode": "fast"}, "'fast'"),
                                           ({"window": 40}, "40x40"),
                                           ({"batch_size": 0}, "0"),

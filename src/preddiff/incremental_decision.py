@@ -28,7 +28,7 @@ import time
 
 import numpy as np
 
-from .devices import cpu_name
+from .devices import cpu_name, gpu_free_memory
 from .errors import InvalidArgument
 from .incremental import ENGINE_REVISION, IncrementalClassifier, resolve_device, supported
 from .incremental_plan import load_model
@@ -44,6 +44,10 @@ FULL_BATCHES = (1, 8, 32)
 #: the device cannot hold ends the list (measured, not guessed).
 CUDA_FULL_BATCHES = (32, 128, 512, 1024)
 INCREMENTAL_BATCHES = (16, 64, 256)
+#: Window-samples per call tried on CUDA (a GPU is busy only with large calls); sizes whose
+#: modelled memory exceeds a quarter of the free device memory are skipped, and a size the
+#: device cannot hold ends the list.
+CUDA_INCREMENTAL_BATCHES = (64, 256, 1024, 4096)
 #: Rounds of timings, the two engines interleaved; per batch size the fastest counts (a shared
 #: machine's load only slows runs down, and changes of load affect both engines alike).
 REPEATS = 2
@@ -190,7 +194,13 @@ def _measure_incremental(clf, x, window, batches, budget, samples, rng, stride=1
             break
         clf.batch_size = b
         top_left, patches = _windows(x, window, count, samples, rng, stride)
-        seconds = _timed(lambda: clf.evaluate_windows(x, top_left, patches))
+        try:
+            seconds = _timed(lambda: clf.evaluate_windows(x, top_left, patches))
+        except Exception as exc:  # noqa: BLE001 - out of device memory: the sizes so far
+            if getattr(clf, "device", "cpu") != "cuda" or not rates:
+                raise
+            log.info("incremental: %d per call not measured (%s)", b, exc)
+            break
         spent += seconds
         rates[b] = count / seconds
     return rates
@@ -316,7 +326,8 @@ def decide_incremental(model, x, window, mode: str = "auto", *, outputs=("prob",
     rng = np.random.default_rng(seed)
     full_batches = ((int(batch_size),) if batch_size else
                     CUDA_FULL_BATCHES if device == "cuda" else FULL_BATCHES)
-    incr_batches = (int(batch_size),) if batch_size else INCREMENTAL_BATCHES
+    incr_batches = ((int(batch_size),) if batch_size else
+                    CUDA_INCREMENTAL_BATCHES if device == "cuda" else INCREMENTAL_BATCHES)
 
     ok, reason = supported(model, outputs) if mode != "off" else (False, "")
     if mode == "off" or not ok:
@@ -346,7 +357,7 @@ def decide_incremental(model, x, window, mode: str = "auto", *, outputs=("prob",
         if on_measure is not None:
             on_measure()
         tic = time.perf_counter()
-        memory = _available_memory()
+        memory = gpu_free_memory() if device == "cuda" else _available_memory()
         plan = incremental._plan(x.shape, (kh, kw))
         per_window = incremental._bytes_per_window(plan)
         if memory is not None and not batch_size:
