@@ -100,7 +100,8 @@ def measure(name: str, args) -> dict:
     decide = time.perf_counter() - tic
     clf = decision.classifier
     engine = "incremental" if decision.use else "full images"
-    batch = 1000 if decision.use else max(256, decision.batch_size) // SAMPLES * SAMPLES
+    # the engine's batch as preddiff explain sizes it: at least one call of the measured size
+    batch = max(1000 if decision.use else 256, decision.batch_size) // SAMPLES * SAMPLES
     provider = getattr(clf, "provider", None) or getattr(clf, "device", "?")
     say(f"{name}: {decision.message}; engine batch {batch}")
     setup = prepare(x, sampler, window=WINDOW, num_samples=SAMPLES, rng=0, batch_size=batch)
