@@ -17,35 +17,37 @@ def run(args, tmp_path):
                           text=True, timeout=600)
 
 
-def test_paper_scale_measures_and_projects(tmp_path):
+def paper_scale_lenet(tmp_path, *args):
+    """``bench/paper_scale.py`` on LeNet, full images, a small sampler fit: (the JSON record,
+    the path of its table, stderr)."""
     out = tmp_path / "paper.json"
-    r = run(["bench/paper_scale.py", "--models", "lenet", "--complete", "lenet",
-             "--device", "cpu", "--incremental", "off", "--patches", "500", "--no-progress",
-             "--json", str(out)], tmp_path)
+    r = run(["bench/paper_scale.py", "--models", "lenet", *args, "--device", "cpu",
+             "--incremental", "off", "--patches", "500", "--no-progress", "--json", str(out)],
+            tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
-    result = json.loads(out.read_text())
+    return json.loads(out.read_text()), out.with_suffix(".txt"), r.stderr
+
+
+def test_paper_scale_measures_and_projects(tmp_path):
+    result, table, _ = paper_scale_lenet(tmp_path, "--complete", "lenet")
     lenet = result["models"]["lenet"]
     assert lenet["complete"] and lenet["windows"] == lenet["windows_timed"] == 19 * 19
     assert lenet["rate"] > 0 and lenet["engine"] == "full images"
     # the figures use the paper's networks: none of them was measured here
     assert {run["figure"] for run in result["figures"]} == {f"fig{i}" for i in range(1, 7)}
     assert all(run["seconds"] is None for run in result["figures"])
-    assert "not measured: alexnet, googlenet, vgg16" in out.with_suffix(".txt").read_text()
+    assert "not measured: alexnet, googlenet, vgg16" in table.read_text()
 
 
 def test_paper_scale_times_a_fraction_in_batches_spread_over_the_image(tmp_path):
-    out = tmp_path / "paper.json"
-    r = run(["bench/paper_scale.py", "--models", "lenet", "--fraction", "0.3",
-             "--device", "cpu", "--incremental", "off", "--patches", "500", "--no-progress",
-             "--json", str(out)], tmp_path)
-    assert r.returncode == 0, r.stderr[-2000:]
-    lenet = json.loads(out.read_text())["models"]["lenet"]
+    result, _, stderr = paper_scale_lenet(tmp_path, "--fraction", "0.3")
+    lenet = result["models"]["lenet"]
     per_batch = lenet["engine_batch"] // 20  # windows per batch (S = 20)
     batches = lenet["windows_timed"] // per_batch
     assert not lenet["complete"] and lenet["windows_timed"] == batches * per_batch
     assert batches == max(1, round(0.3 * 361 / per_batch))
     assert lenet["image_seconds"] == pytest.approx(361 * 20 / lenet["rate"])
-    assert f"{batches} batches spread over the image" in r.stderr
+    assert f"{batches} batches spread over the image" in stderr
 
 
 def test_timed_batches_are_whole_batches_spread_evenly():
