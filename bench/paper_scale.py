@@ -79,7 +79,7 @@ def figure_runs() -> list[dict]:
 def measure(name: str, args) -> dict:
     """Sampler fit, engine decision and PDA rate of one network on its first example image."""
     from preddiff import prediction_difference
-    from preddiff.analysis import clean_outputs, prepare, window_values
+    from preddiff.analysis import clean_outputs, default_batch_size, prepare, window_values
     from preddiff.caffe.writer import random_onnx
     from preddiff.images import default_pool
     from preddiff.incremental_decision import decide_incremental
@@ -101,7 +101,8 @@ def measure(name: str, args) -> dict:
     clf = decision.classifier
     engine = "incremental" if decision.use else "full images"
     # the engine's batch as preddiff explain sizes it: at least one call of the measured size
-    batch = max(1000 if decision.use else 256, decision.batch_size) // SAMPLES * SAMPLES
+    base = 1000 if decision.use else default_batch_size(x.shape)
+    batch = max(base, decision.batch_size) // SAMPLES * SAMPLES
     provider = getattr(clf, "provider", None) or getattr(clf, "device", "?")
     say(f"{name}: {decision.message}; engine batch {batch}")
     setup = prepare(x, sampler, window=WINDOW, num_samples=SAMPLES, rng=0, batch_size=batch)
@@ -121,8 +122,8 @@ def measure(name: str, args) -> dict:
         clean, _ = clean_outputs(setup, clf)
         # one untimed batch first (the last one: its own shape), so that the once-per-run
         # costs (sessions, algorithm searches per input shape) are not projected
-        window_values(setup, clf, sampler, clean, n_windows - setup.windows_per_batch,
-                      n_windows)
+        window_values(setup, clf, sampler, clean,
+                      max(0, n_windows - setup.windows_per_batch), n_windows)
         say(f"{name}: {done} of {n_windows} windows x {SAMPLES} samples, in {len(batches)} "
             f"batches spread over the image")
         tic = time.perf_counter()

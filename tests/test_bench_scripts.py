@@ -56,11 +56,11 @@ def test_timed_batches_are_whole_batches_spread_evenly():
         from paper_scale import timed_batches
     finally:
         sys.path.remove(str(ROOT / "bench"))
-    # VGG16 at paper scale: 47,089 windows, 50 per batch; 0.5 % of them
-    got = timed_batches(47089, 50, 0.005)
+    # VGG16 at paper scale: 46,225 windows, 50 per batch (925 batches); 0.5 % of them
+    got = timed_batches(46225, 50, 0.005)
     assert len(got) == 5 and all(stop - start == 50 and start % 50 == 0 for start, stop in got)
     starts = [start for start, _ in got]
-    assert starts[0] == 0 and starts[-1] == (942 - 2) * 50  # the last, short batch left out
+    assert starts[0] == 0 and starts[-1] == (925 - 2) * 50  # the last, short batch left out
     gaps = np.diff(starts)
     assert gaps.max() - gaps.min() <= 50  # evenly spread, not the first rows
     assert timed_batches(47089, 50, 0.0001) == [(0, 50)]  # at least one batch

@@ -127,6 +127,8 @@ def test_cuda_path_decision_measures_on_the_device_and_keys_its_cache(cuda, rng,
 
     monkeypatch.setattr(incremental_decision, "_measure_full", measure_full)
     monkeypatch.setattr(incremental_decision, "gpu_free_memory", lambda: 2 ** 30)
+    # the host's memory must not be what filters the call sizes: make it plentiful
+    monkeypatch.setattr(incremental_decision, "_available_memory", lambda: 2.0 ** 50)
     sizes = []
     measure_incremental = incremental_decision._measure_incremental
 

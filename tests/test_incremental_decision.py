@@ -100,8 +100,10 @@ def test_timed_windows_are_neighbours_on_the_run_grid(rng):
     for stride, count, samples in ((1, 12, 3), (2, 40, 4), (3, 7, 7), (5, 200, 2)):
         top_left, patches = decision._windows(x, (4, 5), count, samples, rng, stride)
         assert top_left.shape == (count, 2) and patches.shape == (count, 3, 4, 5)
-        rows = np.arange(0, 20 - 4 + 1, stride)
-        cols = np.arange(0, 22 - 5 + 1, stride)
+        # PDA's grid: the stride's positions, plus the last row and column where the stride
+        # does not reach the edge (edges="cover")
+        rows = sorted(set(range(0, 20 - 4 + 1, stride)) | {20 - 4})
+        cols = sorted(set(range(0, 22 - 5 + 1, stride)) | {22 - 5})
         grid = [(r, c) for r in rows for c in cols]
         positions = [tuple(p) for p in top_left[::samples]]
         assert all(np.array_equal(top_left[i], top_left[i - i % samples])
@@ -157,9 +159,10 @@ def test_real_measurement_off_mode_and_unsupported_graph(rng, tmp_path):
 
 
 def test_each_call_size_is_timed_on_whole_windows_as_pda_sends_them(rng):
-    """A call size is timed on at least its own number of samples and a few whole windows of S
-    samples, passed in one evaluate_windows call that the engine splits into calls of that
-    size: with S = 20, a call size of 16 splits every window's samples in two, as in a run."""
+    """A call size is timed on the batch a run hands the engine (whole windows of S samples,
+    max(RUN_BATCH, b) samples), in one evaluate_windows call that the engine splits into
+    calls of that size: with S = 20, a call size of 16 splits every window's samples in two,
+    and 256 leaves a short last call, as in a run."""
     class Engine:
         batch_size = None
         seen = []
@@ -169,11 +172,13 @@ def test_each_call_size_is_timed_on_whole_windows_as_pda_sends_them(rng):
 
     engine = Engine()
     x = rng.normal(size=(3, 20, 22)).astype(np.float32)
-    rates = decision._measure_incremental(engine, x, (4, 4), (16, 64, 256), 1e9, 20, rng, 1)
-    assert set(rates) == {16, 64, 256}
+    rates = decision._measure_incremental(engine, x, (4, 4), (16, 64, 256, 4096), 1e9, 20,
+                                          rng, 1)
+    assert set(rates) == {16, 64, 256, 4096}
     warm_up, *timed = engine.seen
     assert warm_up[1] == 1
-    assert timed == [(16, 4 * 20), (64, 4 * 20), (256, 13 * 20)]
+    assert decision.RUN_BATCH == 1000
+    assert timed == [(16, 1000), (64, 1000), (256, 1000), (4096, 4080)]  # 204 windows of 20
 
 
 @pytest.mark.parametrize("device", ["cpu", "cuda"])

@@ -10,8 +10,9 @@ batches both ways on this machine -- full perturbed images through
 :meth:`preddiff.incremental.IncrementalClassifier.evaluate_windows` -- at a few batch sizes
 each (the faster of two timings), and keeps the faster engine at its fastest batch size. The
 result is cached in the preddiff cache folder (``incremental-decisions.json``), keyed by the
-model's SHA-1, the input shape, window, outputs, execution provider, threads, CPU and
-onnxruntime version, so a model is measured once per machine.
+model's SHA-1, the input shape, window, outputs, samples per window, stride, the call sizes
+tried, execution provider, threads, CPU, onnxruntime version and engine revision, so a model
+is measured once per machine.
 
 The batch size matters as much: on the real EfficientNet-Lite0 a fixed batch of 256 was slower
 than 16 and needed 4.4 GB. Candidates whose modelled memory exceeds a quarter of the
@@ -32,6 +33,7 @@ from .devices import cpu_name, gpu_free_memory
 from .errors import InvalidArgument
 from .incremental import ENGINE_REVISION, IncrementalClassifier, resolve_device, supported
 from .incremental_plan import load_model
+from .windows import window_positions
 
 log = logging.getLogger(__name__)
 
@@ -126,12 +128,10 @@ def _windows(x: np.ndarray, window, count: int, samples: int, rng, stride: int =
     random positions made 16 look best)."""
     kh, kw = window
     positions = max(1, -(-count // samples))
-    rows = np.arange(0, x.shape[1] - kh + 1, stride)
-    cols = np.arange(0, x.shape[2] - kw + 1, stride)
-    first = int(rng.integers(0, max(1, len(rows) * len(cols) - positions + 1)))
-    index = (first + np.arange(positions)) % (len(rows) * len(cols))
-    rows, cols = rows[index // len(cols)], cols[index % len(cols)]
-    top_left = np.repeat(np.stack([rows, cols], axis=1), samples, axis=0)[:count]
+    grid = np.asarray(window_positions(x.shape[1:], (kh, kw), stride), np.int64)  # as PDA's
+    first = int(rng.integers(0, max(1, len(grid) - positions + 1)))
+    index = (first + np.arange(positions)) % len(grid)
+    top_left = np.repeat(grid[index], samples, axis=0)[:count]
     scale = float(x.std()) or 1.0
     patches = np.stack([x[:, r:r + kh, c:c + kw] for r, c in top_left])
     patches = patches + rng.normal(0, scale, patches.shape).astype(np.float32)
@@ -164,7 +164,8 @@ def _measure_full(model, outputs, x, window, device, threads, batches, budget, r
         except Exception as exc:  # noqa: BLE001 - out of device memory: the sizes so far
             if device != "cuda" or not rates:
                 raise
-            log.info("full images: batch %d not measured (%s)", b, exc)
+            log.warning("full images: %d per call failed on the device, taken as its limit "
+                        "(%s)", b, exc)
             break
         spent += seconds
         rates[b] = b / seconds
@@ -174,22 +175,23 @@ def _measure_full(model, outputs, x, window, device, threads, batches, budget, r
     return rates, classifiers
 
 
-#: Fewest windows a call size is timed on: whole windows of S samples each, so that a call
-#: size that splits a window's samples between two calls (16 with S = 20) pays for it as a
-#: run does.
-MIN_TIMED_WINDOWS = 4
+#: Window-samples PDA hands the incremental engine at a time (``preddiff explain``'s engine
+#: batch, or one call when that is larger): a call size is timed on such a batch, which the
+#: engine splits into calls as in a run (a call size that splits a window's samples, or leaves
+#: a short last call, pays for it as a run does).
+RUN_BATCH = 1000
 
 
 def _measure_incremental(clf, x, window, batches, budget, samples, rng, stride=1) -> dict:
     """Window-samples/s of ``clf.evaluate_windows`` at each call size ``b`` within
-    ``budget``: consecutive windows of the run's grid, S samples each (at least ``b`` samples
-    and :data:`MIN_TIMED_WINDOWS` windows), in one call of ``evaluate_windows`` that the engine
-    splits into calls of at most ``b``, as it splits PDA's batches."""
+    ``budget``, timed on what a run passes it: a batch of max(:data:`RUN_BATCH`, b) samples,
+    whole windows of S samples each on consecutive positions of the run's grid, which the
+    engine splits into calls of at most ``b``."""
     top_left, patches = _windows(x, window, 1, 1, rng)
     spent = _timed(lambda: clf.evaluate_windows(x, top_left, patches))  # sessions, plan, clean
     rates = {}
     for b in batches:
-        count = samples * max(MIN_TIMED_WINDOWS, -(-b // samples))
+        count = samples * max(1, max(RUN_BATCH, b) // samples)
         if rates and spent + count / max(rates.values()) > budget:
             break
         clf.batch_size = b
@@ -199,7 +201,8 @@ def _measure_incremental(clf, x, window, batches, budget, samples, rng, stride=1
         except Exception as exc:  # noqa: BLE001 - out of device memory: the sizes so far
             if getattr(clf, "device", "cpu") != "cuda" or not rates:
                 raise
-            log.info("incremental: %d per call not measured (%s)", b, exc)
+            log.warning("incremental: %d window-samples per call failed on the device, "
+                        "taken as its limit (%s)", b, exc)
             break
         spent += seconds
         rates[b] = count / seconds
@@ -341,7 +344,7 @@ def decide_incremental(model, x, window, mode: str = "auto", *, outputs=("prob",
     sha1 = hashlib.sha1(model.SerializeToString()).hexdigest()
     key = "|".join([sha1, "x".join(map(str, x.shape)), f"{kh}x{kw}", ",".join(outputs),
                     f"S{samples}", f"stride {stride}", str(batch_size),
-                    _machine_key(device, threads)])
+                    "calls " + ",".join(map(str, incr_batches)), _machine_key(device, threads)])
     path = _cache_path(cache_dir) if cache else None
     record = _cache_read(path).get("entries", {}).get(key) if cache and not remeasure \
         else None
