@@ -149,18 +149,21 @@ def measure(name: str, args) -> dict:
 
 def timed_batches(n_windows: int, per_batch: int, fraction: float) -> list[tuple]:
     """The (start, stop) window ranges a partial run times: whole batches of the full run
-    (starting at multiples of ``per_batch``), about ``fraction`` of the windows, spread evenly
-    over the image. Windows near the border have clipped, cheaper boxes in an incremental
-    run, so the first rows alone would project too short a time.
+    (starting at multiples of ``per_batch``), about ``fraction`` of the windows, one at the
+    middle of each of equal stretches of the image. Windows near the border have clipped,
+    cheaper boxes in an incremental run, so the first rows alone would project too short a
+    time.
 
     >>> timed_batches(1000, 50, 0.15)
-    [(0, 50), (450, 500), (900, 950)]
+    [(150, 200), (450, 500), (750, 800)]
     """
     batches = -(-n_windows // per_batch)
+    if batches == 1:
+        return [(0, n_windows)]
     # the last batch may be short, and runs untimed first: leave it out
     count = max(1, min(batches - 1, round(fraction * n_windows / per_batch)))
-    picks = np.unique(np.linspace(0, batches - 2, count).round().astype(int))
-    return [(int(b) * per_batch, min(n_windows, (int(b) + 1) * per_batch)) for b in picks]
+    picks = ((np.arange(count) + 0.5) * (batches - 1) / count).astype(int)
+    return [(int(b) * per_batch, (int(b) + 1) * per_batch) for b in picks]
 
 
 def project(measured: dict) -> list[dict]:

@@ -60,11 +60,15 @@ def test_timed_batches_are_whole_batches_spread_evenly():
     got = timed_batches(46225, 50, 0.005)
     assert len(got) == 5 and all(stop - start == 50 and start % 50 == 0 for start, stop in got)
     starts = [start for start, _ in got]
-    assert starts[0] == 0 and starts[-1] == (925 - 2) * 50  # the last, short batch left out
     gaps = np.diff(starts)
     assert gaps.max() - gaps.min() <= 50  # evenly spread, not the first rows
-    assert timed_batches(47089, 50, 0.0001) == [(0, 50)]  # at least one batch
+    # each in the middle of its fifth of the image, none at the top or bottom edge
+    assert starts == [int((i + 0.5) * 924 / 5) * 50 for i in range(5)]
+    assert starts[0] > 0 and starts[-1] + 50 < 46225 - 50
+    assert timed_batches(46225, 50, 0.0001) == [(23100, 23150)]  # at least one: the middle
     assert timed_batches(10, 50, 0.5) == [(0, 10)]  # a single (short) batch: the image
+    every = timed_batches(1000, 50, 1.0)  # all whole batches but the last, each once
+    assert every == [(i * 50, i * 50 + 50) for i in range(19)]
 
 
 def test_figure_runs_follow_the_figure_configurations():
