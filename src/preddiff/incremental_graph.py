@@ -57,13 +57,12 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .compose import model_opset
+from .compose import PATCHES, model_opset  # PATCHES: the window samples, as in compose
 from .incremental_index import BoxTable, IndexProgram, Positions, Region
 from .incremental_plan import Analysis, Geometry, _attrs, _frontier, pointwise_geometry
 
 __all__ = ["PATCHES", "CleanInput", "CompiledPlan", "compile_plan", "MIN_OPSET"]
 
-PATCHES = "preddiff_patches"
 #: ScatterElements.
 MIN_OPSET = 11
 _I64 = np.int64
