@@ -4,10 +4,14 @@ A VGG-like network at 120×120 and a ResNet-like network with projection shortcu
 160×160 (``tests/untuned_nets.py``, random weights): plain images/s at the best of batch 1, 8
 and 32, then naive and incremental PDA on a block of windows (k = 10, S = 10, conditional
 sampler, maps of the top 3 classes), as ``preddiff bench`` measures its networks; the
-incremental ratio against the planned reduction (mean over window positions)::
+incremental ratio against the planned reduction (mean over window positions). Each engine's
+run lies between two plain measurements and its ratio is taken against their mean; the
+figures are medians over rounds::
 
     python bench/untuned_nets.py            # writes bench/results/untuned_nets.{json,txt}
+    python bench/untuned_nets.py --models resnet_like_160 --rounds 3 --out /tmp/u.txt
 """
+import argparse
 import json
 import sys
 import time
@@ -21,7 +25,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from untuned_nets import NETS  # noqa: E402
 
 from preddiff.commands.bench import (  # noqa: E402
-    INCREMENTAL_ENGINE_BATCH, PADDING, SAMPLES, WINDOW, _pda, _seconds, _settle, _sweep,
+    INCREMENTAL_ENGINE_BATCH, PADDING, SAMPLES, WINDOW, _pda, _plain, _seconds, _settle, _sweep,
     _warm_sampler, machine_info,
 )
 from preddiff.fileio import atomic_write_text  # noqa: E402
@@ -30,10 +34,13 @@ from preddiff.netzoo import example_pool  # noqa: E402
 from preddiff.samplers import ConditionalGaussianSampler  # noqa: E402
 
 STRIDE = 11
-ROUNDS = 2
+ROUNDS = 3
+#: Seconds of each plain measurement (three a round).
+PLAIN_SECONDS = 2.0
+RESULTS = ROOT / "bench" / "results" / "untuned_nets.txt"
 
 
-def measure(name: str, seed: int = 0) -> dict:
+def measure(name: str, seed: int = 0, num_rounds: int = ROUNDS) -> dict:
     build, size = NETS[name]
     model = build(seed)
     pool = example_pool(size)
@@ -53,49 +60,71 @@ def measure(name: str, seed: int = 0) -> dict:
     _pda(x, incremental, sampler, STRIDE, INCREMENTAL_ENGINE_BATCH, seed)
     _warm_sampler(sampler, x, STRIDE, seed)
     rounds = []
-    for _ in range(ROUNDS):
+    for _ in range(num_rounds):
+        # each engine's run between two plain measurements, its ratio against their mean
+        # (as preddiff bench: the machine's speed changes for seconds at a time)
+        plains = [_plain(naive, x, PLAIN_SECONDS)]
         e_naive, n = _pda(x, naive, sampler, STRIDE, 256, seed)
+        plains.append(_plain(naive, x, PLAIN_SECONDS))
         incremental.clear_cache()
         _settle()  # the naive session's threads stop spinning first
         e_inc, _ = _pda(x, incremental, sampler, STRIDE, INCREMENTAL_ENGINE_BATCH, seed)
+        _settle()
+        plains.append(_plain(naive, x, PLAIN_SECONDS))
         want, got = e_naive.relevance["prob"], e_inc.relevance["prob"]
-        rounds.append({"naive": n / _seconds(e_naive), "incremental": n / _seconds(e_inc),
+        naive_rate, inc_rate = n / _seconds(e_naive), n / _seconds(e_inc)
+        rounds.append({"plain": float(np.mean(plains)), "plains": plains,
+                       "naive": naive_rate, "incremental": inc_rate,
+                       "ratio_naive": naive_rate / ((plains[0] + plains[1]) / 2),
+                       "ratio_incremental": inc_rate / ((plains[1] + plains[2]) / 2),
                        "max_relative_difference":
                            float(np.abs(got - want).max() / np.abs(want).max())})
-    row = {k: float(np.median([r[k] for r in rounds])) for k in rounds[0]}
-    row.update({"input": list(x.shape), "plain": sweep[best], "plain_batch": best,
+    row = {k: float(np.median([r[k] for r in rounds])) for k in rounds[0] if k != "plains"}
+    row.update({"input": list(x.shape), "plain_batch": best,
                 "plain_sweep": {str(b): v for b, v in sweep.items()},
                 "window_samples": n, "planned_reduction": planned, "cut": report["cut"],
                 "steps": len(report["steps"]), "rounds": rounds})
-    row["ratio_naive"] = row["naive"] / row["plain"]
-    row["ratio_incremental"] = row["incremental"] / row["plain"]
+    row["max_relative_difference"] = max(r["max_relative_difference"] for r in rounds)
     row["measured_over_planned"] = row["ratio_incremental"] / planned
     return row
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", default=",".join(NETS),
+                   help=f"comma-separated, of {', '.join(NETS)} (default: all)")
+    p.add_argument("--rounds", type=int, default=ROUNDS, help="median of this many rounds")
+    p.add_argument("--out", type=Path, default=RESULTS,
+                   help="the text table; the JSON record goes beside it (.json)")
+    args = p.parse_args(argv)
+    names = [n for n in args.models.split(",") if n]
+    unknown = [n for n in names if n not in NETS]
+    if unknown or not names:
+        p.error(f"--models {args.models!r}: choose among {', '.join(NETS)}")
+    if args.rounds < 1:
+        p.error(f"--rounds {args.rounds}: at least 1")
     tic = time.perf_counter()
-    results = {"command": "python bench/untuned_nets.py", "machine": machine_info(),
+    command = "python bench/untuned_nets.py" + "".join(f" {a}" for a in (argv or sys.argv[1:]))
+    results = {"command": command, "machine": machine_info(),
                "settings": {"window": WINDOW, "samples": SAMPLES, "stride": STRIDE,
-                            "rounds": ROUNDS}, "models": {}}
+                            "rounds": args.rounds}, "models": {}}
     lines = ["Incremental PDA on networks the engine was not tuned on (k=10, S=10, "
-             f"conditional sampler, stride {STRIDE}, medians of {ROUNDS} rounds)",
+             f"conditional sampler, stride {STRIDE}, medians of {args.rounds} rounds)",
              f"machine: {results['machine'].get('cpu')}, {results['machine'].get('cores')} "
              f"cores; commit {results['machine'].get('git_commit')}",
              f"{'model':18s} {'plain img/s (b)':>16s} {'naive w-s/s':>12s} {'incr. w-s/s':>12s}"
              f" {'ratio':>6s} {'planned':>8s} {'meas/plan':>10s} {'max diff':>9s}"]
-    for name in NETS:
+    for name in names:
         print(f"{name}: measuring", file=sys.stderr, flush=True)
-        r = results["models"][name] = measure(name)
+        r = results["models"][name] = measure(name, num_rounds=args.rounds)
         lines.append(f"{name:18s} {r['plain']:>10.1f} ({r['plain_batch']:>3d}) "
                      f"{r['naive']:>12.1f} {r['incremental']:>12.1f} "
                      f"{r['ratio_incremental']:>6.2f} {r['planned_reduction']:>8.2f} "
                      f"{r['measured_over_planned']:>10.2f} {r['max_relative_difference']:>9.1e}")
     results["seconds"] = time.perf_counter() - tic
-    out = ROOT / "bench" / "results" / "untuned_nets.json"
-    atomic_write_text(out, json.dumps(results, indent=1) + "\n")
     text = "\n".join(lines) + "\n"
-    atomic_write_text(out.with_suffix(".txt"), text)
+    atomic_write_text(args.out.with_suffix(".json"), json.dumps(results, indent=1) + "\n")
+    atomic_write_text(args.out, text)
     print(text, end="")
     return 0
 

@@ -145,3 +145,51 @@ def test_incremental_profile_times_the_host_index_of_every_batch(monkeypatch):
     share = incremental_profile._host_index_share(plan, tops, feeds, "prob", rounds=2)
     assert 0 < share < 1
     assert calls == [2, 3] * 3  # an untimed pass, then two
+
+
+def test_untuned_nets_brackets_each_engine_run_with_plain_measurements(tmp_path, monkeypatch):
+    # each engine's run lies between two plain measurements and its ratio is taken against
+    # their mean; the record goes where --out says
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("untuned_bench", ROOT / "bench" /
+                                                  "untuned_nets.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    events = []
+
+    def plain(classifier, x, seconds):
+        events.append("plain")
+        return 100.0 * events.count("plain")
+
+    def pda(x, classifier, *args):
+        events.append(type(classifier).__name__)
+        return real_pda(x, classifier, *args)
+
+    real_pda = script._pda
+    monkeypatch.setattr(script, "_plain", plain)
+    monkeypatch.setattr(script, "_pda", pda)
+    monkeypatch.setattr(script, "STRIDE", 55)  # 3 x 3 windows
+    out = tmp_path / "u.txt"
+    assert script.main(["--models", "vgg_like_120", "--rounds", "2", "--out", str(out)]) == 0
+    timed = events[events.index("plain"):]
+    assert timed == ["plain", "OnnxClassifier", "plain", "IncrementalClassifier", "plain"] * 2
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["command"].endswith("--models vgg_like_120 --rounds 2 --out " + str(out))
+    row = record["models"]["vgg_like_120"]
+    assert [r["plains"] for r in row["rounds"]] == [[100, 200, 300], [400, 500, 600]]
+    ratios = [r["incremental"] / 250 for r in row["rounds"][:1]] + [
+        row["rounds"][1]["incremental"] / 550]
+    assert row["ratio_incremental"] == pytest.approx(np.median(ratios))
+    assert row["measured_over_planned"] == pytest.approx(
+        row["ratio_incremental"] / row["planned_reduction"])
+    assert row["max_relative_difference"] <= 1e-4
+    assert out.read_text().splitlines()[3].startswith("vgg_like_120")
+
+
+def test_untuned_nets_refuses_unknown_networks(tmp_path):
+    r = run(["bench/untuned_nets.py", "--models", "vgg_like", "--out", str(tmp_path / "u.txt")],
+            tmp_path)
+    assert r.returncode == 2
+    assert "--models 'vgg_like': choose among vgg_like_120, resnet_like_160" in r.stderr
+    assert not (tmp_path / "u.txt").exists()

@@ -1079,7 +1079,13 @@ def test_bench_times_the_clean_pass_of_both_engines_and_writes_every_figure(tmp_
     import preddiff.commands.bench as bench
     from preddiff.incremental import IncrementalClassifier
 
-    monkeypatch.setattr(bench, "_plain", lambda classifier, x, seconds: 1000.0)
+    events = []  # plain measurements (a different rate each) and engine runs, in order
+
+    def plain(classifier, x, seconds):
+        events.append("plain")
+        return 1000.0 + 100 * events.count("plain")
+
+    monkeypatch.setattr(bench, "_plain", plain)
     monkeypatch.setattr(bench, "PLAIN_BATCHES", {"lenet": (16,)})
     computed, per_run = [], []
     set_clean = IncrementalClassifier._set_clean
@@ -1097,6 +1103,8 @@ def test_bench_times_the_clean_pass_of_both_engines_and_writes_every_figure(tmp_
         out = pda(x, classifier, *args)
         if isinstance(classifier, IncrementalClassifier):
             per_run.append(sum(computed[start:]))
+        events.append("incremental" if isinstance(classifier, IncrementalClassifier)
+                      else "naive")
         return out
 
     monkeypatch.setattr(IncrementalClassifier, "_set_clean", spy)
@@ -1118,6 +1126,21 @@ def test_bench_times_the_clean_pass_of_both_engines_and_writes_every_figure(tmp_
                 "naive_clean_pass_seconds", "incremental_clean_pass_seconds", "macs", "rounds"):
         assert key in row, key
     assert len(row["rounds"]) == 2
+    # every timed round: each engine's run between two plain measurements, and its ratios
+    # against their mean
+    timed = events[events.index("incremental") + 1:]
+    assert timed == ["plain", "naive", "plain", "incremental", "plain"] * 2
+    for r in row["rounds"]:
+        before, between, after = (r["plain_before_naive"], r["plain_between"],
+                                  r["plain_after_incremental"])
+        assert len({before, between, after}) == 3
+        assert r["plain"] == pytest.approx((before + between + after) / 3)
+        assert r["ratio_naive"] == pytest.approx(r["naive"] / ((before + between) / 2))
+        assert r["ratio_incremental"] == pytest.approx(r["incremental"] / ((between + after) / 2))
+        assert r["ratio_incremental_steady"] == pytest.approx(
+            r["incremental_steady"] / ((between + after) / 2))
+    assert row["ratio_incremental"] == pytest.approx(
+        np.median([r["ratio_incremental"] for r in row["rounds"]]))
     assert row["max_relative_difference"] <= 1e-4
     assert path.with_suffix(".txt").read_text().startswith("PDA throughput")
 

@@ -27,8 +27,15 @@ run on one machine:
   forward pass as the naive engine does, and each run's time includes the maps of the top
   :data:`KEPT_MAPS` classes, the maps ``preddiff explain`` computes and keeps by default.
 
-The plain throughput and the two engines are measured interleaved, ``--rounds`` times, so
-that a change of load on a shared machine affects all three alike; the table gives medians.
+The plain throughput and the two engines are measured interleaved, ``--rounds`` times, and
+each engine's run lies between two plain measurements (plain, naive, plain, incremental,
+plain): its ratio is taken against the mean of the two, so that a change of the machine's
+speed affects both sides of the ratio alike. On this project's 2-core VM the whole machine
+runs at about two thirds of its speed for stretches of several seconds (a NumPy matrix
+product timed every half second on each core, both cores at once), long enough to cover one
+engine's run and not the plain measurement of the round. The table gives medians over rounds
+of every figure and of every round's ratios; its plain column is the median of each round's
+mean of three.
 Networks: ``lenet`` with its real bundled weights, ``alexnet``, ``googlenet`` and ``vgg16``
 with random weights at full size (throughput does not depend on the weights), and the modern
 networks of :mod:`preddiff.netzoo` built in code with random weights and ``(x - mean) / std``
@@ -463,14 +470,22 @@ def bench_model(name, *, quick, rounds, device, threads, seed, float16=False) ->
     per_round = []
     for r in range(rounds):
         _say(f"{name}: round {r + 1}/{rounds}: plain, naive PDA, incremental PDA")
-        row = {"plain": _plain(naive, x, min_seconds)}
+        # each engine's run between two plain measurements, so that its ratio is taken
+        # against the plain speed of the same stretch of time (see the module docstring)
+        plains = [_plain(naive, x, min_seconds)]
         clean_naive = _clean_pass(naive, x)
         e_naive, n_naive = _pda(x, naive, sampler, naive_stride, naive_batch, seed)
+        plains.append(_plain(naive, x, min_seconds))
         clean_incremental = _clean_pass(incremental, x)
         # the clean image's forward pass counts for both engines: forget the cached one
         incremental.clear_cache()
         _settle()
         e_inc, n = _pda(x, incremental, sampler, stride, INCREMENTAL_ENGINE_BATCH, seed)
+        _settle()
+        plains.append(_plain(naive, x, min_seconds))
+        row = {"plain": float(np.mean(plains)), "plain_before_naive": plains[0],
+               "plain_between": plains[1], "plain_after_incremental": plains[2]}
+        plain_naive, plain_incremental = (plains[0] + plains[1]) / 2, (plains[1] + plains[2]) / 2
         if naive_stride != stride:  # the maps compared on the incremental engine's block
             e_naive_block, _ = _pda(x, naive, sampler, stride, naive_batch, seed)
         else:
@@ -490,9 +505,9 @@ def bench_model(name, *, quick, rounds, device, threads, seed, float16=False) ->
             "incremental_seconds": _seconds(e_inc),
             "max_relative_difference": float(np.abs(got - want).max() / np.abs(want).max()),
         })
-        row["ratio_naive"] = row["naive"] / row["plain"]
-        row["ratio_incremental"] = row["incremental"] / row["plain"]
-        row["ratio_incremental_steady"] = row["incremental_steady"] / row["plain"]
+        row["ratio_naive"] = row["naive"] / plain_naive
+        row["ratio_incremental"] = row["incremental"] / plain_incremental
+        row["ratio_incremental_steady"] = row["incremental_steady"] / plain_incremental
         per_round.append(row)
     out["rounds"] = per_round
     for key in per_round[0]:
@@ -575,10 +590,11 @@ def format_table(results: dict) -> str:
     lines += [
         "",
         "plain: the network's images/s at the best batch size b of the sweep, its input "
-        "already on the device; PDA: window-samples/s"
+        "already on the device (three times a round); PDA: window-samples/s"
         " of prediction_difference on the block (a grid of windows over the whole image), with"
         f" the maps of the top {KEPT_MAPS} classes (what preddiff explain keeps by default);",
-        "ratio: PDA window-samples/s / plain images/s (above 1 beats the naive limit); steady "
+        "ratio: PDA window-samples/s / plain images/s measured just before and after the "
+        "engine's run, median over rounds (above 1 beats the naive limit); steady "
         "ratio: the same counting only sampler and classifier time (no once-per-image work);",
         "outside classif.: naive engine time outside classifier calls; MAC red.: multiply-add",
         "reduction of exact incremental inference for the centre window (reference notes in "
