@@ -3,7 +3,7 @@
 A thin wrapper of ``preddiff bench`` (:mod:`preddiff.commands.bench`) that writes its JSON
 and text table to ``bench/results/`` by default::
 
-    python bench/pda_throughput.py                 # all eight networks, ~14 minutes on 2 cores
+    python bench/pda_throughput.py                 # all eight networks, ~17 minutes on 2 cores
     python bench/pda_throughput.py --quick --models alexnet
 """
 import sys

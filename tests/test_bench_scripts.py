@@ -193,3 +193,19 @@ def test_untuned_nets_refuses_unknown_networks(tmp_path):
     assert r.returncode == 2
     assert "--models 'vgg_like': choose among vgg_like_120, resnet_like_160" in r.stderr
     assert not (tmp_path / "u.txt").exists()
+
+
+def test_machine_phases_writes_a_turn_per_row_and_the_correlations(tmp_path):
+    out = tmp_path / "phases.txt"
+    r = run(["bench/machine_phases.py", "--turns", "3", "--out", str(out)], tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = out.read_text().splitlines()
+    assert lines[2] == f"command: python bench/machine_phases.py --turns 3 --out {out}"
+    rows = [line.split() for line in lines[4:7]]
+    assert [row[0] for row in rows] == ["1", "2", "3"]
+    for _, plain, incremental, ratio, matmul in rows:
+        assert float(plain) > 0 and float(incremental) > 0 and float(matmul) > 0
+        assert float(ratio) == pytest.approx(float(incremental) / float(plain), abs=0.006)
+    assert lines[-1].startswith("correlation with the matmul rate: incremental ")
+    r = run(["bench/machine_phases.py", "--turns", "2", "--out", str(out)], tmp_path)
+    assert r.returncode == 2 and "--turns 2: at least 3" in r.stderr
