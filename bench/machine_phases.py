@@ -82,7 +82,7 @@ def main(argv=None) -> int:
              f"stride {STRIDE}), 256x256 float32 matmul (0.3 s), in turn",
              f"machine: {m.get('cpu')}, {m.get('cores')} cores; commit {m.get('git_commit')}",
              "command: python bench/machine_phases.py"
-             + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:])),
+             + "".join(f" {arg}" for arg in (argv if argv is not None else sys.argv[1:])),
              f"{'turn':>4s} {'plain img/s':>12s} {'incr. w-s/s':>12s} {'ratio':>6s} "
              f"{'matmul/s':>9s}"]
     lines += [f"{i + 1:>4d} {pl:>12.1f} {inc:>12.1f} {inc / pl:>6.2f} {mm:>9.0f}"

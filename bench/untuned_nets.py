@@ -26,7 +26,7 @@ from untuned_nets import NETS  # noqa: E402
 
 from preddiff.commands.bench import (  # noqa: E402
     INCREMENTAL_ENGINE_BATCH, PADDING, SAMPLES, WINDOW, _pda, _plain, _seconds, _settle, _sweep,
-    _warm_sampler, machine_info,
+    _warm_sampler, machine_info, plain_around,
 )
 from preddiff.fileio import atomic_write_text  # noqa: E402
 from preddiff.incremental import IncrementalClassifier  # noqa: E402
@@ -73,10 +73,11 @@ def measure(name: str, seed: int = 0, num_rounds: int = ROUNDS) -> dict:
         plains.append(_plain(naive, x, PLAIN_SECONDS))
         want, got = e_naive.relevance["prob"], e_inc.relevance["prob"]
         naive_rate, inc_rate = n / _seconds(e_naive), n / _seconds(e_inc)
+        plain_naive, plain_incremental = plain_around(plains)
         rounds.append({"plain": float(np.mean(plains)), "plains": plains,
                        "naive": naive_rate, "incremental": inc_rate,
-                       "ratio_naive": naive_rate / ((plains[0] + plains[1]) / 2),
-                       "ratio_incremental": inc_rate / ((plains[1] + plains[2]) / 2),
+                       "ratio_naive": naive_rate / plain_naive,
+                       "ratio_incremental": inc_rate / plain_incremental,
                        "max_relative_difference":
                            float(np.abs(got - want).max() / np.abs(want).max())})
     row = {k: float(np.median([r[k] for r in rounds])) for k in rounds[0] if k != "plains"}
@@ -104,7 +105,7 @@ def main(argv=None) -> int:
     if args.rounds < 1:
         p.error(f"--rounds {args.rounds}: at least 1")
     tic = time.perf_counter()
-    command = "python bench/untuned_nets.py" + "".join(f" {a}" for a in (argv or sys.argv[1:]))
+    command = "python bench/untuned_nets.py" + "".join(f" {arg}" for arg in (argv if argv is not None else sys.argv[1:]))
     results = {"command": command, "machine": machine_info(),
                "settings": {"window": WINDOW, "samples": SAMPLES, "stride": STRIDE,
                             "rounds": args.rounds}, "models": {}}

@@ -29,13 +29,13 @@ run on one machine:
 
 The plain throughput and the two engines are measured interleaved, ``--rounds`` times, and
 each engine's run lies between two plain measurements (plain, naive, plain, incremental,
-plain): its ratio is taken against the mean of the two, so that a change of the machine's
-speed affects both sides of the ratio alike. On this project's 2-core VM the whole machine
-runs at about two thirds of its speed for stretches of several seconds (a NumPy matrix
-product timed every half second on each core, both cores at once), long enough to cover one
-engine's run and not the plain measurement of the round. The table gives medians over rounds
-of every figure and of every round's ratios; its plain column is the median of each round's
-mean of three.
+plain): its ratio is taken against the mean of the two (:func:`plain_around`), so that a
+change of the machine's speed that the plain network feels too affects both sides of the
+ratio alike. It does not remove a change that only the engine feels: on this project's 2-core
+VM the incremental engine and a two-thread NumPy matrix product slow down together for
+stretches of several seconds while the plain network keeps its speed
+(``bench/machine_phases.py``). The table gives medians over rounds of every figure and of
+every round's ratios; its plain column is the median of each round's mean of three.
 Networks: ``lenet`` with its real bundled weights, ``alexnet``, ``googlenet`` and ``vgg16``
 with random weights at full size (throughput does not depend on the weights), and the modern
 networks of :mod:`preddiff.netzoo` built in code with random weights and ``(x - mean) / std``
@@ -340,6 +340,14 @@ def _sweep(model, x, batches, device, threads, min_seconds, cuda) -> tuple:
     return sweep, classifiers, note
 
 
+def plain_around(plains) -> tuple:
+    """The plain images/s each engine's ratio is taken against, from a round's three plain
+    measurements (before the naive run, between the runs, after the incremental run): the
+    mean of the two around the naive run and the mean of the two around the incremental run."""
+    before, between, after = plains
+    return (before + between) / 2, (between + after) / 2
+
+
 def _pda(x, classifier, sampler, stride, batch_size, seed):
     """One PDA run on the block, and the maps ``preddiff explain`` keeps by default (the top
     :data:`KEPT_MAPS` classes), timed into ``timings["maps"]``; :func:`_seconds` adds both.
@@ -485,7 +493,7 @@ def bench_model(name, *, quick, rounds, device, threads, seed, float16=False) ->
         plains.append(_plain(naive, x, min_seconds))
         row = {"plain": float(np.mean(plains)), "plain_before_naive": plains[0],
                "plain_between": plains[1], "plain_after_incremental": plains[2]}
-        plain_naive, plain_incremental = (plains[0] + plains[1]) / 2, (plains[1] + plains[2]) / 2
+        plain_naive, plain_incremental = plain_around(plains)
         if naive_stride != stride:  # the maps compared on the incremental engine's block
             e_naive_block, _ = _pda(x, naive, sampler, stride, naive_batch, seed)
         else:
