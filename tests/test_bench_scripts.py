@@ -209,3 +209,54 @@ def test_machine_phases_writes_a_turn_per_row_and_the_correlations(tmp_path):
     assert lines[-1].startswith("correlation with the matmul rate: incremental ")
     r = run(["bench/machine_phases.py", "--turns", "2", "--out", str(out)], tmp_path)
     assert r.returncode == 2 and "--turns 2: at least 3" in r.stderr
+
+
+def _load_script(name):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name.replace(".py", "_bench"),
+                                                  ROOT / "bench" / name)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+def test_workers_ab_alternates_the_engines_and_compares_their_maps(tmp_path, monkeypatch):
+    # both engines on a block, in turn, the order alternating by round; the record has each
+    # round's rates, the median of the per-round ratios and whether the maps are identical
+    sys.path.insert(0, str(ROOT / "tests"))
+    try:
+        from untuned_nets import vgg_like
+    finally:
+        sys.path.remove(str(ROOT / "tests"))
+    from preddiff.netzoo import example_pool
+    from preddiff.samplers import ConditionalGaussianSampler
+
+    script = _load_script("workers_ab.py")
+    pool = example_pool(120)
+    sampler = ConditionalGaussianSampler.fit(pool[1:], 10, 2, num_patches=300, rng=0)
+    monkeypatch.setattr(script, "bench_inputs",
+                        lambda name, seed: (vgg_like(0), "random", pool[0], sampler))
+    monkeypatch.setattr(script, "BLOCK_STRIDE", {"resnet18": (55, 55)})  # 3 x 3 windows
+    order = []
+    pda = script._pda
+    monkeypatch.setattr(script, "_pda", lambda x, clf, *a: order.append(clf.workers)
+                        or pda(x, clf, *a))
+    out = tmp_path / "w.txt"
+    assert script.main(["--models", "resnet18", "--rounds", "3", "--out", str(out)]) == 0
+    assert order[2:] == [1, 2, 2, 1, 1, 2]  # after one warm-up run each
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["command"] == f"python bench/workers_ab.py --models resnet18 --rounds 3 --out {out}"
+    row = record["models"]["resnet18"]
+    assert row["maps_identical"] is True and row["window_samples"] == 90
+    ratios = [b / a for a, b in zip(row["rates"]["1"], row["rates"]["2"])]
+    assert row["ratios"] == pytest.approx(ratios)
+    assert row["median_ratio"] == pytest.approx(np.median(ratios))
+    assert "identical" in out.read_text().splitlines()[5]
+
+
+def test_workers_ab_refuses_unknown_networks(tmp_path):
+    r = run(["bench/workers_ab.py", "--models", "lenet", "--out", str(tmp_path / "w.txt")],
+            tmp_path)
+    assert r.returncode == 2 and "--models 'lenet': choose among alexnet," in r.stderr
+    assert not (tmp_path / "w.txt").exists()

@@ -413,6 +413,55 @@ def test_global_max_pool_head_and_hidden_outputs_only(rng):
     _check_all_cuts(model, hidden, x, top_left, patches)
 
 
+def test_workers_side_by_side_are_identical(rng, monkeypatch):
+    """Batches evaluated side by side on several host threads (one call's intra-op threads
+    each) give exactly the outputs of one batch at a time, calls longest first."""
+    import threading
+
+    from preddiff.binding import BoundSession
+
+    model, outputs = _case_model("inception", rng)
+    x = rng.normal(size=(3, 23, 27)).astype(np.float32)
+    top_left = _windows(23, 27, 10, rng, extra=6)
+    patches = rng.normal(size=(len(top_left), 3, 10, 10)).astype(np.float32)
+    steps = len(analyse(model, outputs).steps)
+    one = IncrementalClassifier(model, outputs=outputs, device="cpu", workers=1, batch_size=5,
+                                cut=steps)
+    two = IncrementalClassifier(model, outputs=outputs, device="cpu", workers=2, threads=2,
+                                batch_size=5, cut=steps)
+    assert two._call_threads() == 1 and one._call_threads() is None
+    threads = []
+    run = BoundSession.run
+    monkeypatch.setattr(BoundSession, "run", lambda self, *a, **k: threads.append(
+        (threading.current_thread().name, id(self), a[2])) or run(self, *a, **k))
+    want = one.evaluate_windows(x, top_left, patches)
+    assert {t for t, _, _ in threads} == {threading.current_thread().name}
+    threads.clear()
+    got = two.evaluate_windows(x, top_left, patches)
+    for o in outputs:
+        np.testing.assert_array_equal(got[o], want[o])
+    plan = two._plan(x.shape, (10, 10))
+    calls = two._calls(plan, top_left)
+    assert len(calls) > 2 and len(plan.runners) == 2
+    # every call ran on the pool's threads, through the two bound sessions
+    assert all(t.startswith("preddiff-incremental") for t, _, _ in threads)
+    assert {r for _, r, _ in threads} <= {id(r) for r in plan.runners}
+    assert sorted(n for _, _, n in threads) == sorted(len(fed) for _, fed in calls)
+    per_pos, heights, widths = two._batch_model(plan)
+    cost = [len(fed) * (per_pos @ (heights[:, top_left[fed, 0]].max(1)
+                                   * widths[:, top_left[fed, 1]].max(1))) for _, fed in calls]
+    assert cost == sorted(cost, reverse=True)
+    stored = np.sort(np.concatenate([s for s, _ in calls]))
+    np.testing.assert_array_equal(stored, np.arange(len(top_left)))
+
+
+@pytest.mark.parametrize("workers", [0, -1, 1.5, True, "2"])
+def test_workers_refused(workers, rng):
+    model, outputs = _case_model("inception", rng)
+    with pytest.raises(InvalidArgument, match="workers must be a positive integer"):
+        IncrementalClassifier(model, outputs=outputs, device="cpu", workers=workers)
+
+
 @pytest.mark.parametrize("grouping", ["exact", "merge"])
 def test_one_compiled_graph_call_per_batch(grouping, rng, monkeypatch):
     """Every batch of windows is one call of one compiled graph (gathers, crop computations,
@@ -435,7 +484,8 @@ def test_one_compiled_graph_call_per_batch(grouping, rng, monkeypatch):
     clf.evaluate_windows(x, top_left, patches)
     plan = clf._plan(x.shape, (10, 10))
     batches = clf._batches(plan, top_left[:, 0], top_left[:, 1])
-    assert calls == [len(b) for b in batches]
+    # with two workers (the default on two cores) the costliest calls start first
+    assert sorted(calls) == sorted(len(b) for b in batches)
     ops = {n.op_type for n in plan.compiled.model.graph.node}
     assert {"Gather", "Conv"} <= ops  # full maps of >= 8 channels: gathered too
     # boxes and index terms are computed on the host: the graph only combines each region's
@@ -561,7 +611,7 @@ def test_switch_point_zero_on_the_cpu_builds_the_images_on_the_host(rng):
     for name in outputs:
         np.testing.assert_array_equal(got[name], want[name])
     plan = clf._plan(x.shape, (4, 4))
-    assert plan.cut == 0 and plan.runner is None
+    assert plan.cut == 0 and not plan.runners
     clf(x[None])  # the clean image: its cached activations are still x's
     assert clf._clean_key == clean_key
 
@@ -976,7 +1026,7 @@ def test_threads_sharing_a_classifier_do_not_mix_their_images(rng):
     # image (no lock: the first would then evaluate the wrong image) or is waiting for the
     # classifier's lock (correct): events, not a timeout, so a slow machine changes nothing.
     first_waits, second_arrived = threading.Event(), threading.Event()
-    runner, set_clean = clf._runner, clf._set_clean
+    runners, set_clean = clf._runners, clf._set_clean
 
     class SpyLock:
         """The classifier's lock; says when the second thread asks for it."""
@@ -992,11 +1042,11 @@ def test_threads_sharing_a_classifier_do_not_mix_their_images(rng):
         def __exit__(self, *exc):
             return self.lock.__exit__(*exc)
 
-    def slow_runner(*args, **kwargs):
+    def slow_runners(*args, **kwargs):
         if threading.current_thread().name == "first":
             first_waits.set()
             assert second_arrived.wait(timeout=600), "the second thread never arrived"
-        return runner(*args, **kwargs)
+        return runners(*args, **kwargs)
 
     def spying_set_clean(x):
         out = set_clean(x)
@@ -1004,7 +1054,7 @@ def test_threads_sharing_a_classifier_do_not_mix_their_images(rng):
             second_arrived.set()
         return out
 
-    clf._runner, clf._set_clean, clf._lock = slow_runner, spying_set_clean, SpyLock(clf._lock)
+    clf._runners, clf._set_clean, clf._lock = slow_runners, spying_set_clean, SpyLock(clf._lock)
     got = {}
 
     def work(i, name):

@@ -76,7 +76,7 @@ def test_cuda_path_equals_the_full_forward_pass_at_every_switch_point(case, cuda
         plan = clf._plan(x.shape, (10, 10))
         # the batch size follows the free device memory and the plan's modelled bytes
         assert clf.batch_size == auto_batch_size(FREE_BYTES, clf._bytes_per_window(plan))
-        assert plan.runner is not None  # windows ran through the compiled graph (also cut 0)
+        assert plan.runners  # windows ran through the compiled graph (also cut 0)
     assert cuda.providers > 0
     assert cuda.bound and set(cuda.bound) == {"cuda"}
     # the clean passes, through I/O binding (the prefix's shapes are inferred on the CPU)
@@ -93,7 +93,7 @@ def test_cuda_path_runs_windows_of_a_full_plan_in_the_graph(cuda, rng, monkeypat
     monkeypatch.setattr(clf, "_full_images", lambda *a: host.append(1))
     clf.evaluate_windows(x, top_left, patches)
     assert not host
-    assert clf._plan(x.shape, (10, 10)).runner is not None
+    assert clf._plan(x.shape, (10, 10)).runners
 
 
 def test_cuda_path_user_batch_size_is_kept(cuda, rng):

@@ -75,15 +75,17 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import queue
 import re
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .binding import BoundSession
-from .devices import gpu_free_memory, resolve_device
+from .devices import available_cores, gpu_free_memory, resolve_device
 from .errors import InvalidArgument
 from .compose import compose_batch, model_opset
 from .incremental_graph import MIN_OPSET, compile_plan, unpadded
@@ -117,9 +119,10 @@ MOVE_COST = 1024.0
 #: classes merged by a cost model; 7: 1×1 steps read their input's crop; 8: switch point 0
 #: on the CPU builds the images on the host, the clean pass does not spin; 9: residual merges
 #: and concatenations channels-last; 10: a cut-0 plan composes into one reused buffer; 11: box
-#: and index arithmetic on the host), so that the decisions cached by
+#: and index arithmetic on the host; 12: two compiled graph calls side by side on a CPU,
+#: costliest first), so that the decisions cached by
 #: :mod:`preddiff.incremental_decision` are measured again.
-ENGINE_REVISION = 11
+ENGINE_REVISION = 12
 
 
 # --------------------------------------------------------------------------------------------
@@ -447,7 +450,7 @@ class _Plan:
         self.cut = report["cut"]
         self.compiled = compiled
         self.session = session      # a _Session of the compiled graph
-        self.runner = None          # BoundSession, created on first use
+        self.runners = []           # BoundSessions (one per worker), created on first use
         self.bound = None           # the clean-image key whose maps are bound
         self.batch_model = None     # grouping "auto"'s cost arrays, computed on first use
 
@@ -473,7 +476,16 @@ class IncrementalClassifier:
     device : {"auto", "cpu", "cuda"}
         Execution provider; "auto" uses CUDA when it works.
     threads : int, optional
-        onnxruntime intra-op threads (default: onnxruntime's choice).
+        onnxruntime intra-op threads (default: onnxruntime's choice; with ``workers`` > 1,
+        the available cores), shared by the workers: each compiled graph call gets
+        ``threads // workers`` of them.
+    workers : int, optional
+        Batches of windows evaluated side by side, each on its own host thread (CPU only;
+        a CUDA device runs one at a time). Default: 2 on a CPU with at least two cores,
+        else 1. Coarse parallelism: each call runs its many small operators without
+        waiting on the other cores, which on a 2-core VM made ResNet-50's benchmark block
+        faster and steadier (see ``docs/performance.md``). Outputs are identical to
+        ``workers=1``.
     float16 : bool
         Run the sessions in float16 (CUDA only; default False).
     incremental : bool
@@ -506,7 +518,8 @@ class IncrementalClassifier:
     """
 
     def __init__(self, model, *, outputs=("prob",), batch_size=None, device="auto",
-                 threads=None, float16=False, incremental=True, cut=None, grouping=None):
+                 threads=None, workers=None, float16=False, incremental=True, cut=None,
+                 grouping=None):
         self.model = load_model(model)
         self.outputs = tuple(outputs)
         if not self.outputs:
@@ -522,6 +535,17 @@ class IncrementalClassifier:
             float16 = False
         self.float16 = bool(float16)
         self.threads = threads
+        if workers is None:
+            workers = 2 if self.device == "cpu" and (threads or available_cores()) >= 2 else 1
+        if (isinstance(workers, bool) or not isinstance(workers, (int, np.integer))
+                or workers < 1):
+            raise InvalidArgument(f"workers must be a positive integer, got {workers!r}")
+        if self.device == "cuda" and workers > 1:
+            log.warning("workers=%d needs the CPU provider; one batch at a time on CUDA",
+                        workers)
+            workers = 1
+        self.workers = int(workers)
+        self._pool = None  # the workers' threads, started on first use
         self._user_batch = batch_size
         if batch_size is not None and (int(batch_size) != batch_size or batch_size < 1):
             raise InvalidArgument(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -656,7 +680,7 @@ class IncrementalClassifier:
         log.info("compiled graph: %d nodes, %d clean maps bound per image", compiled.nodes,
                  len(compiled.clean_inputs))
         model = to_float16(compiled.model) if self.float16 else compiled.model
-        session = _Session(model, self.device, self.threads, True)
+        session = _Session(model, self.device, self._call_threads(), True)
         plan = _Plan(geo, report, compiled, session)
         self._plans[key] = plan
         if self._user_batch is None and self.device == "cuda":
@@ -766,22 +790,31 @@ class IncrementalClassifier:
             # call: 23,100 against 19,100 window-samples/s, medians of 3 interleaved rounds);
             # on CUDA the graph saves sending whole images
             return self._full_images(x, top_left, patches)
-        runner = self._runner(plan)
+        runners = self._runners(plan)
+        calls = self._calls(plan, top_left)
+        free = queue.SimpleQueue()
+        for runner in runners:
+            free.put(runner)
+
+        def call(stored, fed):
+            runner = free.get()
+            try:
+                out = runner.run(plan.compiled.feeds(patches[fed], top_left[fed]),
+                                 self.outputs, len(fed))
+            finally:
+                free.put(runner)
+            return stored, {o: v[:len(stored)] for o, v in out.items()}
+
+        if len(runners) == 1 or len(calls) == 1:
+            done = (call(*c) for c in calls)
+        else:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.workers,
+                                                thread_name_prefix="preddiff-incremental")
+            done = self._pool.map(lambda c: call(*c), calls)
         result: dict = {}
-        step = self._fixed_batch
-        for idx in self._batches(plan, top_left[:, 0], top_left[:, 1]):
-            if not step or len(idx) == step:
-                feeds = plan.compiled.feeds(patches[idx], top_left[idx])
-                _store(result, idx, len(patches), runner.run(feeds, self.outputs, len(idx)))
-                continue
-            # a graph whose input declares a batch size runs in chunks of exactly that size
-            # (the last one padded by repeating its last window), as OnnxClassifier runs it
-            for start in range(0, len(idx), step):
-                part = idx[start:start + step]
-                chunk = np.concatenate([part, np.repeat(part[-1:], step - len(part))])
-                out = runner.run(plan.compiled.feeds(patches[chunk], top_left[chunk]),
-                                 self.outputs, step)
-                _store(result, part, len(patches), {o: v[:len(part)] for o, v in out.items()})
+        for stored, out in done:
+            _store(result, stored, len(patches), out)
         return {o: result[o] for o in self.outputs}
 
     def _full_images(self, x, top_left, patches) -> dict:
@@ -799,15 +832,51 @@ class IncrementalClassifier:
                  for i in range(0, len(patches), size)]
         return {o: np.concatenate([p[k] for p in parts]) for k, o in enumerate(self.outputs)}
 
-    def _runner(self, plan: _Plan) -> BoundSession:
-        """The plan's bound session with this image's clean maps bound (once per image)."""
-        if plan.runner is None:
-            plan.runner = BoundSession(plan.session.session, plan.session.device)
+    def _call_threads(self):
+        """Intra-op threads of one compiled graph call: all of them with one worker,
+        else each worker's share of ``threads`` (or of the available cores)."""
+        if self.workers == 1:
+            return self.threads
+        return max(1, (self.threads or available_cores()) // self.workers)
+
+    def _runners(self, plan: _Plan) -> list:
+        """The plan's bound sessions, one per worker (over one onnxruntime session, whose
+        runs may overlap), with this image's clean maps bound (once per image)."""
+        if not plan.runners:
+            plan.runners = [BoundSession(plan.session.session, plan.session.device)
+                            for _ in range(self.workers)]
         if plan.bound != self._clean_key:
             for ci in plan.compiled.clean_inputs:
-                plan.runner.set_constant(ci.name, ci.build(self._clean[ci.tensor]))
+                value = ci.build(self._clean[ci.tensor])
+                for runner in plan.runners:
+                    runner.set_constant(ci.name, value)
             plan.bound = self._clean_key
-        return plan.runner
+        return plan.runners
+
+    def _calls(self, plan: _Plan, top_left) -> list:
+        """The compiled graph calls of a batch of windows, as (stored, fed) index arrays:
+        :meth:`_batches`, and for a graph whose input declares a batch size, chunks of exactly
+        that size (the last padded by repeating its last window, as OnnxClassifier runs
+        it). With several workers, the costliest calls come first (longest processing time
+        first), so that the last ones to finish are short."""
+        step = self._fixed_batch
+        batches = self._batches(plan, top_left[:, 0], top_left[:, 1])
+        calls = []
+        for idx in batches:
+            if not step or len(idx) == step:
+                calls.append((idx, idx))
+                continue
+            for start in range(0, len(idx), step):
+                part = idx[start:start + step]
+                calls.append((part, np.concatenate([part, np.repeat(part[-1:],
+                                                                    step - len(part))])))
+        if self.workers > 1 and len(calls) > 1 and plan.cut:
+            per_pos, heights, widths = self._batch_model(plan)
+            cost = [len(fed) * (per_pos @ (heights[:, top_left[fed, 0]].max(1)
+                                           * widths[:, top_left[fed, 1]].max(1)))
+                    for _, fed in calls]
+            calls = [calls[i] for i in np.argsort(cost, kind="stable")[::-1]]
+        return calls
 
     def _batches(self, plan, rows, cols) -> list:
         """Index arrays of the batches, at most :attr:`batch_size` windows each: windows of
