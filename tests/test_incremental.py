@@ -1117,6 +1117,37 @@ def test_clear_cache_recomputes_the_clean_pass(rng):
     assert len(runs) == 2
 
 
+def test_bench_repeats_a_short_block_until_it_lasts_as_long_as_a_plain_measurement(
+        monkeypatch):
+    """An engine's timed PDA runs of a round last at least the plain measurement's time (a
+    0.2 s block is run again), each run forgetting the clean activations first; the figures
+    add up over the runs."""
+    import types
+
+    import preddiff.commands.bench as bench
+
+    events = []
+
+    def fake_pda(x, classifier, sampler, stride, batch_size, seed):
+        events.append("run")
+        timings = {"total": 0.3, "maps": 0.05, "outside": 0.03, "classifier": 0.25,
+                   "sampler": 0.02}
+        return types.SimpleNamespace(timings=timings, run=len(events)), 100
+
+    monkeypatch.setattr(bench, "_pda", fake_pda)
+    e, t = bench._timed_pda(None, None, None, 1, 10, 0, 1.0, 0.1,
+                            forget=lambda: events.append("forget"))
+    assert events == ["forget", "run"] * 3  # 3 x 0.35 s >= 1 s
+    assert e.run == 6  # the last run's explanation
+    assert t["runs"] == 3 and t["window_samples"] == 300
+    assert t["seconds"] == pytest.approx(1.05)
+    assert t["steady_seconds"] == pytest.approx(3 * (0.25 - 0.1 + 0.02))
+    assert t["outside_fraction"] == pytest.approx(0.1)
+    events.clear()
+    _, t = bench._timed_pda(None, None, None, 1, 10, 0, 0.0, 0.1)
+    assert events == ["run"] and t["runs"] == 1  # --quick: one run
+
+
 def test_bench_times_the_clean_pass_of_both_engines_and_writes_every_figure(tmp_path,
                                                                             monkeypatch):
     """``preddiff bench`` on LeNet (--quick, 2 rounds, the plain-throughput loop stubbed):
@@ -1184,6 +1215,7 @@ def test_bench_times_the_clean_pass_of_both_engines_and_writes_every_figure(tmp_
         before, between, after = (r["plain_before_naive"], r["plain_between"],
                                   r["plain_after_incremental"])
         assert len({before, between, after}) == 3
+        assert r["naive_runs"] == r["incremental_runs"] == 1  # --quick: one run each
         assert r["plain"] == pytest.approx((before + between + after) / 3)
         assert r["ratio_naive"] == pytest.approx(r["naive"] / ((before + between) / 2))
         assert r["ratio_incremental"] == pytest.approx(r["incremental"] / ((between + after) / 2))
