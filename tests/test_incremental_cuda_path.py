@@ -212,3 +212,14 @@ def _cpu_engine(model, outputs, cut):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(incremental_module, "resolve_device", lambda device: "cpu")
         return IncrementalClassifier(model, outputs=outputs, cut=cut)
+
+
+def test_cuda_path_runs_one_batch_at_a_time(cuda, rng, caplog):
+    """Two calls side by side are a CPU's: on the device the default is one, and asking for
+    more says so and runs one; the graph's calls then get the caller's threads."""
+    model, outputs = _case_model("residual", rng)
+    assert IncrementalClassifier(model, outputs=outputs).workers == 1
+    with caplog.at_level("WARNING", logger="preddiff"):
+        clf = IncrementalClassifier(model, outputs=outputs, workers=2, threads=4)
+    assert clf.workers == 1 and clf._call_threads() == 4
+    assert "workers=2 needs the CPU provider" in caplog.text
