@@ -1,8 +1,8 @@
 """The incremental engine one batch at a time against two batches side by side (issue 17).
 
 ``IncrementalClassifier(workers=1)`` runs each compiled graph call on all cores, one call after
-the other; ``workers=2`` (the default on a CPU with two cores or more) runs two calls at once
-from two host threads, each on half the cores, the costliest calls first. Both engines run
+the other; ``workers=2`` (the default on a 2-core CPU) runs two calls at once from two host
+threads, each on half the cores (one each on two cores), the costliest calls first. Both engines run
 incremental PDA on ``preddiff bench``'s block of each network (k = 10, S = 10, conditional
 sampler, maps of the top 3 classes) in turn in one process, the order alternating by round;
 the table gives each round's window-samples/s and the median over rounds of the per-round

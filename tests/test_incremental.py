@@ -445,7 +445,8 @@ def test_workers_side_by_side_are_identical(rng, monkeypatch):
     assert len(calls) > 2 and len(plan.runners) == 2
     # every call ran on the pool's threads, through the two bound sessions
     assert all(t.startswith("preddiff-incremental") for t, _, _ in threads)
-    assert {r for _, r, _ in threads} <= {id(r) for r in plan.runners}
+    assert {r for _, r, _ in threads} == {id(r) for r in plan.runners}
+    assert len(plan.sessions) == 1  # one thread per call: one session, no intra-op pool
     assert sorted(n for _, _, n in threads) == sorted(len(fed) for _, fed in calls)
     per_pos, heights, widths = two._batch_model(plan)
     cost = [len(fed) * (per_pos @ (heights[:, top_left[fed, 0]].max(1)
@@ -455,11 +456,87 @@ def test_workers_side_by_side_are_identical(rng, monkeypatch):
     np.testing.assert_array_equal(stored, np.arange(len(top_left)))
 
 
+def test_workers_with_several_threads_each_have_a_session(rng):
+    """onnxruntime's intra-op pool belongs to a session and overlapping runs share it: with
+    more than one thread per call, each worker runs its own session."""
+    model, outputs = _case_model("residual", rng)
+    x = rng.normal(size=(3, 23, 27)).astype(np.float32)
+    top_left = _windows(23, 27, 10, rng, extra=6)
+    patches = rng.normal(size=(len(top_left), 3, 10, 10)).astype(np.float32)
+    steps = len(analyse(model, outputs).steps)
+    one = IncrementalClassifier(model, outputs=outputs, device="cpu", workers=1, threads=2,
+                                batch_size=5, cut=steps)
+    two = IncrementalClassifier(model, outputs=outputs, device="cpu", workers=2, threads=4,
+                                batch_size=5, cut=steps)
+    assert two._call_threads() == 2
+    want, got = (c.evaluate_windows(x, top_left, patches) for c in (one, two))
+    for o in outputs:
+        np.testing.assert_array_equal(got[o], want[o])
+    plan = two._plan(x.shape, (10, 10))
+    assert len(plan.sessions) == 2 and len(plan.runners) == 2
+    assert {id(r.session) for r in plan.runners} == {id(s.session) for s in plan.sessions}
+
+
+def test_a_failing_call_leaves_no_call_running(rng, monkeypatch):
+    """When one call of a batch fails, the evaluation raises only after every call it
+    started has ended (none may use a runner the next evaluation rebinds), and the next
+    evaluation runs normally."""
+    import threading
+
+    from preddiff.binding import BoundSession
+    from preddiff.incremental_graph import PATCHES
+
+    model, outputs = _case_model("inception", rng)
+    x = rng.normal(size=(3, 23, 27)).astype(np.float32)
+    top_left = _windows(23, 27, 10, rng, extra=6)
+    patches = rng.normal(size=(len(top_left), 3, 10, 10)).astype(np.float32)
+    steps = len(analyse(model, outputs).steps)
+    clf = IncrementalClassifier(model, outputs=outputs, device="cpu", workers=2, threads=2,
+                                batch_size=5, cut=steps)
+    want = clf.evaluate_windows(x, top_left, patches)
+    calls = clf._calls(clf._plan(x.shape, (10, 10)), top_left)
+    assert len(calls) > 2
+    first_patches = patches[calls[0][1]]  # the call whose result the caller reads first
+    run = BoundSession.run
+    lock, state = threading.Lock(), {"running": 0}
+    other_started, released = threading.Event(), threading.Event()
+
+    def flaky(self, feeds, *args, **kwargs):
+        with lock:
+            state["running"] += 1
+        try:
+            if np.array_equal(feeds[PATCHES], first_patches):
+                # fails once the other worker is inside a call
+                assert other_started.wait(timeout=600), "no other call started"
+                raise RuntimeError("call failed")
+            other_started.set()
+            # still busy when the failure reaches the caller (released by the test, or
+            # after 2 s: the engine waits for it to end before raising)
+            released.wait(timeout=2.0)
+            return run(self, feeds, *args, **kwargs)
+        finally:
+            with lock:
+                state["running"] -= 1
+
+    monkeypatch.setattr(BoundSession, "run", flaky)
+    with pytest.raises(RuntimeError, match="call failed"):
+        clf.evaluate_windows(x, top_left, patches)
+    running = state["running"]
+    released.set()
+    assert running == 0
+    monkeypatch.setattr(BoundSession, "run", run)
+    got = clf.evaluate_windows(x, top_left, patches)
+    for o in outputs:
+        np.testing.assert_array_equal(got[o], want[o])
+
+
 @pytest.mark.parametrize("workers", [0, -1, 1.5, True, "2"])
 def test_workers_refused(workers, rng):
     model, outputs = _case_model("inception", rng)
     with pytest.raises(InvalidArgument, match="workers must be a positive integer"):
         IncrementalClassifier(model, outputs=outputs, device="cpu", workers=workers)
+    with pytest.raises(InvalidArgument, match=r"workers \(3\) must not exceed threads \(2\)"):
+        IncrementalClassifier(model, outputs=outputs, device="cpu", workers=3, threads=2)
 
 
 @pytest.mark.parametrize("grouping", ["exact", "merge"])

@@ -78,7 +78,8 @@ import logging
 import queue
 import re
 import threading
-from concurrent.futures import ThreadPoolExecutor
+import weakref
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
 import onnx
@@ -450,6 +451,7 @@ class _Plan:
         self.cut = report["cut"]
         self.compiled = compiled
         self.session = session      # a _Session of the compiled graph
+        self.sessions = [session]   # one per worker where calls take more than one thread
         self.runners = []           # BoundSessions (one per worker), created on first use
         self.bound = None           # the clean-image key whose maps are bound
         self.batch_model = None     # grouping "auto"'s cost arrays, computed on first use
@@ -481,11 +483,15 @@ class IncrementalClassifier:
         ``threads // workers`` of them.
     workers : int, optional
         Batches of windows evaluated side by side, each on its own host thread (CPU only;
-        a CUDA device runs one at a time). Default: 2 on a CPU with at least two cores,
-        else 1. Coarse parallelism: each call runs its many small operators without
-        waiting on the other cores, which on a 2-core VM made ResNet-50's benchmark block
-        faster and steadier (see ``docs/performance.md``). Outputs are identical to
-        ``workers=1``.
+        a CUDA device runs one at a time), at most ``threads``. Default: 2 where that gives
+        each call one thread (two cores, or ``threads=2``), else 1 (measured on a 2-core
+        machine only). Coarse parallelism: each call runs its many small operators without
+        waiting on the other cores, which on a 2-core VM made every benchmark network's
+        block 1.05-1.24x faster and steadier (``bench/workers_ab.py``, see
+        ``docs/performance.md``). With more than one thread per call each worker has its
+        own onnxruntime session (onnxruntime's thread pool is per session, shared by
+        overlapping runs), which holds its own copy of the weights. Outputs are identical
+        to ``workers=1``.
     float16 : bool
         Run the sessions in float16 (CUDA only; default False).
     incremental : bool
@@ -509,6 +515,8 @@ class IncrementalClassifier:
         Whether :meth:`evaluate_windows` runs incrementally.
     reason : str
         Why not, when it does not (also logged).
+    workers : int
+        Batches evaluated side by side (1 on CUDA).
 
     Notes
     -----
@@ -536,10 +544,13 @@ class IncrementalClassifier:
         self.float16 = bool(float16)
         self.threads = threads
         if workers is None:
-            workers = 2 if self.device == "cpu" and (threads or available_cores()) >= 2 else 1
+            workers = 2 if self.device == "cpu" and (threads or available_cores()) == 2 else 1
         if (isinstance(workers, bool) or not isinstance(workers, (int, np.integer))
                 or workers < 1):
             raise InvalidArgument(f"workers must be a positive integer, got {workers!r}")
+        if threads and workers > threads:
+            raise InvalidArgument(f"workers ({workers}) must not exceed threads ({threads}): "
+                                  "each worker's calls run on at least one thread")
         if self.device == "cuda" and workers > 1:
             log.warning("workers=%d needs the CPU provider; one batch at a time on CUDA",
                         workers)
@@ -680,8 +691,14 @@ class IncrementalClassifier:
         log.info("compiled graph: %d nodes, %d clean maps bound per image", compiled.nodes,
                  len(compiled.clean_inputs))
         model = to_float16(compiled.model) if self.float16 else compiled.model
-        session = _Session(model, self.device, self._call_threads(), True)
+        threads = self._call_threads()
+        session = _Session(model, self.device, threads, True)
         plan = _Plan(geo, report, compiled, session)
+        if self.workers > 1 and threads != 1:
+            # onnxruntime's intra-op pool is the session's, shared by overlapping runs: each
+            # worker gets a session, so that each call has its share of the threads
+            plan.sessions += [_Session(model, self.device, threads, True)
+                              for _ in range(self.workers - 1)]
         self._plans[key] = plan
         if self._user_batch is None and self.device == "cuda":
             self.batch_size = auto_batch_size(gpu_free_memory(), self._bytes_per_window(plan))
@@ -805,16 +822,26 @@ class IncrementalClassifier:
                 free.put(runner)
             return stored, {o: v[:len(stored)] for o, v in out.items()}
 
-        if len(runners) == 1 or len(calls) == 1:
-            done = (call(*c) for c in calls)
-        else:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.workers,
-                                                thread_name_prefix="preddiff-incremental")
-            done = self._pool.map(lambda c: call(*c), calls)
         result: dict = {}
-        for stored, out in done:
-            _store(result, stored, len(patches), out)
+        if len(runners) == 1 or len(calls) == 1:
+            for stored, fed in calls:
+                _store(result, stored, len(patches), call(stored, fed)[1])
+            return {o: result[o] for o in self.outputs}
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.workers,
+                                            thread_name_prefix="preddiff-incremental")
+            weakref.finalize(self, self._pool.shutdown, wait=False)
+        futures = [self._pool.submit(call, *c) for c in calls]
+        try:
+            for future in futures:
+                stored, out = future.result()
+                _store(result, stored, len(patches), out)
+        finally:
+            # on an error (or an interrupt) no call may outlive this one: the next
+            # evaluation rebinds the runners
+            for future in futures:
+                future.cancel()
+            wait(futures)
         return {o: result[o] for o in self.outputs}
 
     def _full_images(self, x, top_left, patches) -> dict:
@@ -843,8 +870,10 @@ class IncrementalClassifier:
         """The plan's bound sessions, one per worker (over one onnxruntime session, whose
         runs may overlap), with this image's clean maps bound (once per image)."""
         if not plan.runners:
-            plan.runners = [BoundSession(plan.session.session, plan.session.device)
-                            for _ in range(self.workers)]
+            sessions = plan.sessions
+            plan.runners = [BoundSession(sessions[i % len(sessions)].session,
+                                         sessions[i % len(sessions)].device)
+                            for i in range(self.workers)]
         if plan.bound != self._clean_key:
             for ci in plan.compiled.clean_inputs:
                 value = ci.build(self._clean[ci.tensor])
@@ -875,7 +904,7 @@ class IncrementalClassifier:
             cost = [len(fed) * (per_pos @ (heights[:, top_left[fed, 0]].max(1)
                                            * widths[:, top_left[fed, 1]].max(1)))
                     for _, fed in calls]
-            calls = [calls[i] for i in np.argsort(cost, kind="stable")[::-1]]
+            calls = [calls[i] for i in np.argsort(-np.asarray(cost), kind="stable")]
         return calls
 
     def _batches(self, plan, rows, cols) -> list:

@@ -30,7 +30,7 @@ run on one machine:
 The plain throughput and the two engines are measured interleaved, ``--rounds`` times. Each
 plain measurement lasts at least :data:`RUN_SECONDS`, and so do each engine's timed PDA runs: a block
 that runs faster (LeNet's takes 0.2 s) is run again until they do, so that no figure is timed
-within one short stretch of the machine's speed. Each engine's runs lie between two plain
+within one short stretch of the machine's speed (``--quick``: plain for 1 s, one PDA run). Each engine's runs lie between two plain
 measurements (plain, naive, plain, incremental,
 plain): its ratio is taken against the mean of the two (:func:`plain_around`), so that a
 change of the machine's speed that the plain network feels too affects both sides of the
@@ -603,6 +603,13 @@ def _float16(model, x, sampler, stride, seed, device, threads, row, e32) -> dict
 # output
 
 
+def _repeated(results: dict) -> bool:
+    """Whether the record's PDA runs were repeated to :data:`RUN_SECONDS` (records from
+    before that have no run counts; ``--quick`` runs once)."""
+    return any(r.get("naive_runs") is not None and not results["settings"].get("quick")
+               for m in results["models"].values() for r in m.get("rounds", []))
+
+
 def format_table(results: dict) -> str:
     """The results as a plain-text table with the machine, the command and the targets."""
     m = results["machine"]
@@ -649,11 +656,11 @@ def format_table(results: dict) -> str:
         "already on the device (three times a round); PDA: window-samples/s"
         " of prediction_difference on the block (a grid of windows over the whole image), with"
         f" the maps of the top {KEPT_MAPS} classes (what preddiff explain keeps by default),"
-        + (" one run of the block per engine and round;" if s.get("quick") else
-           f" the block run again until an engine's runs of a round last {RUN_SECONDS} s, as"
-           " a plain measurement does;"),
+        + (f" the block run again until an engine's runs of a round last {RUN_SECONDS} s, as"
+           " a plain measurement does;" if _repeated(results) else
+           " one run of the block per engine and round;"),
         "ratio: PDA window-samples/s / plain images/s measured just before and after the "
-        "engine's run, median over rounds (above 1 beats the naive limit); steady "
+        "engine's runs, median over rounds (above 1 beats the naive limit); steady "
         "ratio: the same counting only sampler and classifier time (no once-per-image work);",
         "outside classif.: naive engine time outside classifier calls; MAC red.: multiply-add",
         "reduction of exact incremental inference for the centre window (reference notes in "
