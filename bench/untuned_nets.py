@@ -11,8 +11,6 @@ figures are medians over rounds::
     python bench/untuned_nets.py            # writes bench/results/untuned_nets.{json,txt}
     python bench/untuned_nets.py --models resnet_like_160 --rounds 3 --out /tmp/u.txt
 """
-import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -20,15 +18,16 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests"))  # before bench/: this script is untuned_nets too
+sys.path.append(str(ROOT / "bench"))
 
+import bench_args  # noqa: E402
 from untuned_nets import NETS  # noqa: E402
 
 from preddiff.commands.bench import (  # noqa: E402
     INCREMENTAL_ENGINE_BATCH, PADDING, SAMPLES, WINDOW, _pda, _plain, _seconds, _settle, _sweep,
     _warm_sampler, machine_info, plain_around,
 )
-from preddiff.fileio import atomic_write_text  # noqa: E402
 from preddiff.incremental import IncrementalClassifier  # noqa: E402
 from preddiff.netzoo import example_pool  # noqa: E402
 from preddiff.samplers import ConditionalGaussianSampler  # noqa: E402
@@ -91,21 +90,9 @@ def measure(name: str, seed: int = 0, num_rounds: int = ROUNDS) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", default=",".join(NETS),
-                   help=f"comma-separated, of {', '.join(NETS)} (default: all)")
-    p.add_argument("--rounds", type=int, default=ROUNDS, help="median of this many rounds")
-    p.add_argument("--out", type=Path, default=RESULTS,
-                   help="the text table; the JSON record goes beside it (.json)")
-    args = p.parse_args(argv)
-    names = [n for n in args.models.split(",") if n]
-    unknown = [n for n in names if n not in NETS]
-    if unknown or not names:
-        p.error(f"--models {args.models!r}: choose among {', '.join(NETS)}")
-    if args.rounds < 1:
-        p.error(f"--rounds {args.rounds}: at least 1")
+    args, names, command = bench_args.parse(argv, __doc__, "untuned_nets.py", tuple(NETS),
+                                            ROUNDS, RESULTS)
     tic = time.perf_counter()
-    command = "python bench/untuned_nets.py" + "".join(f" {arg}" for arg in (argv if argv is not None else sys.argv[1:]))
     results = {"command": command, "machine": machine_info(),
                "settings": {"window": WINDOW, "samples": SAMPLES, "stride": STRIDE,
                             "rounds": args.rounds}, "models": {}}
@@ -124,9 +111,7 @@ def main(argv=None) -> int:
                      f"{r['measured_over_planned']:>10.2f} {r['max_relative_difference']:>9.1e}")
     results["seconds"] = time.perf_counter() - tic
     text = "\n".join(lines) + "\n"
-    atomic_write_text(args.out.with_suffix(".json"), json.dumps(results, indent=1) + "\n")
-    atomic_write_text(args.out, text)
-    print(text, end="")
+    bench_args.write(args.out, results, text)
     return 0
 
 

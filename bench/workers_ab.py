@@ -11,8 +11,6 @@ ratio, and checks that the two engines' maps are identical::
     python bench/workers_ab.py               # writes bench/results/workers_ab.{json,txt}
     python bench/workers_ab.py --models resnet50 --rounds 6 --out /tmp/w.txt
 """
-import argparse
-import json
 import statistics
 import sys
 import time
@@ -20,14 +18,16 @@ from pathlib import Path
 
 import numpy as np
 
-from preddiff.commands.bench import (
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+import bench_args  # noqa: E402
+from preddiff.commands.bench import (  # noqa: E402
     BLOCK_STRIDE, INCREMENTAL_ENGINE_BATCH, KEPT_MAPS, _pda, _seconds, _settle, _warm_sampler,
     bench_inputs, machine_info,
 )
-from preddiff.fileio import atomic_write_text
-from preddiff.incremental import IncrementalClassifier
+from preddiff.incremental import IncrementalClassifier  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "workers_ab.txt"
 MODELS = ("alexnet", "googlenet", "vgg16", "resnet18", "resnet50", "mobilenet_v2",
           "efficientnet_lite0")
@@ -67,22 +67,9 @@ def measure(name: str, rounds: int = ROUNDS, stride=None, seed: int = 0) -> dict
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", default=",".join(MODELS),
-                   help=f"comma-separated, of {', '.join(MODELS)} (default: all)")
-    p.add_argument("--rounds", type=int, default=ROUNDS, help="median of this many rounds")
-    p.add_argument("--out", type=Path, default=RESULTS,
-                   help="the text table; the JSON record goes beside it (.json)")
-    args = p.parse_args(argv)
-    names = [n for n in args.models.split(",") if n]
-    unknown = [n for n in names if n not in MODELS]
-    if unknown or not names:
-        p.error(f"--models {args.models!r}: choose among {', '.join(MODELS)}")
-    if args.rounds < 1:
-        p.error(f"--rounds {args.rounds}: at least 1")
+    args, names, command = bench_args.parse(argv, __doc__, "workers_ab.py", MODELS, ROUNDS,
+                                            RESULTS)
     tic = time.perf_counter()
-    given = argv if argv is not None else sys.argv[1:]
-    command = "python bench/workers_ab.py" + "".join(f" {arg}" for arg in given)
     machine = machine_info()
     results = {"command": command, "machine": machine, "rounds": args.rounds, "models": {}}
     lines = ["Incremental PDA, one compiled graph call at a time (workers=1) against two side "
@@ -103,9 +90,7 @@ def main(argv=None) -> int:
               "engine and the top-3 maps), the two engines in turn, order alternating by "
               "round; 2 / 1: median over rounds of each round's ratio."]
     text = "\n".join(lines) + "\n"
-    atomic_write_text(args.out.with_suffix(".json"), json.dumps(results, indent=1) + "\n")
-    atomic_write_text(args.out, text)
-    print(text, end="")
+    bench_args.write(args.out, results, text)
     return 0
 
 

@@ -413,6 +413,15 @@ def test_global_max_pool_head_and_hidden_outputs_only(rng):
     _check_all_cuts(model, hidden, x, top_left, patches)
 
 
+def _workers_case(name, rng):
+    """A case network, an image, 6 extra windows' samples and the number of steps."""
+    model, outputs = _case_model(name, rng)
+    x = rng.normal(size=(3, 23, 27)).astype(np.float32)
+    top_left = _windows(23, 27, 10, rng, extra=6)
+    patches = rng.normal(size=(len(top_left), 3, 10, 10)).astype(np.float32)
+    return model, outputs, x, top_left, patches, len(analyse(model, outputs).steps)
+
+
 def test_workers_side_by_side_are_identical(rng, monkeypatch):
     """Batches evaluated side by side on several host threads (one call's intra-op threads
     each) give exactly the outputs of one batch at a time, calls longest first."""
@@ -420,11 +429,7 @@ def test_workers_side_by_side_are_identical(rng, monkeypatch):
 
     from preddiff.binding import BoundSession
 
-    model, outputs = _case_model("inception", rng)
-    x = rng.normal(size=(3, 23, 27)).astype(np.float32)
-    top_left = _windows(23, 27, 10, rng, extra=6)
-    patches = rng.normal(size=(len(top_left), 3, 10, 10)).astype(np.float32)
-    steps = len(analyse(model, outputs).steps)
+    model, outputs, x, top_left, patches, steps = _workers_case("inception", rng)
     one = IncrementalClassifier(model, outputs=outputs, device="cpu", workers=1, batch_size=5,
                                 cut=steps)
     two = IncrementalClassifier(model, outputs=outputs, device="cpu", workers=2, threads=2,
@@ -459,11 +464,7 @@ def test_workers_side_by_side_are_identical(rng, monkeypatch):
 def test_workers_with_several_threads_each_have_a_session(rng):
     """onnxruntime's intra-op pool belongs to a session and overlapping runs share it: with
     more than one thread per call, each worker runs its own session."""
-    model, outputs = _case_model("residual", rng)
-    x = rng.normal(size=(3, 23, 27)).astype(np.float32)
-    top_left = _windows(23, 27, 10, rng, extra=6)
-    patches = rng.normal(size=(len(top_left), 3, 10, 10)).astype(np.float32)
-    steps = len(analyse(model, outputs).steps)
+    model, outputs, x, top_left, patches, steps = _workers_case("residual", rng)
     one = IncrementalClassifier(model, outputs=outputs, device="cpu", workers=1, threads=2,
                                 batch_size=5, cut=steps)
     two = IncrementalClassifier(model, outputs=outputs, device="cpu", workers=2, threads=4,
@@ -486,11 +487,7 @@ def test_a_failing_call_leaves_no_call_running(rng, monkeypatch):
     from preddiff.binding import BoundSession
     from preddiff.incremental_graph import PATCHES
 
-    model, outputs = _case_model("inception", rng)
-    x = rng.normal(size=(3, 23, 27)).astype(np.float32)
-    top_left = _windows(23, 27, 10, rng, extra=6)
-    patches = rng.normal(size=(len(top_left), 3, 10, 10)).astype(np.float32)
-    steps = len(analyse(model, outputs).steps)
+    model, outputs, x, top_left, patches, steps = _workers_case("inception", rng)
     clf = IncrementalClassifier(model, outputs=outputs, device="cpu", workers=2, threads=2,
                                 batch_size=5, cut=steps)
     want = clf.evaluate_windows(x, top_left, patches)
