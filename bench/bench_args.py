@@ -1,5 +1,5 @@
 """The command line the per-network benchmark scripts share (``--models``, ``--rounds``,
-``--out``) and the command they record."""
+``--out``), the command they record, and their records' writing."""
 import argparse
 import sys
 from pathlib import Path
@@ -29,8 +29,14 @@ def parse(argv, doc: str, script: str, models, rounds: int, out: Path) -> tuple:
         p.error(f"--models {args.models!r}: choose among {', '.join(models)}")
     if args.rounds < 1:
         p.error(f"--rounds {args.rounds}: at least 1")
+    return args, names, command(script, argv)
+
+
+def command(script: str, argv=None) -> str:
+    """``python bench/<script> <arguments as given>`` (default: ``sys.argv[1:]``), for the
+    record."""
     given = argv if argv is not None else sys.argv[1:]
-    return args, names, f"python bench/{script}" + "".join(f" {arg}" for arg in given)
+    return f"python bench/{script}" + "".join(f" {arg}" for arg in given)
 
 
 def write(out: Path, results: dict, text: str) -> None:

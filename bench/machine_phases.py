@@ -23,7 +23,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.append(str(ROOT / "bench"))
 
+import bench_args  # noqa: E402
 from untuned_nets import NETS  # noqa: E402
 
 from preddiff.classifier import OnnxClassifier  # noqa: E402
@@ -81,8 +83,7 @@ def main(argv=None) -> int:
     lines = [f"Machine phases: {NET} plain (batch {PLAIN_BATCH}, 1 s), incremental PDA (block of "
              f"stride {STRIDE}), 256x256 float32 matmul (0.3 s), in turn",
              f"machine: {m.get('cpu')}, {m.get('cores')} cores; commit {m.get('git_commit')}",
-             "command: python bench/machine_phases.py"
-             + "".join(f" {arg}" for arg in (argv if argv is not None else sys.argv[1:])),
+             f"command: {bench_args.command('machine_phases.py', argv)}",
              f"{'turn':>4s} {'plain img/s':>12s} {'incr. w-s/s':>12s} {'ratio':>6s} "
              f"{'matmul/s':>9s}"]
     lines += [f"{i + 1:>4d} {pl:>12.1f} {inc:>12.1f} {inc / pl:>6.2f} {mm:>9.0f}"

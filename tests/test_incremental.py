@@ -1213,7 +1213,7 @@ def test_bench_repeats_a_short_block_until_it_lasts_as_long_as_a_plain_measureme
                             forget=lambda: events.append("forget"))
     assert events == ["forget", "run"] * 3  # 3 x 0.35 s >= 1 s
     assert e.run == 6  # the last run's explanation
-    assert t["runs"] == 3 and t["window_samples"] == 300
+    assert t["runs"] == 3 and t["block"] == 100 and t["window_samples"] == 300
     assert t["seconds"] == pytest.approx(1.05)
     assert t["steady_seconds"] == pytest.approx(3 * (0.25 - 0.1 + 0.02))
     assert t["outside_fraction"] == pytest.approx(0.1)

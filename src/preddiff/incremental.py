@@ -446,15 +446,19 @@ def _locked(method):
 class _Plan:
     """Geometry, switch point and compiled graph for one input size and window size."""
 
-    def __init__(self, geo, report, compiled, session):
+    def __init__(self, geo, report, compiled, sessions):
         self.geo, self.report = geo, report
         self.cut = report["cut"]
         self.compiled = compiled
-        self.session = session      # a _Session of the compiled graph
-        self.sessions = [session]   # one per worker where calls take more than one thread
+        self.sessions = sessions    # _Sessions of the compiled graph (one, or one per worker)
         self.runners = []           # BoundSessions (one per worker), created on first use
         self.bound = None           # the clean-image key whose maps are bound
         self.batch_model = None     # grouping "auto"'s cost arrays, computed on first use
+
+    @property
+    def session(self):
+        """The first (often the only) session of the compiled graph."""
+        return self.sessions[0]
 
 
 class IncrementalClassifier:
@@ -692,13 +696,11 @@ class IncrementalClassifier:
                  len(compiled.clean_inputs))
         model = to_float16(compiled.model) if self.float16 else compiled.model
         threads = self._call_threads()
-        session = _Session(model, self.device, threads, True)
-        plan = _Plan(geo, report, compiled, session)
-        if self.workers > 1 and threads != 1:
-            # onnxruntime's intra-op pool is the session's, shared by overlapping runs: each
-            # worker gets a session, so that each call has its share of the threads
-            plan.sessions += [_Session(model, self.device, threads, True)
-                              for _ in range(self.workers - 1)]
+        # onnxruntime's intra-op pool is the session's, shared by overlapping runs: with more
+        # than one thread per call each worker gets a session, so that each call has its share
+        sessions = [_Session(model, self.device, threads, True)
+                    for _ in range(1 if threads == 1 else self.workers)]
+        plan = _Plan(geo, report, compiled, sessions)
         self._plans[key] = plan
         if self._user_batch is None and self.device == "cuda":
             self.batch_size = auto_batch_size(gpu_free_memory(), self._bytes_per_window(plan))
@@ -901,9 +903,10 @@ class IncrementalClassifier:
                                                                     step - len(part))])))
         if self.workers > 1 and len(calls) > 1 and plan.cut:
             per_pos, heights, widths = self._batch_model(plan)
-            cost = [len(fed) * (per_pos @ (heights[:, top_left[fed, 0]].max(1)
-                                           * widths[:, top_left[fed, 1]].max(1)))
-                    for _, fed in calls]
+            cost = []
+            for _, fed in calls:
+                h, w = _widened(heights, widths, top_left[fed, 0], top_left[fed, 1])
+                cost.append(len(fed) * (per_pos @ (h * w)))
             calls = [calls[i] for i in np.argsort(-np.asarray(cost), kind="stable")]
         return calls
 
@@ -928,9 +931,9 @@ class IncrementalClassifier:
         call = (CALL_COST_PER_NODE * plan.compiled.nodes
                 + CALL_COST_PER_INDEX * len(plan.compiled.index.entries))
         merged = [batches[0]]
-        h, w = heights[:, rows[batches[0]]].max(1), widths[:, cols[batches[0]]].max(1)
+        h, w = _widened(heights, widths, rows[batches[0]], cols[batches[0]])
         for batch in batches[1:]:
-            bh, bw = heights[:, rows[batch]].max(1), widths[:, cols[batch]].max(1)
+            bh, bw = _widened(heights, widths, rows[batch], cols[batch])
             mh, mw = np.maximum(h, bh), np.maximum(w, bw)
             n, m = len(merged[-1]), len(batch)
             apart = n * (per_pos @ (h * w)) + m * (per_pos @ (bh * bw)) + call
@@ -956,6 +959,13 @@ class IncrementalClassifier:
             widths = np.stack([geo.boxes[s.output].size[1] for s in steps]).astype(np.float64)
             plan.batch_model = (per_pos, heights, widths)
         return plan.batch_model
+
+
+def _widened(heights, widths, rows, cols) -> tuple:
+    """Per incremental step, the box height and width of a batch of windows at ``rows`` and
+    ``cols``: every box widened to the batch's largest (``heights`` (steps, H) by window row,
+    ``widths`` (steps, W) by window column, as :meth:`IncrementalClassifier._batch_model`)."""
+    return heights[:, rows].max(1), widths[:, cols].max(1)
 
 
 def _crop_model_single(template: onnx.ModelProto, node) -> onnx.ModelProto:

@@ -28,14 +28,14 @@ run on one machine:
   :data:`KEPT_MAPS` classes, the maps ``preddiff explain`` computes and keeps by default.
 
 The plain throughput and the two engines are measured interleaved, ``--rounds`` times. Each
-plain measurement lasts at least :data:`RUN_SECONDS`, and so do each engine's timed PDA runs: a block
-that runs faster (LeNet's takes 0.2 s) is run again until they do, so that no figure is timed
-within one short stretch of the machine's speed (``--quick``: plain for 1 s, one PDA run). Each engine's runs lie between two plain
-measurements (plain, naive, plain, incremental,
-plain): its ratio is taken against the mean of the two (:func:`plain_around`), so that a
-change of the machine's speed that the plain network feels too affects both sides of the
-ratio alike. It does not remove a change that only the engine feels: on this project's 2-core
-VM the incremental engine and a two-thread NumPy matrix product slow down together for
+plain measurement lasts at least :data:`RUN_SECONDS`, and so do each engine's timed PDA runs:
+a block that runs faster (LeNet's takes 0.2 s) is run again until they do, so that no figure
+is timed within one short stretch of the machine's speed (``--quick``: plain for 1 s, one PDA
+run). Each engine's runs lie between two plain measurements (plain, naive, plain,
+incremental, plain): its ratio is taken against the mean of the two (:func:`plain_around`),
+so that a change of the machine's speed that the plain network feels too affects both sides
+of the ratio alike. It does not remove a change that only the engine feels: on this
+project's 2-core VM the incremental engine and a two-thread NumPy matrix product slow down together for
 stretches of several seconds while the plain network keeps its speed
 (``bench/machine_phases.py``). The table gives medians over rounds of every figure and of
 every round's ratios; its plain column is the median of each round's mean of three.
@@ -429,7 +429,8 @@ def _timed_pda(x, classifier, sampler, stride, batch_size, seed, min_seconds: fl
     explanation : Explanation
         The last run's.
     timing : dict
-        ``runs``, ``window_samples`` (all runs), ``seconds`` (:func:`_seconds`, summed),
+        ``runs``, ``block`` (window-samples of one run), ``window_samples`` (all runs),
+        ``seconds`` (:func:`_seconds`, summed),
         ``steady_seconds`` (:func:`_steady_seconds`, summed) and ``outside_fraction`` (the
         engine's time outside classifier calls over its whole time, all runs).
     """
@@ -446,7 +447,7 @@ def _timed_pda(x, classifier, sampler, stride, batch_size, seed, min_seconds: fl
         engine += e.timings["total"]
         if seconds >= min_seconds:
             break
-    return e, {"runs": runs, "window_samples": count, "seconds": seconds,
+    return e, {"runs": runs, "block": n, "window_samples": count, "seconds": seconds,
                "steady_seconds": steady,
                "outside_fraction": outside / max(engine, 1e-12)}
 
@@ -527,7 +528,7 @@ def bench_model(name, *, quick, rounds, device, threads, seed, float16=False) ->
         clean_naive = _clean_pass(naive, x)
         e_naive, t_naive = _timed_pda(x, naive, sampler, naive_stride, naive_batch, seed,
                                       run_seconds, clean_naive)
-        n_naive = t_naive["window_samples"] // t_naive["runs"]
+        n_naive = t_naive["block"]
         plains.append(_plain(naive, x, min_seconds))
         clean_incremental = _clean_pass(incremental, x)
         _settle()
@@ -535,7 +536,7 @@ def bench_model(name, *, quick, rounds, device, threads, seed, float16=False) ->
         e_inc, t_inc = _timed_pda(x, incremental, sampler, stride, INCREMENTAL_ENGINE_BATCH,
                                   seed, run_seconds, clean_incremental,
                                   forget=incremental.clear_cache)
-        n = t_inc["window_samples"] // t_inc["runs"]
+        n = t_inc["block"]
         _settle()
         plains.append(_plain(naive, x, min_seconds))
         row = {"plain": float(np.mean(plains)), "plain_before_naive": plains[0],
